@@ -1,0 +1,279 @@
+"""The shape of the reference platform: zones, replicas, ports and resilience switches.
+
+The topology is data (``runtime/topology.yaml``) validated here; everything that starts,
+routes to or scrapes a replica derives its addresses from it, so nothing else hard-codes a port.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from paychaos.durations import Duration
+
+SERVICES = ("gateway", "payment", "ledger", "campaign", "acquirer")
+ServiceName = Literal["gateway", "payment", "ledger", "campaign", "acquirer"]
+
+#: Shift every port by this much, so that two stacks (a developer's and a test session's) can
+#: run side by side on one machine.
+PORT_OFFSET_ENV = "PAYCHAOS_PORT_OFFSET"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class InternalPorts(_Model):
+    gateway: int
+    payment: int
+    ledger: int
+    campaign: int
+    acquirer: int
+
+
+class Ports(_Model):
+    edge: int
+    haproxy_stats: int
+    internal: InternalPorts
+    postgres: int
+    kafka: int
+    kafka_controller: int
+    toxiproxy_api: int
+    prometheus: int
+    replicas: int
+
+    def shifted(self, offset: int) -> Ports:
+        if not offset:
+            return self
+        data = self.model_dump()
+        shifted = {k: v + offset for k, v in data.items() if isinstance(v, int)}
+        shifted["internal"] = {k: v + offset for k, v in data["internal"].items()}
+        return Ports.model_validate(shifted)
+
+
+class ServiceSpec(_Model):
+    replicas_per_zone: int = Field(ge=0)
+
+
+class TopicSpec(_Model):
+    partitions: int = Field(ge=1)
+    replication_factor: int = Field(ge=1)
+    min_insync_replicas: int = Field(ge=1)
+
+
+class KafkaSpec(_Model):
+    heap: str
+    topics: dict[str, TopicSpec]
+
+
+class ProxySpec(_Model):
+    listen: int
+    upstream: ServiceName
+
+
+class SupervisorSpec(_Model):
+    restart_backoff: Duration
+    max_backoff: Duration
+    ready_timeout: Duration
+
+
+class Timeouts(_Model):
+    enabled: bool
+    acquirer: Duration
+    ledger: Duration
+    payment: Duration
+    campaign: Duration
+
+
+class BreakerSpec(_Model):
+    """Resilience4j circuit-breaker settings, with the same meaning as its configuration keys."""
+
+    enabled: bool
+    sliding_window_size: int = Field(ge=1)
+    minimum_number_of_calls: int = Field(ge=1)
+    failure_rate_threshold: float = Field(gt=0, le=100)
+    slow_call_rate_threshold: float = Field(gt=0, le=100)
+    slow_call_duration: Duration
+    wait_duration_in_open_state: Duration
+    permitted_calls_in_half_open_state: int = Field(ge=1)
+
+
+class AdmissionSpec(_Model):
+    enabled: bool
+    tokens_per_second: int = Field(ge=1)
+    burst: int = Field(ge=1)
+    allowed_percent: int = Field(ge=0, le=100)
+    rotation: Duration
+    flow_ttl: Duration
+    max_in_flight: int = Field(ge=1)
+
+
+class ResilienceSpec(_Model):
+    timeouts: Timeouts
+    breaker: BreakerSpec
+    idempotency: bool
+    outbox: bool
+    producer_acks: Literal["all", "1"]
+    consumer_dedupe: bool
+    admission: AdmissionSpec
+
+
+class AcquirerSpec(_Model):
+    latency: Duration
+    jitter: Duration
+    decline_per_mille: int = Field(ge=0, le=1000)
+
+
+class StepTier(_Model):
+    payments: int = Field(ge=0)
+    value: int = Field(ge=0)
+    bps: int = Field(ge=0)
+
+
+class StepSpec(_Model):
+    min_amount: int = Field(ge=1)
+    tiers: list[StepTier] = Field(min_length=1)
+
+
+class FlashSpec(_Model):
+    name: str
+    percent: int = Field(ge=0, le=100)
+    per_payment_cap: int = Field(ge=0)
+    per_user_cap: int = Field(ge=0)
+    budget: int = Field(ge=0)
+
+
+class CampaignSpec(_Model):
+    step: StepSpec
+    flash: FlashSpec
+
+
+class SeedSpec(_Model):
+    users: int = Field(ge=1)
+    user_balance: int = Field(ge=0)
+    merchants: int = Field(ge=1)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One process of a service: what the supervisor starts and HAProxy routes to."""
+
+    service: str
+    zone: str
+    index: int
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.zone}-{self.index}"
+
+
+class Topology(_Model):
+    host: str
+    zones: list[str] = Field(min_length=1)
+    ports: Ports
+    services: dict[ServiceName, ServiceSpec]
+    kafka: KafkaSpec
+    proxies: dict[str, ProxySpec]
+    supervisor: SupervisorSpec
+    resilience: ResilienceSpec
+    acquirer: AcquirerSpec
+    campaign: CampaignSpec
+    seed: SeedSpec
+
+    @model_validator(mode="after")
+    def _every_service_declared(self) -> Topology:
+        missing = [s for s in SERVICES if s not in self.services]
+        if missing:
+            raise ValueError(f"services: missing {', '.join(missing)}")
+        return self
+
+    @cached_property
+    def replicas(self) -> tuple[Replica, ...]:
+        out: list[Replica] = []
+        port = self.ports.replicas
+        for service in SERVICES:
+            for zone in self.zones:
+                for index in range(1, self.services[service].replicas_per_zone + 1):
+                    out.append(Replica(service, zone, index, port))
+                    port += 1
+        return tuple(out)
+
+    def replicas_of(self, service: str, zone: str | None = None) -> list[Replica]:
+        return [r for r in self.replicas if r.service == service and (zone is None or r.zone == zone)]
+
+    # Kafka node n (1-based) lives in zone n, wrapping when there are more nodes than zones.
+    @property
+    def kafka_nodes(self) -> list[int]:
+        return [1, 2, 3]
+
+    def kafka_zone(self, node: int) -> str:
+        return self.zones[(node - 1) % len(self.zones)]
+
+    def kafka_port(self, node: int) -> int:
+        return self.ports.kafka + node - 1
+
+    def kafka_controller_port(self, node: int) -> int:
+        return self.ports.kafka_controller + node - 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{self.host}:{self.kafka_port(n)}" for n in self.kafka_nodes)
+
+    @property
+    def postgres_dsn(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.ports.postgres}/paychaos"
+
+    @property
+    def edge_url(self) -> str:
+        return f"http://{self.host}:{self.ports.edge}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.ports.prometheus}"
+
+    @property
+    def toxiproxy_url(self) -> str:
+        return f"http://{self.host}:{self.ports.toxiproxy_api}"
+
+    def internal_url(self, service: str) -> str:
+        """Where a service calls another: the internal load balancer, or a Toxiproxy in front of it."""
+        proxy = self.proxies.get(service)
+        if proxy is not None:
+            return f"http://{self.host}:{proxy.listen}"
+        return f"http://{self.host}:{getattr(self.ports.internal, service)}"
+
+    def direct_internal_url(self, service: str) -> str:
+        return f"http://{self.host}:{getattr(self.ports.internal, service)}"
+
+    def with_port_offset(self, offset: int) -> Topology:
+        if not offset:
+            return self
+        proxies = {n: p.model_copy(update={"listen": p.listen + offset}) for n, p in self.proxies.items()}
+        return self.model_copy(update={"ports": self.ports.shifted(offset), "proxies": proxies})
+
+
+def timeout_seconds(value: timedelta) -> float:
+    return value.total_seconds()
+
+
+def default_topology_path() -> Path:
+    return Path(str(resources.files("paychaos.platform.runtime") / "topology.yaml"))
+
+
+def load_topology(path: Path | None = None) -> Topology:
+    """Load a topology file (the packaged default when ``path`` is None), applying the port offset."""
+    source = path or default_topology_path()
+    with open(source, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    topology = Topology.model_validate(data)
+    return topology.with_port_offset(int(os.environ.get(PORT_OFFSET_ENV, "0") or 0))
