@@ -62,6 +62,10 @@ class Ports(_Model):
 
 class ServiceSpec(_Model):
     replicas_per_zone: int = Field(ge=0)
+    # Like a servlet container's thread pool and accept queue: a replica serves this many
+    # requests at once, queues this many more, and refuses the rest with 503.
+    workers: int = Field(default=64, ge=1)
+    accept_queue: int = Field(default=64, ge=0)
 
 
 class TopicSpec(_Model):

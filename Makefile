@@ -1,0 +1,40 @@
+# make test: everything a fresh machine needs (venv, Python packages, Kafka jars, Toxiproxy,
+# HAProxy, Prometheus, PostgreSQL), then the whole test suite.
+# make demo: the main job, end to end.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PAYCHAOS := $(VENV)/bin/paychaos
+PYTEST_ARGS ?=
+
+.PHONY: all venv install test unit demo bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+install: venv
+	$(PAYCHAOS) stack install
+
+# pytest exits 5 when it collected nothing: make treats any non-zero exit as a failure.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: install
+	$(PAYCHAOS) demo
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	-$(PAYCHAOS) stack down
+	rm -rf $(VENV) .paychaos out

@@ -1,0 +1,3 @@
+from paychaos.cli.app import main
+
+main()

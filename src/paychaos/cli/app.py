@@ -1,0 +1,24 @@
+"""The ``paychaos`` command: one Typer app per command group, joined here."""
+
+from __future__ import annotations
+
+import typer
+
+from paychaos.cli import stack
+
+app = typer.Typer(
+    name="paychaos",
+    help=(
+        "Resilience and chaos testing for mobile-payment backends.\n\n"
+        "Start the reference payment platform with `paychaos stack up --wait`, "
+        "then break it on purpose and watch what survives."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(stack.app, name="stack")
+
+
+def main() -> None:
+    app()

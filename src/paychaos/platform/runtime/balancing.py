@@ -1,0 +1,66 @@
+"""HAProxy playing the cloud load balancers: one edge frontend for the gateways, one internal
+frontend per service, active health checks, and retry/redispatch when a connect fails."""
+
+from __future__ import annotations
+
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.processes import HttpReady, ProcessSpec
+from paychaos.platform.topology import SERVICES, Topology
+
+
+def haproxy_config(topology: Topology) -> str:
+    host = topology.host
+    lines = [
+        "global",
+        "    maxconn 20000",
+        "defaults",
+        "    mode http",
+        "    timeout connect 500ms",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout http-request 10s",
+        # Retry only when the connection itself failed: the request never reached a replica,
+        # so even a non-idempotent POST is safe to send to another one.
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response",
+        "    default-server inter 1s fastinter 500ms downinter 1s fall 2 rise 1",
+        "",
+        "frontend edge",
+        f"    bind {host}:{topology.ports.edge}",
+        "    default_backend gateway",
+        "",
+        "frontend stats",
+        f"    bind {host}:{topology.ports.haproxy_stats}",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats enable",
+        "    stats uri /",
+        "    stats refresh 2s",
+    ]
+    for service in SERVICES:
+        lines += [
+            "",
+            f"frontend internal-{service}",
+            f"    bind {host}:{getattr(topology.ports.internal, service)}",
+            f"    default_backend {service}",
+            "",
+            f"backend {service}",
+            "    balance leastconn",
+            "    option httpchk GET /health/ready",
+            "    http-check expect status 200",
+        ]
+        for replica in topology.replicas_of(service):
+            lines.append(f"    server {replica.name} {host}:{replica.port} check")
+    return "\n".join(lines) + "\n"
+
+
+def haproxy_process(topology: Topology, haproxy: str, run_dir: RunDir) -> ProcessSpec:
+    config = run_dir.config / "haproxy.cfg"
+    config.write_text(haproxy_config(topology), encoding="utf-8")
+    return ProcessSpec(
+        name="haproxy",
+        kind="haproxy",
+        argv=[haproxy, "-db", "-f", str(config)],
+        ready=HttpReady(f"http://{topology.host}:{topology.ports.haproxy_stats}/metrics"),
+        stop_signal=15,
+    )

@@ -1,0 +1,238 @@
+"""What every replica of the reference platform shares: identity, HTTP app, RED metrics, health.
+
+A service module defines ``build(ctx: ReplicaContext) -> ServiceParts``; ``python -m
+paychaos.platform.services SERVICE --zone Z --index N --port P --topology FILE`` serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from paychaos.platform.topology import Replica, Topology
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class ReplicaContext:
+    """Who this process is and what it may talk to."""
+
+    topology: Topology
+    replica: Replica
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    @property
+    def service(self) -> str:
+        return self.replica.service
+
+    @property
+    def zone(self) -> str:
+        return self.replica.zone
+
+    def labels(self) -> dict[str, str]:
+        return {"service": self.service, "zone": self.zone}
+
+    def timeout(self, dependency: str) -> float | None:
+        """Seconds to wait for a dependency, or None when timeouts are switched off."""
+        t = self.topology.resilience.timeouts
+        if not t.enabled:
+            return None
+        return getattr(t, dependency).total_seconds()
+
+    def client(self, dependency: str, **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client for another service, through its load balancer (or its Toxiproxy)."""
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        return httpx.AsyncClient(
+            base_url=self.topology.internal_url(dependency),
+            timeout=httpx.Timeout(self.timeout(dependency)),
+            limits=limits,
+            **kwargs,
+        )
+
+    def db_pool(self, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
+        """A connection pool whose search_path is this service's own schema (one schema per service)."""
+
+        async def configure(conn: Any) -> None:
+            await conn.execute(f"SET search_path TO {self.service}")
+            await conn.commit()
+
+        return AsyncConnectionPool(
+            self.topology.postgres_dsn,
+            min_size=min_size,
+            max_size=max_size,
+            configure=configure,
+            open=False,
+            timeout=self.timeout("ledger") or 30.0,
+        )
+
+
+Startup = Callable[[], Awaitable[None]]
+ReadyCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class ServiceParts:
+    """What a service module hands to the server: its routes and its lifecycle hooks."""
+
+    routes: Sequence[BaseRoute]
+    startup: Sequence[Startup] = ()
+    shutdown: Sequence[Startup] = ()
+    ready: ReadyCheck | None = None
+    background: Sequence[Callable[[], Awaitable[None]]] = ()  # long-running loops (outbox relay, consumer)
+
+
+class RedMetrics:
+    """Rate, errors, duration per route, with the labels the SLO catalogue queries."""
+
+    def __init__(self, app: ASGIApp, ctx: ReplicaContext, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+        self.labels = ctx.labels()
+        self.histogram = Histogram(
+            "http_server_requests_seconds",
+            "Server-side request latency by route and status",
+            ["service", "zone", "route", "method", "status"],
+            registry=ctx.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    def _route_template(self, scope: Scope) -> str | None:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", None)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self._route_template(scope)
+        if route is None or route.startswith("/health") or route == "/metrics":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.histogram.labels(
+                route=route, method=scope["method"], status=str(status), **self.labels
+            ).observe(time.perf_counter() - started)
+
+
+class WorkerPool:
+    """A bounded pool of request workers with an accept queue, as a servlet container has.
+
+    asyncio has no thread pool to exhaust, yet the failure we rehearse is exactly that: slow
+    downstream calls pin every worker and unrelated requests queue behind them. Health and
+    metrics bypass the pool, as a management port would.
+    """
+
+    def __init__(self, app: ASGIApp, ctx: ReplicaContext) -> None:
+        spec = ctx.topology.services[ctx.service]  # type: ignore[index]
+        self.app = app
+        self.workers = asyncio.Semaphore(spec.workers)
+        self.capacity = spec.workers + spec.accept_queue
+        self.admitted = 0
+        self.rejected = Counter(
+            "http_server_rejected_total",
+            "Requests refused because every worker was busy and the accept queue was full",
+            ["service", "zone"],
+            registry=ctx.registry,
+        ).labels(**ctx.labels())
+        self.busy = Gauge(
+            "http_server_workers_busy", "Workers serving a request", ["service", "zone"], registry=ctx.registry
+        ).labels(**ctx.labels())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(("/health", "/metrics")):
+            await self.app(scope, receive, send)
+            return
+        if self.admitted >= self.capacity:
+            self.rejected.inc()
+            response = problem(503, "OVERLOADED", "Every worker is busy; try again shortly.", {"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        self.admitted += 1
+        try:
+            async with self.workers:
+                self.busy.inc()
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    self.busy.dec()
+        finally:
+            self.admitted -= 1
+
+
+def build_app(ctx: ReplicaContext, parts: ServiceParts) -> ASGIApp:
+    """The Starlette app of one replica: the service's routes plus health, readiness and metrics."""
+    tasks: list[asyncio.Task[None]] = []
+    started = asyncio.Event()
+
+    async def live(_: Request) -> Response:
+        return JSONResponse({"status": "live", "replica": ctx.replica.name})
+
+    async def ready(_: Request) -> Response:
+        ok = started.is_set() and (parts.ready is None or await parts.ready())
+        return JSONResponse(
+            {"status": "ready" if ok else "not-ready", "replica": ctx.replica.name, "zone": ctx.zone},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        for hook in parts.startup:
+            await hook()
+        for loop in parts.background:
+            tasks.append(asyncio.create_task(loop()))
+        started.set()
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for hook in parts.shutdown:
+                await hook()
+
+    routes = [
+        *parts.routes,
+        Route("/health/live", live),
+        Route("/health/ready", ready),
+        Route("/metrics", metrics),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return RedMetrics(WorkerPool(app, ctx), ctx, parts.routes)
+
+
+def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """An error body every service uses: a stable machine code and a sentence for people."""
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)

@@ -1,0 +1,24 @@
+"""Test-session fixtures: one real reference platform per session, on its own ports and run dir."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests run their stack beside any stack a developer has up on the default ports.
+TEST_PORT_OFFSET = "5000"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("paychaos-run")
+
+
+@pytest.fixture(scope="session")
+def stack_env(run_dir: Path) -> dict[str, str]:
+    env = {"PAYCHAOS_RUN_DIR": str(run_dir), "PAYCHAOS_PORT_OFFSET": TEST_PORT_OFFSET}
+    os.environ.update(env)
+    return env

@@ -1,0 +1,119 @@
+"""The reference platform, started once per test session through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.state import StackState, alive, read_state
+from paychaos.platform.topology import Topology
+
+
+def paychaos(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paychaos.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Stack:
+    run_dir: RunDir
+    env: dict[str, str]
+    startup_seconds: float
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return paychaos(*args, env=self.env, timeout=timeout)
+
+    @property
+    def topology(self) -> Topology:
+        return stacking.current_topology(self.run_dir)
+
+    @property
+    def edge(self) -> str:
+        return self.topology.edge_url
+
+    def state(self) -> StackState:
+        state = read_state(self.run_dir)
+        assert state is not None
+        return state
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.topology.postgres_dsn, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def scalar(self, query: str, *params: Any) -> Any:
+        rows = self.sql(query, *params)
+        return rows[0][0] if rows else None
+
+    def prometheus(self, promql: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.topology.prometheus_url}/api/v1/query", params={"query": promql}, timeout=5)
+        r.raise_for_status()
+        return list(r.json()["data"]["result"])
+
+    def pay(
+        self,
+        client: httpx.Client,
+        user: str,
+        amount: int,
+        method: str = "balance",
+        key: str | None = None,
+        merchant: str = "m001",
+    ) -> httpx.Response:
+        return client.post(
+            f"{self.edge}/v1/payments",
+            json={"user_id": user, "merchant_id": merchant, "amount": amount, "method": method},
+            headers={"Idempotency-Key": key or uuid.uuid4().hex, "X-Device-Id": f"device-{user}", "X-User-Id": user},
+        )
+
+    def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.5) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
+    started = time.monotonic()
+    result = paychaos("stack", "up", "--wait", env=stack_env)
+    elapsed = time.monotonic() - started
+    rd = RunDir(run_dir)
+    if result.returncode != 0:
+        paychaos("stack", "down", env=stack_env)
+        pytest.fail(f"`paychaos stack up --wait` failed ({result.returncode}):\n{result.stderr}", pytrace=False)
+    yield Stack(rd, stack_env, elapsed)
+    state = read_state(rd)
+    down = paychaos("stack", "down", env=stack_env)
+    assert down.returncode == 0, down.stderr
+    survivors = [p.name for p in (state.processes if state else []) if alive(p.pid, p.create_time)]
+    strays = [
+        proc.pid for proc in psutil.process_iter(["cmdline"])
+        if str(run_dir) in " ".join(proc.info.get("cmdline") or [])
+    ]
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors and not strays, f"`stack down` left processes behind: {survivors} {strays}"

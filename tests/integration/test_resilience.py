@@ -1,0 +1,193 @@
+"""The platform survives what it promises to: a killed replica, a dead broker, a slow card network.
+
+And it shows why the breaker exists: switched off, a slow acquirer takes balance payments down too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.toxiproxy import Toxiproxy
+
+pytestmark = pytest.mark.integration
+
+
+def pay_with_retries(stack, client: httpx.Client, user: str, amount: int, method: str = "balance") -> httpx.Response:
+    """What the app does: the same idempotency key again on a 5xx or a broken connection."""
+    key = uuid.uuid4().hex
+    for attempt in range(8):
+        try:
+            r = stack.pay(client, user, amount, method, key=key)
+        except httpx.TransportError:
+            time.sleep(0.25 * (attempt + 1))
+            continue
+        if r.status_code < 500:
+            return r
+        time.sleep(0.25 * (attempt + 1))
+    return r
+
+
+def test_killed_payment_replica_is_restarted_and_traffic_keeps_flowing(stack) -> None:
+    victim = stack.state().process("payment-az-a-1")
+    assert victim and victim.pid and victim.ready
+    results: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=15) as client:
+            i = 0
+            while not stop.is_set():
+                results.append(pay_with_retries(stack, client, f"u{1100 + i % 50:05d}", 150).status_code)
+                i += 1
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    time.sleep(1)
+    os.kill(victim.pid, signal.SIGKILL)
+    back = stack.wait_for(
+        "the supervisor to restart payment-az-a-1",
+        lambda: (lambda p: p if p and p.pid not in (None, victim.pid) and p.ready else None)(stack.state().process("payment-az-a-1")),
+        timeout=30,
+    )
+    time.sleep(2)
+    stop.set()
+    worker.join()
+    assert back.restarts >= 1
+    counts = Counter(results)
+    assert len(results) > 20 and counts[201] == len(results), counts
+
+
+def test_one_kafka_node_down_payments_continue_and_no_event_is_lost(stack) -> None:
+    node = stack.state().process("kafka-2")
+    assert node and node.pid
+    held = stack.run_dir.held / "kafka-2"
+    held.touch()
+    os.kill(node.pid, signal.SIGKILL)
+    try:
+        stack.wait_for("kafka-2 to be down", lambda: not stack.state().process("kafka-2").pid, timeout=15)
+        payment_ids = []
+        with httpx.Client(timeout=15) as client:
+            for i in range(60):
+                r = pay_with_retries(stack, client, f"u{1200 + i:05d}", 500)
+                assert r.status_code == 201, r.text
+                payment_ids.append(r.json()["payment_id"])
+        stack.wait_for(
+            "every payment's event to reach the campaign service",
+            lambda: stack.scalar(
+                "SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = ANY(%s)", payment_ids
+            ) == len(payment_ids),
+            timeout=90,
+        )
+        assert stack.scalar("SELECT count(*) FROM payment.outbox WHERE sent_at IS NULL AND payload->>'payment_id' = ANY(%s)", payment_ids) == 0
+    finally:
+        held.unlink(missing_ok=True)
+    stack.wait_for("kafka-2 to come back", lambda: stack.state().process("kafka-2").ready, timeout=60)
+
+
+def breaker_states(stack) -> dict[str, str]:
+    series = stack.prometheus('resilience4j_circuitbreaker_state{name="acquirer"} == 1')
+    return {s["metric"]["zone"]: s["metric"]["state"] for s in series}
+
+
+CARD_CLIENTS, BALANCE_CLIENTS = 240, 10
+WARMUP, MEASURE = 3.0, 10.0
+
+
+async def mixed_load(stack, warmup: float = WARMUP, seconds: float = MEASURE) -> dict[str, Counter]:
+    """Card users hammer the slow acquirer; after ``warmup`` s balance users join; outcomes per method."""
+    card_clients, balance_clients = CARD_CLIENTS, BALANCE_CLIENTS
+    outcomes: dict[str, Counter] = {"card": Counter(), "balance": Counter()}
+    deadline = time.monotonic() + warmup + seconds
+    limits = httpx.Limits(max_connections=card_clients + balance_clients + 10)
+    async with httpx.AsyncClient(timeout=20, limits=limits) as client:
+
+        async def user_loop(n: int, method: str) -> None:
+            user = f"u{1300 + n:05d}"
+            if method == "balance":
+                await asyncio.sleep(warmup)
+            while time.monotonic() < deadline:
+                headers = {"Idempotency-Key": uuid.uuid4().hex, "X-Device-Id": f"device-{user}"}
+                body = {"user_id": user, "merchant_id": "m002", "amount": 100, "method": method}
+                try:
+                    r = await client.post(f"{stack.edge}/v1/payments", json=body, headers=headers)
+                    code = r.json().get("error", {}).get("code", "") if r.status_code >= 400 else ""
+                    outcomes[method][f"{r.status_code} {code}".strip()] += 1
+                except httpx.TransportError as exc:
+                    outcomes[method][type(exc).__name__] += 1
+                await asyncio.sleep(0.1)  # think time
+
+        await asyncio.gather(
+            *(user_loop(i, "card") for i in range(card_clients)),
+            *(user_loop(card_clients + i, "balance") for i in range(balance_clients)),
+        )
+    return outcomes
+
+
+def success_ratio(counter: Counter) -> float:
+    total = sum(counter.values())
+    return counter["201"] / total if total else 0.0
+
+
+TOXIC = {"latency": 3000, "jitter": 200}
+
+
+def test_slow_acquirer_opens_the_breaker_card_fails_fast_balance_keeps_working(stack) -> None:
+    toxiproxy = Toxiproxy(stack.topology.toxiproxy_url)
+    toxiproxy.add_toxic("acquirer", "test-latency", "latency", TOXIC)
+    try:
+        outcomes = asyncio.run(mixed_load(stack))
+        opened = stack.wait_for("the breaker to report OPEN", lambda: "open" in breaker_states(stack).values(), timeout=15)
+        assert opened
+        assert outcomes["card"]["503 CARD_NETWORK_UNAVAILABLE"] > 0, outcomes
+        assert success_ratio(outcomes["balance"]) > 0.95, outcomes
+        with httpx.Client(timeout=15) as client:
+            started = time.monotonic()
+            r = stack.pay(client, "u01400", 100, "card")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "CARD_NETWORK_UNAVAILABLE", r.text
+            assert "Retry-After" in r.headers
+            # Failing fast means well inside the acquirer timeout, let alone the 3 s toxic.
+            assert time.monotonic() - started < stack.topology.resilience.timeouts.acquirer.total_seconds()
+    finally:
+        toxiproxy.remove_toxic("acquirer", "test-latency")
+
+    def closed_everywhere() -> bool:
+        with httpx.Client(timeout=15) as client:
+            for i in range(6):
+                stack.pay(client, f"u{1410 + i:05d}", 100, "card")
+        states = breaker_states(stack)
+        return len(states) == 3 and set(states.values()) == {"closed"}
+
+    stack.wait_for("the breaker to close once the acquirer is fast again", closed_everywhere, timeout=60, interval=1)
+
+
+def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(stack) -> None:
+    toxiproxy = Toxiproxy(stack.topology.toxiproxy_url)
+    healthy = stack.topology
+    broken = healthy.model_copy(
+        update={"resilience": healthy.resilience.model_copy(
+            update={"breaker": healthy.resilience.breaker.model_copy(update={"enabled": False})}
+        )}
+    )
+    stacking.reconfigure(stack.run_dir, broken, ["payment"])
+    try:
+        stack.wait_for("the breaker to report DISABLED", lambda: set(breaker_states(stack).values()) == {"disabled"}, timeout=15)
+        toxiproxy.add_toxic("acquirer", "test-latency", "latency", TOXIC)
+        try:
+            outcomes = asyncio.run(mixed_load(stack))
+        finally:
+            toxiproxy.remove_toxic("acquirer", "test-latency")
+        # The cascade: card calls pin every payment worker, balance payments are refused.
+        assert success_ratio(outcomes["balance"]) < 0.8, outcomes
+        assert outcomes["balance"]["503 OVERLOADED"] > 0, outcomes
+    finally:
+        stacking.reconfigure(stack.run_dir, healthy, ["payment"])
