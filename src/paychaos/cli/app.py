@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paychaos.cli import stack
+from paychaos.cli import demo, stack
 
 app = typer.Typer(
     name="paychaos",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stack.app, name="stack")
+app.command()(demo.demo)
 
 
 def main() -> None:

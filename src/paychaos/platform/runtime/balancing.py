@@ -12,7 +12,7 @@ def haproxy_config(topology: Topology) -> str:
     host = topology.host
     lines = [
         "global",
-        "    maxconn 20000",
+        "    maxconn 4000",
         "defaults",
         "    mode http",
         "    timeout connect 500ms",

@@ -181,7 +181,8 @@ class Supervisor:
                 return
             if self.clock() > deadline:
                 names = ", ".join(m.spec.name for m in pending)
-                raise StartupFailed(f"{what} not ready in time: {names} (see {self.run_dir.logs})")
+                last = _last_line(self.run_dir.log_file(pending[0].spec.name))
+                raise StartupFailed(f"{what} not ready in time: {names}; {pending[0].spec.name} said: {last}")
             time.sleep(0.3)
 
     def check_readiness(self) -> None:
@@ -247,7 +248,8 @@ class Supervisor:
         self.message = "creating Kafka topics and Toxiproxy proxies"
         self.publish()
         kafka.ensure_topics(topology, timeout=topology.supervisor.ready_timeout.total_seconds())
-        toxiproxy.Toxiproxy(topology.toxiproxy_url).ensure_proxies(topology)
+        with toxiproxy.Toxiproxy(topology.toxiproxy_url) as proxies:
+            proxies.ensure_proxies(topology)
 
         replicas = replica_processes(topology, run_dir)
         for service in ("ledger", "acquirer", "payment", "campaign", "gateway"):
@@ -264,6 +266,7 @@ class Supervisor:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        failed, reason = self.phase == "failed", self.message
         self.phase, self.message = "stopping", "stopping every process"
         self.publish()
         for kind in STOP_ORDER:
@@ -288,8 +291,16 @@ class Supervisor:
                 m.popen = None
                 m.ready = False
         self.pool.shutdown(wait=False)
-        self.phase = "failed" if self.phase == "failed" else "stopped"
+        self.phase, self.message = ("failed", reason) if failed else ("stopped", "")
         self.publish()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = RunDir(args.run_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     topology = Topology.model_validate_json(run_dir.topology_file.read_text(encoding="utf-8"))
     supervisor = Supervisor(topology, run_dir, locate())
 
