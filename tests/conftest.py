@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# Tests run their stack beside any stack a developer has up on the default ports.
-TEST_PORT_OFFSET = "5000"
+# Tests run their stack beside any stack a developer has up on the default ports; keep any
+# offset below 13000 so every port stays under the kernel's ephemeral range (32768+).
+TEST_PORT_OFFSET = os.environ.get("PAYCHAOS_TEST_PORT_OFFSET", "5000")
 
 
 @pytest.fixture(scope="session")
