@@ -75,7 +75,9 @@ def parse_wrk(name: str, text: str) -> WrkResult:
     )
 
 
-def run_wrk(name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None) -> WrkResult:
+def run_wrk(
+    name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None
+) -> WrkResult:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"--timeout={args.timeout}s"]
     if script:
         cmd += ["-s", str(LUA / script)]
@@ -138,7 +140,7 @@ def main() -> int:
         topology = stacking.current_topology(run_dir)
         edge = topology.edge_url
         users, merchants = str(topology.seed.users), str(topology.seed.merchants)
-        # A short warm-up so connection pools and admission passes exist before measuring.
+        # A short warm-up so the replicas' connection pools and caches are warm before measuring.
         warm = argparse.Namespace(**{**vars(args), "duration": 2})
         run_wrk("warm-up", f"{edge}/v1/campaign/status", warm, "campaign_status.lua", [users])
         baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args)

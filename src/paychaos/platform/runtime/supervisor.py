@@ -26,7 +26,7 @@ from paychaos.platform.runtime.installing import Tools, locate
 from paychaos.platform.runtime.monitoring import prometheus_process
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.processes import HttpReady, ProcessSpec, TcpReady
-from paychaos.platform.runtime.readiness import is_ready
+from paychaos.platform.runtime.readiness import ReadinessChecker
 from paychaos.platform.runtime.seeding import seed
 from paychaos.platform.runtime.state import ProcessState, StackState, marker_names, write_state
 from paychaos.platform.topology import Topology
@@ -36,6 +36,7 @@ log = logging.getLogger("paychaos.supervisor")
 # Stop order: what takes traffic first, what holds data last.
 STOP_ORDER = ("gateway", "payment", "campaign", "acquirer", "ledger", "prometheus", "haproxy", "toxiproxy", "kafka", "postgres")
 STABLE_AFTER = 10.0  # seconds ready before a crash loop's back-off resets
+PROBE_PERIOD = 1.0  # readiness probes once a second, like a kubelet; exits are noticed every tick
 
 
 class StartupFailed(Exception):
@@ -98,7 +99,10 @@ class Supervisor:
     ready_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ready")
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ready")
+        self.is_ready = ReadinessChecker()
+        self.probed_at = float("-inf")
+        self.published: StackState | None = None
 
     # -- state --------------------------------------------------------------------------------
     def snapshot(self) -> StackState:
@@ -128,7 +132,10 @@ class Supervisor:
         )
 
     def publish(self) -> None:
-        write_state(self.run_dir, self.snapshot())
+        state = self.snapshot()
+        if state != self.published:  # most ticks change nothing: skip the write
+            write_state(self.run_dir, state)
+            self.published = state
 
     # -- processes ------------------------------------------------------------------------------
     def spawn(self, m: Managed) -> None:
@@ -186,9 +193,12 @@ class Supervisor:
             time.sleep(0.3)
 
     def check_readiness(self) -> None:
-        candidates = [m for m in self.managed.values() if m.running()]
-        results = self.pool.map(lambda m: is_ready(m.spec.ready), candidates)
         now = self.clock()
+        if now - self.probed_at < PROBE_PERIOD:
+            return
+        self.probed_at = now
+        candidates = [m for m in self.managed.values() if m.running()]
+        results = self.pool.map(lambda m: self.is_ready(m.spec.ready), candidates)
         for m, ok in zip(candidates, results, strict=True):
             if ok and not m.ready:
                 m.ready_since = now
@@ -291,6 +301,7 @@ class Supervisor:
                 m.popen = None
                 m.ready = False
         self.pool.shutdown(wait=False)
+        self.is_ready.close()
         self.phase, self.message = ("failed", reason) if failed else ("stopped", "")
         self.publish()
 
