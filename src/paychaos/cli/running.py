@@ -1,0 +1,80 @@
+"""``paychaos run`` and ``paychaos export``: execute an experiment, or hand it to Chaos Toolkit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from paychaos.cli.console import err, fail, say
+from paychaos.experiments.compiling import compile_experiment
+from paychaos.experiments.loading import SpecError, load_experiment
+from paychaos.platform.runtime.paths import RunDir
+
+VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "aborted": "bold yellow", "error": "bold red"}
+
+
+def run(
+    experiment: Annotated[Path, typer.Argument(help="An experiment YAML (kind: ChaosExperiment)")],
+    journal: Annotated[Path, typer.Option(help="Where to write the journal (Chaos Toolkit format + a paychaos section)")] = Path(
+        "out/journal.json"
+    ),
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack's run directory [env: PAYCHAOS_RUN_DIR]")] = None,
+) -> None:
+    """Run an experiment against the stack: load, faults on the timeline, checks, verdict.
+
+    Every fault is reverted whatever happens (success, failure, stop condition, Ctrl-C, SIGTERM);
+    if this process dies, `paychaos halt` reverts what it left. Exits 0 only when the verdict
+    is `passed` (1 failed, 2 aborted, 3 error).
+    """
+    from paychaos.experiments.running import NotRunnable
+    from paychaos.experiments.running import run as run_experiment
+
+    rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
+    try:
+        spec = load_experiment(experiment)
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+    say(f"running {spec.name}: {spec.spec.description}")
+    try:
+        outcome = run_experiment(spec, run_dir=rd, journal_path=journal.resolve(), progress=say)
+    except NotRunnable as exc:
+        raise fail(str(exc)) from None
+    for check in outcome.journal["paychaos"]["checks"]:
+        mark = "[green]✓[/]" if check["verdict"] == "passed" else "[red]✗[/]"
+        err.print(f"  {mark} {check['phase']:<18} {check['kind']:<9} {check['name']:<32} observed {check['observed']}  expected {check['threshold']}")
+    times = outcome.journal["paychaos"]["times"]
+    err.print(f"  time to detect {times['timeToDetect']}s, recovery {times['recoveryTime']}s")
+    style = VERDICT_STYLE[outcome.verdict]
+    err.print(f"[{style}]{outcome.verdict.upper()}[/] {outcome.reason}")
+    err.print(f"journal: {outcome.journal_path}")
+    raise typer.Exit({"passed": 0, "failed": 1, "aborted": 2, "error": 3}[outcome.verdict])
+
+
+def export(
+    experiment: Annotated[Path, typer.Argument(help="An experiment YAML")],
+    format: Annotated[str, typer.Option("--format", help="Only `chaostoolkit` for now")] = "chaostoolkit",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack the exported experiment targets")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the exported run keeps its load artifacts")] = Path("out/artifacts"),
+) -> None:
+    """Compile an experiment to a Chaos Toolkit experiment that plain `chaos run` executes.
+
+    The export declares the paychaos control, so `chaos run` gets the same load, sampling,
+    stop conditions and reverts as `paychaos run` (the verdict is in the journal's probe outputs).
+    """
+    if format != "chaostoolkit":
+        raise fail(f"unknown format {format!r}: expected chaostoolkit")
+    try:
+        spec = load_experiment(experiment)
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+    rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
+    text = json.dumps(compile_experiment(spec, str(rd.root), str(out_dir.resolve())), indent=2)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+        say(f"wrote {output}")
+    else:
+        typer.echo(text)

@@ -1,0 +1,93 @@
+"""Compiling a ChaosExperiment spec into a Chaos Toolkit experiment (pure: dicts in, dict out).
+
+The result runs under ``paychaos run`` and under plain ``chaos run``: the paychaos control it
+declares starts the load, samples metrics and watches stop conditions; faults and checks are
+paychaos activities (``paychaos.ctk``), so any Chaos Toolkit activity can sit beside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paychaos.experiments.spec import ChaosExperiment, Check
+
+ACTIONS = "paychaos.ctk.actions"
+PROBES = "paychaos.ctk.probes"
+CONTROL = "paychaos.ctk.control"
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _python(module: str, func: str, **arguments: Any) -> dict[str, Any]:
+    return {"type": "python", "module": module, "func": func, "arguments": arguments}
+
+
+def _check_probe(check: Check, phase: str, n: int, func: str = "judge") -> dict[str, Any]:
+    return {
+        "type": "probe",
+        "name": f"{phase}-{n}-{check.kind}",
+        "provider": _python(PROBES, func, check=_dump(check), phase=phase),
+    }
+
+
+def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) -> dict[str, Any]:
+    spec = experiment.spec
+    name = experiment.name
+    events: list[tuple[float, int, str, int]] = []
+    for i, fault in enumerate(spec.faults):
+        events.append((fault.at.total_seconds(), 1, "inject", i))
+        events.append((fault.ends_at.total_seconds(), 0, "revert", i))  # a revert due with an inject goes first
+    method: list[dict[str, Any]] = []
+    for at, _, what, i in sorted(events):
+        fault = spec.faults[i]
+        if what == "inject":
+            provider = _python(
+                ACTIONS, "inject_fault", fault=_dump(fault), experiment=name, index=i, at=at, limits=_dump(spec.limits)
+            )
+        else:
+            provider = _python(ACTIONS, "revert_fault", experiment=name, index=i, at=at)
+        method.append({"type": "action", "name": f"{what}-{fault.kind}-{i}", "provider": provider})
+    method += [_check_probe(c, "expect", n) for n, c in enumerate(spec.expect)]
+    after_live = [c for c in spec.after if c.invariant is None]
+    after_money = [c for c in spec.after if c.invariant is not None]
+    method += [_check_probe(c, "after", n) for n, c in enumerate(after_live)]
+    # The acknowledged-payments record is complete only once the load has stopped and flushed.
+    method.append({"type": "action", "name": "stop-load", "provider": _python(CONTROL, "stop_load")})
+    method += [_check_probe(c, "after", len(after_live) + n) for n, c in enumerate(after_money)]
+
+    compiled: dict[str, Any] = {
+        "version": "1.0.0",
+        "title": name,
+        "description": spec.description,
+        "tags": [f"{k}={v}" for k, v in sorted(experiment.metadata.labels.items())] + ["paychaos"],
+        "controls": [
+            {
+                "name": "paychaos",
+                "provider": {
+                    "type": "python",
+                    "module": CONTROL,
+                    "arguments": {"spec": _dump(experiment), "run_dir": run_dir, "out_dir": out_dir},
+                },
+            }
+        ],
+        "method": method,
+        "rollbacks": [
+            {
+                "type": "action",
+                "name": f"revert-{fault.kind}-{i}",
+                "provider": _python(ACTIONS, "revert_fault", experiment=name, index=i),
+            }
+            for i, fault in enumerate(spec.faults)
+        ],
+    }
+    if spec.steady_state:
+        compiled["steady-state-hypothesis"] = {
+            "title": "the payment platform is healthy",
+            "probes": [
+                {**_check_probe(c, "steadyState", n, func="steady_state"), "tolerance": True}
+                for n, c in enumerate(spec.steady_state)
+            ],
+        }
+    return compiled

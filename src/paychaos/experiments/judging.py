@@ -1,0 +1,171 @@
+"""Judging one check of a spec in one phase, from live queries and the run's samples."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+from paychaos.experiments.context import RunContext
+from paychaos.experiments.spec import Check, SloBound
+from paychaos.experiments.verdicts import CheckResult, first_time, judge_bound, judge_within
+from paychaos.probes.catalogue import CatalogueError, Objective
+from paychaos.probes.invariants import check_invariants, engine_for
+from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
+
+STEADY_WINDOW = "30s"
+GRACE = 2.0  # seconds of samples allowed past a deadline: Prometheus scrapes once a second
+
+
+def _number(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _bound(spec: SloBound | Objective) -> tuple[float | None, float | None, str]:
+    below, above = _number(spec.below), _number(spec.above)
+    return below, above, (f"< {below:g}" if below is not None else f"> {above:g}")
+
+
+def faults_window(ctx: RunContext) -> tuple[float, float]:
+    faults = ctx.experiment.spec.faults
+    return min(f.at.total_seconds() for f in faults), max(f.ends_at.total_seconds() for f in faults)
+
+
+def _wait_until(ctx: RunContext, t: float) -> None:
+    while ctx.now() < t and ctx.stop_reason is None:
+        time.sleep(0.2)
+
+
+def judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    try:
+        return _judge(ctx, check, phase)
+    except (CatalogueError, PrometheusUnavailable) as exc:
+        return [CheckResult(phase, check.kind, _name(check), "error", None, "", str(exc))]
+
+
+def _name(check: Check) -> str:
+    value = getattr(check, check.kind)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(getattr(value, "name", None) or getattr(value, "slo", None) or check.kind)
+
+
+def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    if check.invariant is not None:
+        names = [check.invariant] if isinstance(check.invariant, str) else check.invariant
+        return judge_invariants(ctx, names, phase)
+    start, end = faults_window(ctx)
+    steady = phase.startswith("steadyState")
+    window = (0.0, ctx.now()) if steady else ((start, end) if phase == "expect" else (end, ctx.now()))
+    samples = ctx.samples()
+
+    if check.slo is not None:
+        name = check.slo if isinstance(check.slo, str) else check.slo.name
+        slo = ctx.catalogue.slo(name)
+        below, above, threshold = _bound(slo.objective if isinstance(check.slo, str) else check.slo)
+        if steady:
+            with Prometheus(ctx.topology.prometheus_url) as prom:
+                query = slo.promql(STEADY_WINDOW)
+                value = prom.scalar(query)
+            if value is None:
+                return [CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", {"query": query})]
+            ok = value < below if below is not None else value > above  # type: ignore[operator]
+            return [CheckResult(phase, "slo", name, "passed" if ok else "failed", round(value, 4), threshold,
+                                f"over the last {STEADY_WINDOW}", {"query": query})]
+        verdict, observed, detail = judge_bound(samples, f"slo:{name}", window[0], window[1], below, above)
+        return [CheckResult(phase, "slo", name, verdict, observed if observed is None else round(observed, 4), threshold,
+                            detail, {"window": [window[0], window[1]], "query": slo.promql("5s")})]
+
+    if check.breaker is not None:
+        b = check.breaker
+        results = []
+        if b.opens_within is not None:
+            within = b.opens_within.total_seconds()
+            if phase == "expect":
+                _wait_until(ctx, start + within + GRACE)
+            delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
+            verdict, observed, detail = judge_within(delay, within, "breaker open")
+            results.append(CheckResult(phase, "breaker", f"{b.name}.opens", verdict, observed, f"<= {within:g}s", detail,
+                                       {"fault_start": start}))
+        if b.closes_within is not None:
+            within = b.closes_within.total_seconds()
+            _wait_until(ctx, end + within + GRACE)
+            delay = first_time(ctx.samples(), "breaker_open", end, lambda v: v == 0)
+            verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
+            results.append(CheckResult(phase, "breaker", f"{b.name}.closes", verdict, observed, f"<= {within:g}s", detail,
+                                       {"revert": end}))
+        if b.fails_fast_below is not None:
+            bound = b.fails_fast_below.total_seconds()
+            if phase == "expect":
+                _wait_until(ctx, end)
+            samples = ctx.samples()
+            opened = first_time(samples, "breaker_open", start, lambda v: v >= 1, end)
+            if opened is None:
+                results.append(CheckResult(phase, "breaker", f"{b.name}.failsFast", "failed", None, f"< {bound:g}s",
+                                           "the breaker never opened, so nothing failed fast"))
+            else:
+                # From a few seconds after opening: the rate window must hold only refused calls.
+                window_start = start + opened + 5
+                verdict, observed, detail = judge_bound(samples, "card_fail_fast_p50", window_start, end, bound, None)
+                results.append(CheckResult(phase, "breaker", f"{b.name}.failsFast", verdict,
+                                           observed if observed is None else round(observed, 4), f"median < {bound:g}s",
+                                           detail, {"window": [window_start, end]}))
+        return results
+
+    if check.recovery is not None:
+        slo = ctx.catalogue.slo(check.recovery.slo)
+        below, above, threshold = _bound(slo.objective)
+        within = check.recovery.within.total_seconds()
+        _wait_until(ctx, end + within + GRACE)
+        key = f"slo:{check.recovery.slo}"
+        delay = first_time(ctx.samples(), key, end, lambda v: v < below if below is not None else v > above)  # type: ignore[operator]
+        verdict, observed, detail = judge_within(delay, within, f"{check.recovery.slo} {threshold}")
+        return [CheckResult(phase, "recovery", check.recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": end})]
+
+    if check.kafka is not None:
+        within = check.kafka.within.total_seconds()
+        _wait_until(ctx, end + within + GRACE)
+        delay = first_time(ctx.samples(), "consumer_lag", end, lambda v: v <= check.kafka.lag_below)  # type: ignore[union-attr]
+        verdict, observed, detail = judge_within(delay, within, f"consumer lag <= {check.kafka.lag_below}")
+        return [CheckResult(phase, "kafka", f"lag.{check.kafka.group}", verdict, observed, f"<= {within:g}s", detail)]
+
+    assert check.traffic is not None
+    bound = check.traffic.success_ratio_above
+    series = [s.values.get("client_fail_ratio") for s in samples if window[0] <= s.t <= window[1]]
+    ratios = [1 - v for v in series if v is not None]
+    if not ratios:
+        return [CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data")]
+    worst = min(ratios)
+    return [CheckResult(phase, "traffic", "success-ratio", "passed" if worst > bound else "failed", round(worst, 4),
+                        f"> {bound:g}", f"worst of {len(ratios)} seconds")]
+
+
+def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:
+    queries = {n: ctx.catalogue.invariant(n) for n in names}
+    acknowledged = _acknowledged(ctx)
+    engine = engine_for(ctx.topology.postgres_dsn)
+    try:
+        found = check_invariants(engine, queries, acknowledged)
+    finally:
+        engine.dispose()
+    return [
+        CheckResult(phase, "invariant", r.name, "passed" if r.holds else "failed", r.violations, "0 violating rows",
+                    "holds" if r.holds else f"{r.violations} violating rows", {"sample": r.sample, "acknowledged": len(acknowledged)})
+        for r in found
+    ]
+
+
+def _acknowledged(ctx: RunContext) -> list[tuple[str, str]]:
+    path = getattr(ctx.load, "acknowledged_path", None)
+    if path is None or not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if record.get("status") == "completed" and record.get("payment_id"):
+            rows.append((str(record.get("key", "")), str(record["payment_id"])))
+    return rows

@@ -1,0 +1,221 @@
+"""Running one experiment: compile it, let chaostoolkit-lib execute it in the main thread, then
+judge the run from its journal and write the journal with its ``paychaos`` section."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chaoslib.run import RunEventHandler
+from chaoslib.types import Strategy
+
+from paychaos.experiments import context
+from paychaos.experiments.compiling import compile_experiment
+from paychaos.experiments.context import RunContext
+from paychaos.experiments.spec import ChaosExperiment
+from paychaos.experiments.verdicts import FinalVerdict, first_time, final_verdict
+from paychaos.faults import records
+from paychaos.faults.local import LocalDriver
+from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
+from paychaos.platform.runtime.state import read_state, supervisor_alive
+
+Progress = Callable[[str], None]
+
+
+class NotRunnable(Exception):
+    """The run cannot start (no stack, locked target): the message says what to do."""
+
+
+@dataclass
+class Outcome:
+    verdict: FinalVerdict
+    reason: str
+    journal_path: Path
+    journal: dict[str, Any]
+
+
+class _Timeline(RunEventHandler):  # type: ignore[misc]
+    """Records fault activities on the paychaos timeline as Chaos Toolkit runs them."""
+
+    def activity_completed(self, activity: dict[str, Any], run: dict[str, Any]) -> None:
+        try:
+            ctx = context.current()
+        except RuntimeError:
+            return
+        name = activity.get("name", "")
+        if name.startswith(("inject-", "revert-")):
+            event = "fault-injected" if name.startswith("inject-") else "fault-reverted"
+            output = run.get("output") or {}
+            ctx.record(event, activity=name, status=run.get("status"), summary=output.get("summary"),
+                       scheduledAt=(activity.get("provider", {}).get("arguments", {}) or {}).get("at"))
+
+
+def run(
+    experiment: ChaosExperiment,
+    *,
+    run_dir: RunDir,
+    journal_path: Path,
+    progress: Progress = lambda _: None,
+) -> Outcome:
+    from chaoslib.experiment import run_experiment
+
+    if not supervisor_alive(run_dir):
+        raise NotRunnable(f"no stack is running in {run_dir.root}: start one with `paychaos stack up --wait`")
+    state = read_state(run_dir)
+    if state is None or state.phase != "ready":
+        raise NotRunnable(f"the stack in {run_dir.root} is not ready: see `paychaos stack status`")
+    os.environ[RUN_DIR_ENV] = str(run_dir.root)  # the fault actions find the stack through it
+    out_dir = journal_path.parent / f"{experiment.name}-artifacts"
+    compiled = compile_experiment(experiment, str(run_dir.root), str(out_dir))
+    driver = LocalDriver(run_dir)
+    try:
+        lock = records.acquire_lock(run_dir, experiment.name, driver)
+    except records.ExperimentLocked as exc:
+        raise NotRunnable(str(exc)) from None
+    _quiet_chaostoolkit(out_dir)
+    ticker = _Ticker(progress)
+    with lock:
+        ticker.start()
+        try:
+            journal = run_experiment(
+                compiled,
+                settings={"runtime": {"rollbacks": {"strategy": "always"}}},
+                strategy=Strategy.DEFAULT,
+                event_handlers=[_Timeline()],
+            )
+        finally:
+            ticker.stop()
+            leftovers = records.halt(run_dir, driver)  # nothing this run injected outlives it
+    ctx = context.current()
+    if leftovers:
+        ctx.errors.append(f"{len(leftovers)} faults were still active after the run and were reverted by halt")
+    journal["paychaos"] = paychaos_section(ctx, journal)
+    context.set_current(None)
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    journal_path.write_text(json.dumps(journal, indent=2, default=str), encoding="utf-8")
+    verdict = journal["paychaos"]["verdict"]
+    return Outcome(verdict["result"], verdict["reason"], journal_path, journal)
+
+
+def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]:
+    before = (journal.get("steady_states") or {}).get("before") or {}
+    verdict, reason = final_verdict(
+        journal_status=journal.get("status", "error"),
+        steady_state_before_met=before.get("steady_state_met") if before else None,
+        results=ctx.results,
+        stop_reason=ctx.stop_reason,
+        errors=ctx.errors,
+    )
+    samples = ctx.samples()
+    spec = ctx.experiment.spec
+    first_fault = min(f.at.total_seconds() for f in spec.faults)
+    last_revert = max(f.ends_at.total_seconds() for f in spec.faults)
+    return {
+        "experiment": ctx.experiment.name,
+        "methodStartedAt": ctx.method_started,
+        "timeline": [vars(e) for e in ctx.timeline],
+        "faults": [
+            {"index": i, "kind": f.kind, "at": f.at.total_seconds(), "for": f.for_.total_seconds(),
+             "spec": f.model_dump(by_alias=True, mode="json", exclude_none=True)}
+            for i, f in enumerate(spec.faults)
+        ],
+        "samples": [{"t": s.t, **s.values} for s in samples],
+        "checks": [r.to_dict() for r in ctx.results],
+        "times": {
+            "timeToDetect": _detection(samples, first_fault, ctx),
+            "recoveryTime": _recovery(samples, last_revert, ctx),
+        },
+        "verdict": {"result": verdict, "reason": reason},
+        "load": {
+            "stats": str(ctx.load.stats_path) if ctx.load is not None else None,
+            "acknowledged": str(ctx.load.acknowledged_path) if ctx.load is not None else None,
+        },
+    }
+
+
+def _objective_met(ctx: RunContext, name: str) -> Callable[[float], bool] | None:
+    slo = ctx.catalogue.slos.get(name)
+    if slo is None:
+        return None
+    below, above = slo.objective.below, slo.objective.above
+    b = below.total_seconds() if hasattr(below, "total_seconds") else below
+    a = above.total_seconds() if hasattr(above, "total_seconds") else above
+    return (lambda v: v < b) if b is not None else (lambda v: v > a)  # type: ignore[operator]
+
+
+def _detection(samples: list[Any], fault_start: float, ctx: RunContext) -> float | None:
+    """Fault start → the first sample where something watching the stack would have noticed."""
+    candidates = [first_time(samples, "breaker_open", fault_start, lambda v: v >= 1)]
+    for name in ("payments-availability", "payments-error-ratio"):
+        met = _objective_met(ctx, name)
+        if met is not None:
+            candidates.append(first_time(samples, f"slo:{name}", fault_start, lambda v, m=met: not m(v)))
+    seen = [c for c in candidates if c is not None]
+    return round(min(seen), 2) if seen else None
+
+
+def _recovery(samples: list[Any], revert: float, ctx: RunContext) -> float | None:
+    """Last revert → payments availability back within its objective (and the breaker closed)."""
+    met = _objective_met(ctx, "payments-availability")
+    slo = first_time(samples, "slo:payments-availability", revert, met) if met else None
+    closed = first_time(samples, "breaker_open", revert, lambda v: v == 0)
+    seen = [t for t in (slo, closed) if t is not None]
+    return round(max(seen), 2) if seen else None
+
+
+def _quiet_chaostoolkit(out_dir: Path) -> None:
+    """chaostoolkit-lib logs every step at INFO: keep that in a file, the terminal gets our ticker."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("chaostoolkit")
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.FileHandler(out_dir / "chaostoolkit.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+class _Ticker:
+    """Live progress: phase, elapsed time, active faults, request rate and error ratio."""
+
+    def __init__(self, progress: Progress, period: float = 2.0) -> None:
+        self.progress = progress
+        self.period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="paychaos-ticker", daemon=True)
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                ctx = context.current()
+            except RuntimeError:
+                continue
+            injected = [e.detail.get("activity", "") for e in ctx.timeline if e.event == "fault-injected"]
+            reverted = {e.detail.get("activity", "").replace("revert-", "inject-", 1) for e in ctx.timeline if e.event == "fault-reverted"}
+            active = [a.removeprefix("inject-") for a in injected if a not in reverted]
+            phase = ctx.timeline[-1].event if ctx.timeline else "starting"
+            samples = ctx.samples()
+            last = samples[-1].values if samples else {}
+            rps = last.get("rps")
+            err = last.get("slo:payments-error-ratio")
+            t = ctx.now() if ctx.method_started else -(time.monotonic() - self.started)
+            self.progress(
+                f"t={t:+6.1f}s  {phase:<18} faults: {', '.join(active) or 'none':<28} "
+                f"rps {rps if rps is None else round(rps)}  errors {'-' if err is None else f'{err:.1%}'}"
+            )

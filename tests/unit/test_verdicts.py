@@ -1,0 +1,74 @@
+"""Verdict rules on hand-made series: no stack, no clock."""
+
+from __future__ import annotations
+
+from paychaos.experiments.verdicts import (
+    CheckResult,
+    Sample,
+    final_verdict,
+    first_time,
+    judge_bound,
+    judge_within,
+    stop_condition_met,
+)
+
+
+def series(key: str, values: list[float | None], start: float = 0.0) -> list[Sample]:
+    return [Sample(start + i, {key: v}) for i, v in enumerate(values)]
+
+
+def result(verdict: str, phase: str = "expect") -> CheckResult:
+    return CheckResult(phase, "slo", "x", verdict, 1.0, "< 0.5")  # type: ignore[arg-type]
+
+
+def test_a_bound_is_judged_by_the_worst_sample_in_the_window() -> None:
+    samples = series("p99", [0.1, 0.2, 0.9, 0.2, 0.1])
+    assert judge_bound(samples, "p99", 0, 4, below=0.5, above=None)[:2] == ("failed", 0.9)
+    assert judge_bound(samples, "p99", 3, 4, below=0.5, above=None)[:2] == ("passed", 0.2)
+    assert judge_bound(series("a", [0.999, 0.98]), "a", 0, 1, below=None, above=0.99)[:2] == ("failed", 0.98)
+
+
+def test_no_data_is_a_failure_not_a_pass() -> None:
+    verdict, observed, detail = judge_bound(series("p99", [None, None]), "p99", 0, 1, below=0.5, above=None)
+    assert verdict == "failed" and observed is None and "no data" in detail
+
+
+def test_first_time_measures_from_the_fault_start() -> None:
+    samples = series("open", [0, 0, 0, 1, 1, 0])
+    assert first_time(samples, "open", 1.0, lambda v: v >= 1) == 2.0
+    assert first_time(samples, "open", 4.5, lambda v: v == 0) == 0.5
+    assert first_time(samples, "open", 0.0, lambda v: v > 5) is None
+
+
+def test_within() -> None:
+    assert judge_within(2.0, 5.0, "open")[0] == "passed"
+    assert judge_within(6.0, 5.0, "open")[0] == "failed"
+    assert judge_within(None, 5.0, "open")[0] == "failed"
+
+
+def test_stop_condition_needs_the_bad_state_to_hold_for_its_duration() -> None:
+    errors = series("err", [0.0, 0.6, 0.7, 0.1, 0.6, 0.6, 0.6, 0.6])
+    assert stop_condition_met(errors, "err", None, 0.5, hold=3.0) == 7.0
+    assert stop_condition_met(errors, "err", None, 0.5, hold=0.0) == 1.0
+    assert stop_condition_met(errors, "err", None, 0.9, hold=0.0) is None
+    # a gap in the data breaks the streak: no data is not evidence of harm
+    gappy = series("err", [0.6, None, 0.6, 0.6])
+    assert stop_condition_met(gappy, "err", None, 0.5, hold=2.0) is None
+
+
+def test_final_verdict_precedence() -> None:
+    ok = [result("passed")]
+    assert final_verdict(journal_status="completed", steady_state_before_met=True, results=ok, stop_reason=None, errors=[])[0] == "passed"
+    assert final_verdict(journal_status="interrupted", steady_state_before_met=True, results=ok, stop_reason="err > 0.5", errors=[])[0] == "aborted"
+    assert final_verdict(journal_status="interrupted", steady_state_before_met=True, results=ok, stop_reason=None, errors=[])[0] == "aborted"
+    assert final_verdict(journal_status="completed", steady_state_before_met=True, results=ok, stop_reason=None, errors=["boom"])[0] == "error"
+    failed = final_verdict(journal_status="completed", steady_state_before_met=True, results=[result("failed")], stop_reason=None, errors=[])
+    assert failed[0] == "failed" and "observed 1.0" in failed[1]
+
+
+def test_steady_state_failing_before_the_method_fails_the_run_although_chaostoolkit_says_completed() -> None:
+    before = [result("failed", phase="steadyState.before")]
+    verdict, reason = final_verdict(
+        journal_status="completed", steady_state_before_met=False, results=before, stop_reason=None, errors=[]
+    )
+    assert verdict == "failed" and "before the faults" in reason
