@@ -1,0 +1,1 @@
+"""Campaign-shaped traffic: load shapes, the Locust users, and the runner that keeps Locust in a child process."""

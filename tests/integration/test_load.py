@@ -1,0 +1,114 @@
+"""The load generator against the real platform: what it acknowledged is in the ledger, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paychaos.experiments.spec import Load
+from paychaos.load.running import LoadRunner, read_records
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def run(stack: Stack, out: Path, seconds: int, rps: int, workers: int = 0, during: Any = None) -> tuple[LoadRunner, dict[str, Any]]:
+    seed = stack.topology.seed
+    runner = LoadRunner(stack.edge, Load(profile="steady", baseline_rps=rps, duration=f"{seconds}s"), out,
+                        workers=workers, app_users=seed.users, merchants=seed.merchants)
+    runner.start()
+    if during is not None:
+        during(runner)
+    return runner, runner.wait(timeout=seconds + 60)
+
+
+def assert_every_acknowledged_payment_is_in_the_ledger_once(stack: Stack, records: list[dict[str, Any]]) -> None:
+    keys = Counter(r["key"] for r in records)
+    assert not [k for k, n in keys.items() if n > 1], "a payment was acknowledged twice"
+    completed = [r["payment_id"] for r in records if r["status"] == "completed"]
+    assert completed, "no payment completed during the run"
+    settled = dict(stack.sql(
+        "SELECT payment_id, count(*) FROM ledger.transfers WHERE id = ANY(%s) GROUP BY payment_id",
+        [f"pay:{pid}:settle" for pid in completed],
+    ))
+    missing = [pid for pid in completed if settled.get(pid) != 1]
+    assert not missing, f"{len(missing)} acknowledged payments not settled exactly once, e.g. {missing[:3]}"
+    refunded = stack.scalar("SELECT count(*) FROM ledger.transfers WHERE id = ANY(%s)", [f"pay:{pid}:refund" for pid in completed])
+    assert refunded == 0, "an acknowledged payment was refunded"
+    rows = dict(stack.sql("SELECT id, status FROM payment.payments WHERE id = ANY(%s)", completed))
+    assert all(rows.get(pid) == "completed" for pid in completed)
+    by_key = dict(stack.sql("SELECT idempotency_key, id FROM payment.payments WHERE idempotency_key = ANY(%s)", [r["key"] for r in records]))
+    assert all(by_key.get(r["key"]) == r["payment_id"] for r in records), "a record names another payment than its key's"
+
+
+def test_a_steady_run_writes_per_second_stats_and_an_acknowledged_record(stack: Stack, tmp_path: Path) -> None:
+    runner, summary = run(stack, tmp_path, seconds=12, rps=40)
+    lines = [json.loads(line) for line in runner.stats_path.read_text().splitlines()]
+    assert len(lines) >= 8
+    busy = [line for line in lines if line["rps"] > 0]
+    assert busy and {"t", "users", "rps", "fail_ratio", "p50", "p95", "p99", "requests"} <= set(busy[0])
+    assert "POST /v1/payments" in busy[-1]["requests"] and "GET /v1/campaign/status" in busy[-1]["requests"]
+    assert runner.latest() == lines[-1]
+    records = read_records(runner.acknowledged_path)
+    assert summary["acknowledged"] == len(records) > 0
+    assert summary["parts"] == 1 and summary["requests"] > 0
+    # About ten campaign reads per payment, like the app.
+    by_name = summary["by_name"]
+    assert by_name["GET /v1/campaign/status"]["count"] > 4 * by_name["POST /v1/payments"]["count"]
+    assert {"key", "payment_id", "user", "amount", "method", "status", "at"} <= set(records[0])
+    assert_every_acknowledged_payment_is_in_the_ledger_once(stack, records)
+
+
+def test_acknowledged_payments_survive_a_payment_replica_killed_mid_run(stack: Stack, tmp_path: Path) -> None:
+    victim = stack.state().process("payment-az-a-1")
+    assert victim is not None and victim.pid
+    restarts = victim.restarts
+
+    def kill_mid_run(runner: LoadRunner) -> None:
+        stack.wait_for("load under way", lambda: (runner.latest() or {}).get("rps", 0) > 0, timeout=30)
+        time.sleep(3)
+        os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+    runner, summary = run(stack, tmp_path, seconds=16, rps=40, during=kill_mid_run)
+    records = read_records(runner.acknowledged_path)
+    assert summary["acknowledged"] == len(records) > 0
+    assert_every_acknowledged_payment_is_in_the_ledger_once(stack, records)
+    stack.wait_for(
+        "the supervisor to restart the killed replica",
+        lambda: (p := stack.state().process("payment-az-a-1")) is not None and p.restarts > restarts and p.ready,
+        timeout=60,
+    )
+
+
+def test_a_distributed_run_merges_every_workers_record(stack: Stack, tmp_path: Path) -> None:
+    runner, summary = run(stack, tmp_path, seconds=10, rps=30, workers=2)
+    parts = sorted(tmp_path.glob("acknowledged.worker-*.jsonl"))
+    assert [p.name for p in parts] == ["acknowledged.worker-1.jsonl", "acknowledged.worker-2.jsonl"]
+    per_worker = [read_records(p) for p in parts]
+    merged = read_records(runner.acknowledged_path)
+    assert all(per_worker) and len(merged) == sum(map(len, per_worker)) == summary["acknowledged"]
+    assert [r["at"] for r in merged] == sorted(r["at"] for r in merged)
+    assert summary["parts"] == 2 and "warning" not in summary
+    worker_requests = sum(
+        entry["count"] for p in tmp_path.glob("totals.worker-*.json") for entry in json.loads(p.read_text())["requests"].values()
+    )
+    assert summary["requests"] == worker_requests > 0
+    assert any(line["rps"] > 0 for line in map(json.loads, runner.stats_path.read_text().splitlines()))
+    assert_every_acknowledged_payment_is_in_the_ledger_once(stack, merged)
+
+
+def test_the_cli_runs_a_short_load_and_prints_a_json_summary(stack: Stack, tmp_path: Path) -> None:
+    result = stack.cli("load", "steady", "--duration", "4s", "--rps", "10", "--out", str(tmp_path), "--json", timeout=90)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["requests"] > 0 and (tmp_path / "stats.jsonl").exists()
+    bad = stack.cli("load", "replay", "--duration", "4s", timeout=30)
+    assert bad.returncode != 0 and "trace" in bad.stderr and "Traceback" not in bad.stderr
