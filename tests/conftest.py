@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +16,12 @@ TEST_PORT_OFFSET = os.environ.get("PAYCHAOS_TEST_PORT_OFFSET", "5000")
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield tmp_path_factory.mktemp("paychaos-run")
+def run_dir() -> Iterator[Path]:
+    # Not under pytest's tmp tree: every pytest session resets that tree to mode 0700, and the
+    # PostgreSQL server (which runs as its own user) must be able to reach its data directory.
+    path = Path(tempfile.mkdtemp(prefix="paychaos-test-run-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,10 @@ def parse_duration(value: object) -> timedelta:
     if not match:
         raise ValueError(f"expected a duration such as '300ms', '45s' or '2m', got {value!r}")
     number, unit = match.groups()
-    return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    try:
+        return timedelta(seconds=float(number) * _UNIT_SECONDS[unit])
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long") from None
 
 
 def format_duration(value: timedelta) -> str:

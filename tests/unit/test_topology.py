@@ -38,7 +38,7 @@ def test_topology_round_trips_through_the_run_directory_json() -> None:
     topology = load_topology()
     again = Topology.model_validate_json(topology.model_dump_json(by_alias=True))
     assert again == topology
-    assert again.resilience.breaker.wait_duration_in_open_state == timedelta(seconds=5)
+    assert again.resilience.breaker.wait_duration_in_open_state == timedelta(seconds=15)
 
 
 def test_unknown_keys_and_bad_values_are_refused() -> None:

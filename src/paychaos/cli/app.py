@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paychaos.cli import demo, stack
+from paychaos.cli import demo, experiments, faults, load, running, stack
 
 app = typer.Typer(
     name="paychaos",
@@ -19,6 +19,13 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.command()(demo.demo)
+app.command(name="load")(load.load)
+app.command()(faults.plan)
+app.command()(faults.halt)
+app.command()(running.run)
+app.command()(running.export)
+app.command()(experiments.validate)
+app.command()(experiments.schema)
 
 
 def main() -> None:

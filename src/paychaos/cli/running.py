@@ -11,7 +11,10 @@ import typer
 from paychaos.cli.console import err, fail, say
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.loading import SpecError, load_experiment
+from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.topology import Topology
+from paychaos.probes.catalogue import CatalogueError, load_catalogue
 
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "aborted": "bold yellow", "error": "bold red"}
 
@@ -34,8 +37,8 @@ def run(
 
     rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
     try:
-        spec = load_experiment(experiment)
-    except SpecError as exc:
+        spec = load_experiment(experiment, _topology(rd), probes=load_catalogue())
+    except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"running {spec.name}: {spec.spec.description}")
     try:
@@ -51,6 +54,11 @@ def run(
     err.print(f"[{style}]{outcome.verdict.upper()}[/] {outcome.reason}")
     err.print(f"journal: {outcome.journal_path}")
     raise typer.Exit({"passed": 0, "failed": 1, "aborted": 2, "error": 3}[outcome.verdict])
+
+
+def _topology(run_dir: RunDir) -> Topology | None:
+    """The running stack's topology, so unknown services, zones and proxies fail at file:line."""
+    return stacking.current_topology(run_dir) if run_dir.topology_file.exists() else None
 
 
 def export(

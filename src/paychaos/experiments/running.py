@@ -50,11 +50,21 @@ class _Timeline(RunEventHandler):  # type: ignore[misc]
         except RuntimeError:
             return
         name = activity.get("name", "")
-        if name.startswith(("inject-", "revert-")):
-            event = "fault-injected" if name.startswith("inject-") else "fault-reverted"
-            output = run.get("output") or {}
-            ctx.record(event, activity=name, status=run.get("status"), summary=output.get("summary"),
-                       scheduledAt=(activity.get("provider", {}).get("arguments", {}) or {}).get("at"))
+        if not name.startswith(("inject-", "revert-")):
+            return
+        output = run.get("output") or {}
+        if name.startswith("revert-") and not output.get("reverted"):
+            return  # interrupted before acting, or nothing left to revert: not an event
+        event = "fault-injected" if name.startswith("inject-") else "fault-reverted"
+        completed = ctx.record(event, activity=name, status=run.get("status"), summary=output.get("summary"),
+                               scheduledAt=(activity.get("provider", {}).get("arguments", {}) or {}).get("at"))
+        # The event happened when the action started acting (its wait for `at` over), not when
+        # it finished: the driver may take a moment to confirm a kill or a hold.
+        started = output.get("injectedAt")
+        acted = float(started) - ctx.started_at() if started is not None else output.get("offset")
+        if acted is not None:
+            completed.detail["completedT"] = completed.t
+            completed.t = round(float(acted), 3)
 
 
 def run(

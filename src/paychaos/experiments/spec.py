@@ -6,21 +6,25 @@ as in Kubernetes; snake_case spellings are accepted too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 from pydantic.alias_generators import to_camel
 
-from paychaos.durations import Duration
+from paychaos.durations import Duration, format_duration
 
 API_VERSION = "paychaos.io/v1alpha1"
 KIND = "ChaosExperiment"
 
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=63)]
 
 
 class _Spec(BaseModel):
+    # A validator message that starts with a key of the model ("percent: give count or percent")
+    # is reported by the loader at that key's line rather than at the line of the whole mapping.
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
@@ -34,7 +38,7 @@ class Target(_Spec):
     @model_validator(mode="after")
     def _namespace_only_on_kubernetes(self) -> Target:
         if self.platform == "local" and self.namespace:
-            raise ValueError("namespace applies to platform: kubernetes only")
+            raise ValueError("namespace: applies to platform: kubernetes only")
         return self
 
 
@@ -51,7 +55,7 @@ class Load(_Spec):
         if self.profile == "replay" and not self.trace:
             raise ValueError("profile replay needs a trace (a CSV of second,multiplier)")
         if self.profile != "replay" and self.trace:
-            raise ValueError("trace applies to profile replay only")
+            raise ValueError("trace: applies to profile replay only")
         return self
 
 
@@ -69,7 +73,7 @@ class PodKill(_Spec):
     @model_validator(mode="after")
     def _count_or_percent(self) -> PodKill:
         if self.count is not None and self.percent is not None:
-            raise ValueError("give count or percent, not both")
+            raise ValueError("percent: give count or percent, not both")
         return self
 
 
@@ -92,8 +96,10 @@ class KafkaBrokerFailure(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> KafkaBrokerFailure:
-        if (self.broker is None) == (self.leader_of is None):
-            raise ValueError("give exactly one of broker or leaderOf")
+        if self.broker is not None and self.leader_of is not None:
+            raise ValueError("leaderOf: give broker or leaderOf, not both")
+        if self.broker is None and self.leader_of is None:
+            raise ValueError("give a broker id, or leaderOf: {topic, partition}")
         return self
 
 
@@ -113,6 +119,8 @@ class SlowDownstream(_Spec):
 
 
 FaultKind = Literal["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream")
+_FAULT_KEYS = ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream")
 
 
 class Fault(_Spec):
@@ -127,21 +135,24 @@ class Fault(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Fault:
-        given = [k for k in ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("a fault has exactly one of podKill, zoneLoss, kafkaBrokerFailure, slowDownstream")
+        given = [kind for kind, key in zip(FAULT_KINDS, _FAULT_KEYS) if getattr(self, key) is not None]
+        if not given:
+            raise ValueError(f"a fault needs one of {', '.join(FAULT_KINDS)}")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: a fault has exactly one kind and this one also has {given[0]}: split it in two")
+        if self.for_ <= timedelta(0):
+            raise ValueError("for: expected a duration longer than 0s")
+        try:
+            self.at + self.for_
+        except OverflowError:
+            raise ValueError("for: the fault would end too far in the future") from None
         return self
 
     @property
     def kind(self) -> FaultKind:
-        for key, kind in (
-            ("pod_kill", "podKill"),
-            ("zone_loss", "zoneLoss"),
-            ("kafka_broker_failure", "kafkaBrokerFailure"),
-            ("slow_downstream", "slowDownstream"),
-        ):
+        for kind, key in zip(FAULT_KINDS, _FAULT_KEYS):
             if getattr(self, key) is not None:
-                return kind  # type: ignore[return-value]
+                return kind
         raise AssertionError("validated to have one kind")
 
     @property
@@ -158,12 +169,48 @@ class Fault(_Spec):
 # -- checks -----------------------------------------------------------------------------------
 
 
+def _by_shape(scalar: str | None = None, mapping: str | None = None, sequence: str | None = None) -> Callable[[object], str | None]:
+    """Pick a union branch by the shape of the input, so an error names what was expected."""
+
+    def pick(value: object) -> str | None:
+        if isinstance(value, str):
+            return scalar
+        if isinstance(value, dict | BaseModel):
+            return mapping
+        if isinstance(value, list | tuple):
+            return sequence
+        return None
+
+    return pick
+
+
+def _number_or_duration(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str | timedelta):
+        return "duration"
+    return None
+
+
+# A number (a ratio such as 0.99, a rate) or a duration (a latency such as 300ms).
+Bound = Annotated[
+    Union[Annotated[float, Tag("number")], Annotated[Duration, Tag("duration")]],
+    Discriminator(
+        _number_or_duration,
+        custom_error_type="bound_type",
+        custom_error_message="expected a number such as 0.99 or a duration such as '300ms'",
+    ),
+]
+
+
 class SloBound(_Spec):
     """An SLO from the catalogue compared to a bound: a number (ratio, rate) or a duration (latency)."""
 
     name: Name
-    below: float | Duration | None = None
-    above: float | Duration | None = None
+    below: Bound | None = None
+    above: Bound | None = None
     for_: Duration | None = Field(default=None, alias="for")
 
     @model_validator(mode="after")
@@ -203,11 +250,38 @@ class Traffic(_Spec):
     success_ratio_above: float = Field(gt=0, le=1)
 
 
+class TrafficStop(_Spec):
+    """Abort when the client-side success ratio falls below a floor (for the given time)."""
+
+    success_ratio_below: float = Field(gt=0, le=1)
+    for_: Duration | None = Field(default=None, alias="for")
+
+
+SloRef = Annotated[
+    Union[Annotated[Name, Tag("name")], Annotated[SloBound, Tag("bound")]],
+    Discriminator(
+        _by_shape("name", mapping="bound"),
+        custom_error_type="slo_ref_type",
+        custom_error_message="expected an SLO name, or a mapping {name, below or above, for}",
+    ),
+]
+InvariantRef = Annotated[
+    Union[Annotated[Name, Tag("name")], Annotated[list[Name], Tag("names")]],
+    Discriminator(
+        _by_shape("name", sequence="names"),
+        custom_error_type="invariant_ref_type",
+        custom_error_message="expected an invariant name or a list of them",
+    ),
+]
+
+CHECK_KINDS = ("slo", "invariant", "breaker", "recovery", "kafka", "traffic")
+
+
 class Check(_Spec):
     """One judged condition. Exactly one key: slo, invariant, breaker, recovery, kafka, traffic."""
 
-    slo: Name | SloBound | None = None
-    invariant: Name | list[Name] | None = None
+    slo: SloRef | None = None
+    invariant: InvariantRef | None = None
     breaker: Breaker | None = None
     recovery: Recovery | None = None
     kafka: KafkaLag | None = None
@@ -215,26 +289,30 @@ class Check(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Check:
-        given = [k for k in ("slo", "invariant", "breaker", "recovery", "kafka", "traffic") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("a check has exactly one of slo, invariant, breaker, recovery, kafka, traffic")
+        given = [k for k in CHECK_KINDS if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"a check needs one of {', '.join(CHECK_KINDS)}")
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: a check has exactly one kind and this one also has {given[0]}: split it in two")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("slo", "invariant", "breaker", "recovery", "kafka", "traffic") if getattr(self, k) is not None)
+        return next(k for k in CHECK_KINDS if getattr(self, k) is not None)
 
 
 class StopCondition(_Spec):
     """Abort and revert everything when this holds (for the given time)."""
 
     slo: SloBound | None = None
-    traffic: Traffic | None = None
+    traffic: TrafficStop | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StopCondition:
-        if (self.slo is None) == (self.traffic is None):
-            raise ValueError("a stop condition has exactly one of slo or traffic")
+        if self.slo is not None and self.traffic is not None:
+            raise ValueError("traffic: a stop condition has exactly one of slo or traffic: split it in two")
+        if self.slo is None and self.traffic is None:
+            raise ValueError("a stop condition needs slo: {name, above or below, for} or traffic: {successRatioBelow, for}")
         return self
 
 
@@ -273,8 +351,8 @@ class ExperimentSpec(_Spec):
             for i, fault in enumerate(self.faults):
                 if fault.ends_at > self.load.duration:
                     raise ValueError(
-                        f"faults[{i}] ends at {fault.ends_at.total_seconds():g}s, after the load "
-                        f"({self.load.duration.total_seconds():g}s): lengthen load.duration"
+                        f"faults[{i}]: ends at {format_duration(fault.ends_at)} (at + for), after the load ends "
+                        f"at {format_duration(self.load.duration)}: lengthen load.duration or end the fault sooner"
                     )
         return self
 

@@ -1,0 +1,115 @@
+"""``paychaos validate`` and ``paychaos schema``: check experiment files, and give editors the schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.markup import escape
+from rich.text import Text
+
+from paychaos.cli.console import err, fail, say
+from paychaos.experiments.loading import Problem, SpecError, load_experiment
+from paychaos.experiments.references import ProbeNames
+from paychaos.experiments.spec import ChaosExperiment
+from paychaos.platform.topology import Topology, load_topology
+from paychaos.probes.catalogue import CatalogueError, load_catalogue
+
+
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Experiment files, or folders of *.yaml", metavar="FILE", show_default=False)],
+    topology: Annotated[
+        Path | None, typer.Option(help="Check services, zones, proxies and brokers against this topology; default: the packaged one")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results on stdout")] = False,
+) -> None:
+    """Check experiment files without running anything: every problem of every file, one line each.
+
+    Each problem reads `file:line: field.path: what was expected`. Names of services, zones,
+    proxies and Kafka brokers are checked against the topology, SLO and invariant names against
+    the probe catalogue (`probes/`). Exits 1 if any file is invalid.
+    """
+    topo = _topology(topology)
+    probes = _probes()
+    results = []
+    for path in _expand(files):
+        try:
+            experiment = load_experiment(path, topo, probes=probes)
+        except SpecError as exc:
+            results.append({"file": str(path), "valid": False, "name": None, "problems": [_as_dict(p) for p in exc.problems]})
+            if not as_json:
+                for problem in exc.problems:
+                    err.print(Text(str(problem)), soft_wrap=True)
+        else:
+            results.append({"file": str(path), "valid": True, "name": experiment.name, "problems": []})
+            if not as_json:
+                err.print(Text.assemble(("✓ ", "green"), experiment.name, (f"  {path}", "dim")))
+    invalid = sum(not r["valid"] for r in results)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        raise typer.Exit(1 if invalid else 0)
+    if invalid:
+        raise fail(f"{invalid} of {len(results)} file{'s' if len(results) != 1 else ''} invalid")
+
+
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the schema here instead of stdout")] = None,
+) -> None:
+    """Print the JSON Schema of an experiment (camelCase keys, as written in YAML).
+
+    Editors use it for completion and inline errors: with the YAML language server, put
+    `# yaml-language-server: $schema=<path to the schema>` at the top of an experiment.
+    """
+    text = json.dumps(experiment_schema(), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(escape(f"cannot write {output}: {exc.strerror or exc}")) from None
+    say(escape(f"wrote {output}"))
+
+
+def experiment_schema() -> dict[str, object]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **ChaosExperiment.model_json_schema(by_alias=True, mode="validation"),
+    }
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise fail(escape(f"{path}: no *.yaml files in this folder"))
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
+
+
+def _topology(path: Path | None) -> Topology:
+    try:
+        return load_topology(path)
+    except FileNotFoundError:
+        raise fail(escape(f"{path}: no such topology file")) from None
+    except (yaml.YAMLError, ValueError) as exc:  # a malformed topology
+        raise fail(escape(f"{path}: not a valid topology: {str(exc).splitlines()[0]}")) from None
+
+
+def _probes() -> ProbeNames | None:
+    try:
+        return load_catalogue()
+    except CatalogueError as exc:
+        say(escape(f"SLO and invariant names not checked: {exc}"))
+        return None
+
+
+def _as_dict(problem: Problem) -> dict[str, object]:
+    return {"line": problem.line, "path": problem.path, "message": problem.message}

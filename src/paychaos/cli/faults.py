@@ -1,0 +1,114 @@
+"""``paychaos plan`` (what an experiment would hit, touching nothing) and ``paychaos halt`` (revert leftovers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from paychaos.cli.console import err, fail, say
+from paychaos.experiments.loading import SpecError, load_experiment
+from paychaos.experiments.spec import ChaosExperiment
+from paychaos.faults import records
+from paychaos.faults.driving import TargetUnreachable
+from paychaos.faults.local import LocalDriver
+from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.stacking import current_topology
+
+RunDirOption = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Where the stack keeps its state [env: PAYCHAOS_RUN_DIR; default .paychaos/run]"),
+]
+
+
+def _run_dir(path: Path | None) -> RunDir:
+    return RunDir(path.resolve()) if path else RunDir.default()
+
+
+def _load(path: Path, run_dir: RunDir) -> ChaosExperiment:
+    # With the running stack's topology the loader also checks the names (file:line errors).
+    topology = current_topology(run_dir) if run_dir.topology_file.exists() else None
+    try:
+        return load_experiment(path, topology)
+    except SpecError as exc:
+        raise fail(str(exc)) from None
+
+
+def plan(
+    experiment: Annotated[Path, typer.Argument(help="An experiment file (ChaosExperiment YAML)", metavar="EXP.yaml")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")] = False,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Show exactly what each fault of an experiment would hit on the running stack; change nothing.
+
+    Replicas by name and pid, the zone, the Kafka broker and its zone, the proxy and its toxics.
+    Exits 1 when a fault is refused (blast-radius limits, unknown names).
+    """
+    rd = _run_dir(run_dir)
+    spec = _load(experiment, rd)
+    driver = LocalDriver(rd)
+    try:
+        observed = driver.observe(partitions_needed(spec.spec.faults))
+    except TargetUnreachable as exc:
+        raise fail(str(exc)) from None
+    out: list[dict[str, Any]] = []
+    refused = 0
+    for index, fault in enumerate(spec.spec.faults):
+        try:
+            fault_plan = plan_fault(fault, observed, spec.spec.limits, experiment=spec.name, index=index)
+        except PlanError as exc:
+            refused += 1
+            out.append({"index": index, "kind": fault.kind, "refused": type(exc).__name__, "reason": str(exc)})
+            if not as_json:
+                err.print(f"[bold red]faults[{index}] {fault.kind} refused:[/] {exc}")
+            continue
+        out.append({**fault_plan.to_dict(), "summary": fault_plan.headline()})
+        if not as_json:
+            typer.echo(fault_plan.describe())
+    if as_json:
+        typer.echo(json.dumps({"experiment": spec.name, "faults": out}, indent=2))
+    elif not refused:
+        say(f"{len(out)} fault(s) planned against {driver.run_dir.root}; nothing was changed")
+    if refused:
+        raise typer.Exit(1)
+
+
+def halt(
+    run_dir: RunDirOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Also revert faults of a run that is still alive")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the stack to be whole again")] = 120.0,
+) -> None:
+    """Revert every fault a dead run left behind (hold markers, toxics, killed replicas); idempotent.
+
+    Prints what it reverted and waits until the stack is whole again. Faults of a run that is
+    still alive are left to it unless `--force`.
+    """
+    rd = _run_dir(run_dir)
+    driver = LocalDriver(rd)
+    try:
+        reverted = records.halt(rd, driver, include_live=force)
+    except records.HaltIncomplete as exc:
+        for record in exc.reverted:
+            err.print(f"reverted {record.id}: {record.summary}")
+        raise fail(str(exc)) from None
+    for record in reverted:
+        err.print(f"reverted {record.id}: {record.summary} (left by pid {record.owner.pid})")
+    for record in records.live_records(rd):
+        say(f"left {record.id} to its live run (pid {record.owner.pid}); `paychaos halt --force` reverts it too")
+    if not reverted:
+        err.print("nothing to revert")
+        return
+    deadline = time.monotonic() + timeout
+    pending = list(reverted)
+    while pending and time.monotonic() < deadline:
+        pending = [r for r in pending if not driver.verify_reverted(r)]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise fail(f"reverted, but not whole again after {timeout:.0f}s: "
+                   f"{', '.join(r.id for r in pending)} (see `paychaos stack status`)")
+    err.print(f"[green]stack whole again[/]: {len(reverted)} fault(s) reverted")

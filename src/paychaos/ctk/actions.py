@@ -1,0 +1,55 @@
+"""paychaos faults as Chaos Toolkit actions (``"provider": {"type": "python", "module": "paychaos.ctk.actions"}``).
+
+Arguments are plain JSON: a fault is the spec's dict (``fault.model_dump(by_alias=True, mode="json")``).
+The run directory comes from PAYCHAOS_RUN_DIR (default ``.paychaos/run``).
+"""
+
+# No `from __future__ import annotations`: chaoslib's discovery reads the annotations as types.
+
+from paychaos.ctk import timeline
+from paychaos.experiments.spec import Fault, Limits
+from paychaos.faults import records
+from paychaos.faults.local import LocalDriver
+from paychaos.faults.planning import partitions_needed, plan_fault
+from paychaos.platform.runtime.paths import RunDir
+
+__all__ = ["inject_fault", "revert_fault", "halt_all"]
+
+
+def _driver() -> tuple[RunDir, LocalDriver]:
+    run_dir = RunDir.default()
+    return run_dir, LocalDriver(run_dir)
+
+
+def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limits: dict | None = None) -> dict:
+    """Inject one paychaos fault ``at`` seconds after the method started; record it first so it can be halted.
+
+    Plans against the stack as it is now and refuses plans beyond ``limits`` (the spec's
+    ``limits``; defaults when omitted). Returns the plan that was executed.
+    """
+    spec_fault = Fault.model_validate(fault)
+    spec_limits = Limits.model_validate(limits or {})
+    reached = timeline.wait_until(at)
+    run_dir, driver = _driver()
+    observed = driver.observe(partitions_needed([spec_fault]))
+    plan = plan_fault(spec_fault, observed, spec_limits, experiment=experiment, index=index)
+    record = records.inject(run_dir, driver, plan)
+    return {"id": record.id, "kind": plan.kind, "summary": record.summary, "injectedAt": record.recorded_at,
+            "offset": round(reached, 3), "plan": record.plan}
+
+
+def revert_fault(experiment: str, index: int, at: float | None = None) -> dict:
+    """Revert a recorded fault (at ``at`` seconds after the method start, if given). Reverting twice is fine."""
+    reached = timeline.wait_until(at) if at is not None else None
+    run_dir, driver = _driver()
+    record = records.revert(run_dir, driver, f"{experiment}-{index}")
+    return {"id": f"{experiment}-{index}", "reverted": record is not None,
+            "summary": record.summary if record else "no active fault recorded (already reverted)",
+            "offset": round(reached, 3) if reached is not None else None}
+
+
+def halt_all() -> list:
+    """Revert every fault recorded in the run directory by a dead run or by this process."""
+    run_dir, driver = _driver()
+    return [{"id": r.id, "kind": r.kind, "summary": r.summary, "ownerPid": r.owner.pid}
+            for r in records.halt(run_dir, driver)]

@@ -1,0 +1,133 @@
+"""What an experiment names must exist: services, zones, proxies, brokers, SLOs and invariants.
+
+Pure checks of a validated experiment against a topology and a probe catalogue; each problem is
+the data path it concerns (as the spec's aliases spell it) and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from pydantic.alias_generators import to_snake
+
+from paychaos.experiments.locating import Segment
+from paychaos.experiments.spec import ChaosExperiment
+from paychaos.platform.topology import Topology
+
+Reference = tuple[tuple[Segment, ...], str]
+
+
+class ProbeNames(Protocol):
+    """What the loader needs of a probe catalogue: the names it defines."""
+
+    @property
+    def slos(self) -> Mapping[str, object]: ...
+
+    @property
+    def invariants(self) -> Mapping[str, object]: ...
+
+
+def normalize(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The one candidate clearly closest to ``word`` (az-d is as close to az-a as to az-c: none)."""
+    scored = sorted(((difflib.SequenceMatcher(None, normalize(word), normalize(c)).ratio(), c) for c in candidates), reverse=True)
+    if not scored or scored[0][0] < 0.6 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
+        return None
+    return scored[0][1]
+
+
+def _one_of(what: str, value: object, known: Iterable[object]) -> str:
+    names = [str(k) for k in known]
+    close = suggest(str(value), names)
+    hint = f" (did you mean {close!r}?)" if close else ""
+    return f"unknown {what} {value!r}{hint}: expected one of {', '.join(names) or 'none'}"
+
+
+def check_references(exp: ChaosExperiment, topology: Topology | None, probes: ProbeNames | None) -> list[Reference]:
+    out: list[Reference] = []
+    limits = exp.spec.limits
+    on_topology = topology is not None and exp.spec.target.platform == "local"
+    for i, fault in enumerate(exp.spec.faults):
+        at: tuple[Segment, ...] = ("spec", "faults", i, fault.kind)
+        if fault.pod_kill is not None:
+            kill = fault.pod_kill
+            if kill.count is not None and kill.count > limits.max_replicas:
+                out.append(((*at, "count"), f"{kill.count} replicas is over limits.maxReplicas ({limits.max_replicas}): raise the limit if you mean it"))
+            if kill.percent is not None and kill.percent > limits.max_percent:
+                out.append(((*at, "percent"), f"{kill.percent}% is over limits.maxPercent ({limits.max_percent}): raise the limit if you mean it"))
+        if fault.zone_loss is not None and not limits.allow_zone_loss:
+            out.append((at, "zone loss is refused by limits.allowZoneLoss: false"))
+        if on_topology:
+            assert topology is not None
+            out += [((*at, *key), message) for key, message in _topology_problems(fault, topology)]
+    if probes is not None:
+        out += _probe_problems(exp, probes)
+    return out
+
+
+def _topology_problems(fault: Any, topology: Topology) -> list[Reference]:
+    out: list[Reference] = []
+    if fault.pod_kill is not None:
+        kill = fault.pod_kill
+        if kill.service not in topology.services:
+            out.append((("service",), _one_of("service", kill.service, topology.services)))
+        elif kill.zone is not None and kill.zone not in topology.zones:
+            out.append((("zone",), _one_of("zone", kill.zone, topology.zones)))
+        else:
+            replicas = len(topology.replicas_of(kill.service, kill.zone))
+            where = f" in {kill.zone}" if kill.zone else ""
+            if replicas == 0:
+                out.append((("service",), f"the topology runs no replica of {kill.service}{where}"))
+            elif kill.count is not None and kill.count > replicas:
+                out.append((("count",), f"{kill.count} is more than the {replicas} replicas of {kill.service}{where}"))
+    if fault.zone_loss is not None and fault.zone_loss.zone not in topology.zones:
+        out.append((("zone",), _one_of("zone", fault.zone_loss.zone, topology.zones)))
+    if fault.slow_downstream is not None and fault.slow_downstream.proxy not in topology.proxies:
+        out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, topology.proxies)))
+    if fault.kafka_broker_failure is not None:
+        kafka = fault.kafka_broker_failure
+        if kafka.broker is not None and kafka.broker not in topology.kafka_nodes:
+            out.append((("broker",), _one_of("Kafka broker", kafka.broker, topology.kafka_nodes)))
+        if kafka.leader_of is not None:
+            topic, partition = kafka.leader_of.topic, kafka.leader_of.partition
+            if topic not in topology.kafka.topics:
+                out.append((("leaderOf", "topic"), _one_of("topic", topic, topology.kafka.topics)))
+            elif partition >= (count := topology.kafka.topics[topic].partitions):
+                out.append((("leaderOf", "partition"), f"{topic} has partitions 0 to {count - 1}, got {partition}"))
+    return out
+
+
+def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]:
+    out: list[Reference] = []
+
+    def slo(path: tuple[Segment, ...], name: str) -> None:
+        if name not in probes.slos:
+            out.append((path, _one_of("SLO", name, probes.slos)))
+
+    def invariant(path: tuple[Segment, ...], name: str) -> None:
+        if name not in probes.invariants:
+            out.append((path, _one_of("invariant", name, probes.invariants)))
+
+    for section in ("steadyState", "expect", "after"):
+        for i, check in enumerate(getattr(exp.spec, to_snake(section))):
+            at: tuple[Segment, ...] = ("spec", section, i)
+            if isinstance(check.slo, str):
+                slo((*at, "slo"), check.slo)
+            elif check.slo is not None:
+                slo((*at, "slo", "name"), check.slo.name)
+            if isinstance(check.invariant, str):
+                invariant((*at, "invariant"), check.invariant)
+            elif check.invariant is not None:
+                for j, name in enumerate(check.invariant):
+                    invariant((*at, "invariant", j), name)
+            if check.recovery is not None:
+                slo((*at, "recovery", "slo"), check.recovery.slo)
+    for i, stop in enumerate(exp.spec.stop_when):
+        if stop.slo is not None:
+            slo(("spec", "stopWhen", i, "slo", "name"), stop.slo.name)
+    return out

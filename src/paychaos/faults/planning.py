@@ -1,0 +1,332 @@
+"""Deciding what a fault will hit: ``plan_fault(fault, observed, limits) -> FaultPlan``, with no I/O.
+
+A driver observes the target into an ``Observed`` snapshot; the plan names exactly which
+replicas, zone, broker or proxy toxics are hit, and refuses plans beyond the blast-radius limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from paychaos.durations import format_duration
+from paychaos.experiments import spec
+
+PartitionRef = tuple[str, int]
+
+
+class PlanError(Exception):
+    """The fault names something the target does not have: fix the spec (the message says what exists)."""
+
+
+class BlastRadiusExceeded(PlanError):
+    """The fault would hit more than the experiment's limits allow: shrink the fault or raise the limits."""
+
+
+# -- what the target looks like ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObservedReplica:
+    """One replica (a process locally, a pod on Kubernetes); pid and started identify one instance."""
+
+    name: str
+    service: str
+    zone: str
+    ready: bool
+    pid: int | None = None
+    started: float | None = None
+
+
+@dataclass(frozen=True)
+class ObservedBroker:
+    id: int
+    name: str
+    zone: str
+    ready: bool
+    pid: int | None = None
+    started: float | None = None
+
+
+@dataclass(frozen=True)
+class ObservedProxy:
+    name: str
+    upstream: str
+    toxics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A snapshot of the target, taken by a driver; planning reads nothing else."""
+
+    zones: tuple[str, ...]
+    replicas: tuple[ObservedReplica, ...]
+    brokers: tuple[ObservedBroker, ...] = ()
+    proxies: tuple[ObservedProxy, ...] = ()
+    leaders: Mapping[PartitionRef, int] = field(default_factory=dict)
+    # Why a leader asked for could not be read (no such topic, no leader right now, ...).
+    leader_errors: Mapping[PartitionRef, str] = field(default_factory=dict)
+
+    def replicas_of(self, service: str) -> list[ObservedReplica]:
+        return sorted((r for r in self.replicas if r.service == service), key=lambda r: r.name)
+
+    @property
+    def services(self) -> list[str]:
+        return sorted({r.service for r in self.replicas})
+
+
+def partitions_needed(faults: Iterable[spec.Fault]) -> list[PartitionRef]:
+    """The topic-partitions whose leaders a driver must observe before these faults can be planned."""
+    out: list[PartitionRef] = []
+    for fault in faults:
+        failure = fault.kafka_broker_failure
+        if failure is not None and failure.leader_of is not None:
+            ref = (failure.leader_of.topic, failure.leader_of.partition)
+            if ref not in out:
+                out.append(ref)
+    return out
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Toxic:
+    name: str
+    type: str
+    attributes: Mapping[str, int]
+    stream: str = "downstream"
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Exactly what one fault hits. Serialisable (``to_dict``/``from_dict``) for the fault ledger."""
+
+    experiment: str
+    index: int
+    kind: spec.FaultKind
+    at: float
+    duration: float
+    replicas: tuple[ObservedReplica, ...] = ()
+    brokers: tuple[ObservedBroker, ...] = ()
+    zone: str | None = None
+    leader_of: PartitionRef | None = None
+    proxy: str | None = None
+    upstream: str | None = None
+    toxics: tuple[Toxic, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"{self.experiment}-{self.index}"
+
+    def headline(self) -> str:
+        """One line: what is hit."""
+        if self.kind == "podKill":
+            names = ", ".join(r.name for r in self.replicas)
+            return f"podKill {self.replicas[0].service}: kill {names}"
+        if self.kind == "zoneLoss":
+            brokers = "".join(f" and Kafka node {b.id}" for b in self.brokers)
+            return f"zoneLoss {self.zone}: hold the zone down, kill {len(self.replicas)} replicas{brokers}"
+        if self.kind == "kafkaBrokerFailure":
+            b = self.brokers[0]
+            why = f" (leader of {self.leader_of[0]}-{self.leader_of[1]})" if self.leader_of else ""
+            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone} down{why}"
+        toxics = ", ".join(_toxic_text(t) for t in self.toxics)
+        return f"slowDownstream on proxy {self.proxy}: {toxics}"
+
+    def describe(self) -> str:
+        """Several lines for `paychaos plan`: the window, then every target by name."""
+        lines = [f"faults[{self.index}] at {_secs(self.at)} for {_secs(self.duration)} — {self.kind}"]
+        if self.zone is not None:
+            lines.append(f"  zone      {self.zone} (held down for the window)")
+        for r in self.replicas:
+            lines.append(f"  replica   {r.name}  zone {r.zone}  pid {_pid(r.pid)}{'' if r.ready else '  (not ready)'}")
+        for b in self.brokers:
+            lead = f"  leader of {self.leader_of[0]}-{self.leader_of[1]}" if self.leader_of else ""
+            lines.append(f"  broker    {b.id} ({b.name})  zone {b.zone}  pid {_pid(b.pid)}{lead}")
+        if self.proxy is not None:
+            lines.append(f"  proxy     {self.proxy} (in front of {self.upstream})")
+        for t in self.toxics:
+            lines.append(f"  toxic     {t.name}: {_toxic_text(t)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "index": self.index,
+            "kind": self.kind,
+            "at": self.at,
+            "duration": self.duration,
+            "replicas": [vars(r) for r in self.replicas],
+            "brokers": [vars(b) for b in self.brokers],
+            "zone": self.zone,
+            "leaderOf": {"topic": self.leader_of[0], "partition": self.leader_of[1]} if self.leader_of else None,
+            "proxy": self.proxy,
+            "upstream": self.upstream,
+            "toxics": [{"name": t.name, "type": t.type, "attributes": dict(t.attributes), "stream": t.stream}
+                       for t in self.toxics],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultPlan:
+        leader = data.get("leaderOf")
+        return cls(
+            experiment=data["experiment"],
+            index=int(data["index"]),
+            kind=data["kind"],
+            at=float(data["at"]),
+            duration=float(data["duration"]),
+            replicas=tuple(ObservedReplica(**r) for r in data.get("replicas", [])),
+            brokers=tuple(ObservedBroker(**b) for b in data.get("brokers", [])),
+            zone=data.get("zone"),
+            leader_of=(leader["topic"], int(leader["partition"])) if leader else None,
+            proxy=data.get("proxy"),
+            upstream=data.get("upstream"),
+            toxics=tuple(Toxic(t["name"], t["type"], t["attributes"], t.get("stream", "downstream"))
+                         for t in data.get("toxics", [])),
+        )
+
+
+def toxic_name(experiment: str, index: int, what: str) -> str:
+    return f"paychaos-{experiment}-{index}-{what}"
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, experiment: str, index: int) -> FaultPlan:
+    """Choose the targets of ``fault`` deterministically and check them against ``limits``.
+
+    ``experiment`` and ``index`` name the fault in the ledger and in the toxics it adds.
+    """
+    base = {"experiment": experiment, "index": index, "kind": fault.kind,
+            "at": fault.at.total_seconds(), "duration": fault.for_.total_seconds()}
+    action = fault.action
+    if isinstance(action, spec.PodKill):
+        return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits))
+    if isinstance(action, spec.ZoneLoss):
+        return _zone_loss(action, observed, limits, base)
+    if isinstance(action, spec.KafkaBrokerFailure):
+        return _broker_failure(action, observed, base)
+    return _slow_downstream(action, observed, base)
+
+
+def plan_faults(faults: Sequence[spec.Fault], observed: Observed, limits: spec.Limits, *, experiment: str) -> list[FaultPlan]:
+    return [plan_fault(f, observed, limits, experiment=experiment, index=i) for i, f in enumerate(faults)]
+
+
+def replicas_to_hit(total: int, count: int | None, percent: int | None) -> int:
+    """``count`` (default 1), or ``percent`` of ``total`` rounded up: 34 % of 3 replicas is 2."""
+    if percent is not None:
+        return max(1, -(-percent * total // 100))
+    return count if count is not None else 1
+
+
+def _pod_kill_targets(action: spec.PodKill, observed: Observed, limits: spec.Limits) -> tuple[ObservedReplica, ...]:
+    service = observed.replicas_of(action.service)
+    if not service:
+        raise PlanError(f"podKill: no service {action.service!r}; services: {', '.join(observed.services) or 'none'}")
+    if action.zone is not None and action.zone not in observed.zones:
+        raise PlanError(f"podKill: no zone {action.zone!r}; zones: {', '.join(observed.zones)}")
+    candidates = [r for r in service if action.zone is None or r.zone == action.zone]
+    where = f" in {action.zone}" if action.zone else ""
+    wanted = replicas_to_hit(len(candidates), action.count, action.percent)
+    _check_replica_limits(f"podKill {action.service}", wanted, len(service), limits)
+    ready = [r for r in candidates if r.ready]
+    if wanted > len(ready):
+        down = [r.name for r in candidates if not r.ready]
+        detail = f"; not ready now: {', '.join(down)}" if down else ""
+        raise PlanError(f"podKill {action.service}: {wanted} replicas wanted{where} but only "
+                        f"{len(ready)} of {len(candidates)} are ready{detail}")
+    return tuple(ready[:wanted])
+
+
+def _check_replica_limits(what: str, hit: int, total: int, limits: spec.Limits) -> None:
+    share = 100 * hit / total
+    if hit > limits.max_replicas:
+        raise BlastRadiusExceeded(f"{what} would hit {hit} of {total} replicas, over limits.maxReplicas "
+                                  f"{limits.max_replicas}: hit fewer or raise spec.limits.maxReplicas")
+    if hit * 100 > limits.max_percent * total:
+        raise BlastRadiusExceeded(f"{what} would hit {hit} of {total} replicas ({share:.0f}%), over "
+                                  f"limits.maxPercent {limits.max_percent}%: hit fewer or raise spec.limits.maxPercent")
+
+
+def _zone_loss(action: spec.ZoneLoss, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
+    if action.zone not in observed.zones:
+        raise PlanError(f"zoneLoss: no zone {action.zone!r}; zones: {', '.join(observed.zones)}")
+    if not limits.allow_zone_loss:
+        raise BlastRadiusExceeded(f"zoneLoss {action.zone} would take down a whole zone, but "
+                                  "limits.allowZoneLoss is false: set spec.limits.allowZoneLoss to true")
+    hit = tuple(sorted((r for r in observed.replicas if r.zone == action.zone), key=lambda r: r.name))
+    # A zone is a blast radius of its own (allowZoneLoss); the share of each service still counts,
+    # so that losing one of two zones is not mistaken for losing one of three.
+    for service in observed.services:
+        in_zone = sum(1 for r in hit if r.service == service)
+        total = len(observed.replicas_of(service))
+        if in_zone * 100 > limits.max_percent * total:
+            raise BlastRadiusExceeded(
+                f"zoneLoss {action.zone} would hit {in_zone} of {total} {service} replicas "
+                f"({100 * in_zone / total:.0f}%), over limits.maxPercent {limits.max_percent}%: "
+                "raise spec.limits.maxPercent")
+    brokers = tuple(sorted((b for b in observed.brokers if b.zone == action.zone), key=lambda b: b.id))
+    return FaultPlan(**base, zone=action.zone, replicas=hit, brokers=brokers)
+
+
+def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, base: dict[str, Any]) -> FaultPlan:
+    leader_of: PartitionRef | None = None
+    broker_id = action.broker
+    if action.leader_of is not None:
+        leader_of = (action.leader_of.topic, action.leader_of.partition)
+        if leader_of in observed.leader_errors:
+            raise PlanError(f"kafkaBrokerFailure: leader of {leader_of[0]}-{leader_of[1]} unknown: "
+                            f"{observed.leader_errors[leader_of]}")
+        if leader_of not in observed.leaders:
+            raise PlanError(f"kafkaBrokerFailure: the leader of {leader_of[0]}-{leader_of[1]} was not observed")
+        broker_id = observed.leaders[leader_of]
+    broker = next((b for b in observed.brokers if b.id == broker_id), None)
+    if broker is None:
+        known = ", ".join(str(b.id) for b in sorted(observed.brokers, key=lambda b: b.id)) or "none"
+        raise PlanError(f"kafkaBrokerFailure: no Kafka broker {broker_id}; brokers: {known}")
+    return FaultPlan(**base, brokers=(broker,), zone=None, leader_of=leader_of)
+
+
+def _slow_downstream(action: spec.SlowDownstream, observed: Observed, base: dict[str, Any]) -> FaultPlan:
+    proxy = next((p for p in observed.proxies if p.name == action.proxy), None)
+    if proxy is None:
+        known = ", ".join(sorted(p.name for p in observed.proxies)) or "none"
+        raise PlanError(f"slowDownstream: no proxy {action.proxy!r}; proxies: {known}")
+    toxics: list[Toxic] = []
+    if action.latency is not None:
+        toxics.append(Toxic(toxic_name(base["experiment"], base["index"], "latency"), "latency",
+                            {"latency": _millis(action.latency.total_seconds()),
+                             "jitter": _millis(action.jitter.total_seconds())}))
+    if action.timeout is not None:
+        toxics.append(Toxic(toxic_name(base["experiment"], base["index"], "timeout"), "timeout",
+                            {"timeout": _millis(action.timeout.total_seconds())}))
+    return FaultPlan(**base, proxy=proxy.name, upstream=proxy.upstream, toxics=tuple(toxics))
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def _millis(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _secs(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds))
+
+
+def _pid(pid: int | None) -> str:
+    return str(pid) if pid is not None else "-"
+
+
+def _toxic_text(t: Toxic) -> str:
+    if t.type == "latency":
+        jitter = t.attributes.get("jitter", 0)
+        return f"latency +{t.attributes['latency']}ms" + (f" ±{jitter}ms" if jitter else "")
+    if t.type == "timeout":
+        return f"timeout after {t.attributes['timeout']}ms"
+    return f"{t.type} {dict(t.attributes)}"

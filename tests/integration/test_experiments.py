@@ -1,0 +1,151 @@
+"""`paychaos run` end to end: faults at the times the spec says, reverted whatever happens,
+a verdict read from the journal, stop conditions that abort, and plain `chaos run` on an export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXIT = {"passed": 0, "failed": 1, "aborted": 2, "error": 3}
+
+SLOWDOWN = """
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: {name}, labels: {{severity: sev2}}}}
+spec:
+  description: The card acquirer slows down for a while.
+  load: {{profile: steady, baselineRps: 10, duration: {duration}}}
+  steadyState:
+    - slo: payments-availability
+    - invariant: ledger-conservation
+  faults:
+    - {{at: {at}, for: {for_}, slowDownstream: {{proxy: acquirer, latency: 3000ms}}}}
+  expect:
+    - slo: {{name: balance-payments-availability, above: 0.9}}
+  after:
+    - breaker: {{name: acquirer, closesWithin: 40s}}
+    - invariant: [ledger-conservation, no-double-charge, acknowledged-payments-durable]
+  stopWhen: [{stop}]
+"""
+
+
+def write_spec(tmp_path: Path, name: str, *, at: str = "8s", for_: str = "12s", duration: str = "40s", stop: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SLOWDOWN.format(name=name, at=at, for_=for_, duration=duration, stop=stop))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def steady(stack) -> None:
+    """Each experiment starts from a steady stack: the previous one's errors out of the SLO window."""
+    query = (
+        'sum(rate(http_server_requests_seconds_count{service="gateway",route="/v1/payments",status=~"5.."}[30s]))'
+        ' or vector(0)'
+    )
+    stack.wait_for("the last 30 s to be free of 5xx", lambda: stack.prometheus(query) and
+                   float(stack.prometheus(query)[0]["value"][1]) == 0.0, timeout=90, interval=2)
+
+
+def toxics(stack) -> list[dict]:
+    return httpx.get(f"{stack.topology.toxiproxy_url}/proxies/acquirer/toxics", timeout=5).json()
+
+
+def events(journal: dict, name: str) -> list[dict]:
+    return [e for e in journal["paychaos"]["timeline"] if e["event"] == name]
+
+
+def test_run_injects_and_reverts_on_time_and_exits_by_verdict(stack, tmp_path: Path) -> None:
+    journal_path = tmp_path / "journal.json"
+    result = stack.cli("run", str(write_spec(tmp_path, "slowdown-on-time")), "--journal", str(journal_path), timeout=300)
+    journal = json.loads(journal_path.read_text())
+    verdict = journal["paychaos"]["verdict"]["result"]
+    assert result.returncode == EXIT[verdict], (verdict, result.stderr[-2000:])
+    assert verdict in ("passed", "failed"), journal["paychaos"]["verdict"]
+    (injected,), (reverted,) = events(journal, "fault-injected"), events(journal, "fault-reverted")
+    assert abs(injected["t"] - 8.0) <= 0.5, injected
+    assert abs(reverted["t"] - 20.0) <= 0.5, reverted
+    # The standard Chaos Toolkit journal is all there, with the paychaos section beside it.
+    assert journal["status"] == "completed" and journal["steady_states"]["before"]["steady_state_met"] is True
+    assert {c["phase"] for c in journal["paychaos"]["checks"]} >= {"steadyState.before", "expect", "after"}
+    assert len(journal["paychaos"]["samples"]) > 30
+    assert toxics(stack) == []
+
+
+def test_stop_condition_aborts_and_reverts_within_two_seconds(stack, tmp_path: Path) -> None:
+    # Card payments wait out the 1.5 s acquirer timeout, so the p99 crosses 1 s soon after the fault.
+    stop = "{slo: {name: payments-latency-p99, above: 1s, for: 2s}}"
+    spec = write_spec(tmp_path, "slowdown-abort", at="5s", for_="60s", duration="80s", stop=stop)
+    journal_path = tmp_path / "journal.json"
+    result = stack.cli("run", str(spec), "--journal", str(journal_path), timeout=300)
+    journal = json.loads(journal_path.read_text())
+    assert journal["paychaos"]["verdict"]["result"] == "aborted", journal["paychaos"]["verdict"]
+    assert result.returncode == EXIT["aborted"]
+    (met,) = events(journal, "stop-condition-met")
+    (reverted,) = events(journal, "fault-reverted")
+    done = reverted["detail"].get("completedT", reverted["t"])  # a rollback has no schedule: t is when it finished
+    assert done - met["t"] <= 2.0, (met, reverted)
+    assert toxics(stack) == []
+
+
+def test_a_killed_run_leaves_nothing_that_halt_cannot_revert(stack, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "slowdown-killed", at="3s", for_="60s", duration="80s")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "paychaos.cli", "run", str(spec), "--journal", str(tmp_path / "j.json")],
+        env={**os.environ, **stack.env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        stack.wait_for("the toxic to be injected", lambda: toxics(stack), timeout=60)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert toxics(stack), "the fault must still be there: nothing reverted it"
+    halted = stack.cli("halt")
+    assert halted.returncode == 0, halted.stderr
+    assert toxics(stack) == []
+    again = stack.cli("halt")
+    assert again.returncode == 0
+
+
+def test_exported_experiment_runs_under_plain_chaos_run(stack, tmp_path: Path) -> None:
+    exported = tmp_path / "exported.json"
+    spec = write_spec(tmp_path, "slowdown-exported", at="5s", for_="8s", duration="25s")
+    result = stack.cli("export", "--format", "chaostoolkit", str(spec), "--output", str(exported),
+                       "--run-dir", str(stack.run_dir.root))
+    assert result.returncode == 0, result.stderr
+    journal = tmp_path / "chaos-journal.json"
+    chaos = Path(sys.executable).parent / "chaos"
+    started = time.monotonic()
+    ran = subprocess.run(
+        [str(chaos), "--no-version-check", "run", "--journal-path", str(journal), "--rollback-strategy", "always", str(exported)],
+        env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=240,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert time.monotonic() - started > 13  # it really waited for the fault window
+    data = json.loads(journal.read_text())
+    names = [r["activity"]["name"] for r in data["run"]]
+    assert names[:2] == ["inject-slowDownstream-0", "revert-slowDownstream-0"]
+    judged = [r for r in data["run"] if r["activity"]["type"] == "probe"]
+    assert judged and all(r["status"] == "succeeded" for r in judged)
+    assert toxics(stack) == []
+
+
+def test_chaos_discover_lists_the_paychaos_activities(stack, tmp_path: Path) -> None:
+    chaos = Path(sys.executable).parent / "chaos"
+    out = tmp_path / "discovery.json"
+    ran = subprocess.run(
+        [str(chaos), "--no-version-check", "discover", "--no-system-info", "--no-install", "--discovery-path", str(out), "paychaos"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    names = {a["name"] for a in json.loads(out.read_text())["activities"]}
+    assert {"inject_fault", "revert_fault"} <= names

@@ -1,0 +1,311 @@
+"""Every fault injected on the real stack, its effect observed, and reverted; the safety net around them.
+
+The safety net: faults are recorded before injection, so `paychaos halt` undoes what a run killed
+with SIGKILL left behind; `paychaos plan` touches nothing; blast-radius limits refuse; one
+experiment at a time per stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from paychaos.experiments.spec import Fault, Limits
+from paychaos.faults import records
+from paychaos.faults.local import LocalDriver
+from paychaos.faults.planning import BlastRadiusExceeded, FaultPlan, partitions_needed, plan_fault
+from paychaos.platform.runtime import kafka
+from paychaos.platform.runtime.state import alive, marker_names
+from paychaos.platform.runtime.toxiproxy import Toxiproxy
+
+pytestmark = pytest.mark.integration
+
+
+def fault(**kind: Any) -> Fault:
+    return Fault.model_validate({"at": "0s", "for": "30s", **kind})
+
+
+def plan(stack, f: Fault, index: int, limits: Limits | None = None) -> FaultPlan:
+    driver = LocalDriver(stack.run_dir)
+    observed = driver.observe(partitions_needed([f]))
+    return plan_fault(f, observed, limits or Limits(), experiment="test-faults", index=index)
+
+
+def pids(stack) -> dict[str, int | None]:
+    return {p.name: p.pid for p in stack.state().processes}
+
+
+def toxics(stack) -> dict[str, list[str]]:
+    with Toxiproxy(stack.topology.toxiproxy_url) as api:
+        return {name: [t["name"] for t in proxy.get("toxics", [])] for name, proxy in api.proxies().items()}
+
+
+def whole(stack) -> bool:
+    state = stack.state()
+    return (all(p.ready for p in state.processes) and not state.zones_down
+            and not marker_names(stack.run_dir.held) and not any(toxics(stack).values()))
+
+
+def wait_whole(stack, timeout: float = 120) -> None:
+    stack.wait_for("the stack to be whole again", lambda: whole(stack), timeout=timeout)
+
+
+def health_latency(url: str, samples: int = 5) -> float:
+    """The best of a few GETs: on a shared 2-core box the minimum is the honest figure."""
+    best = float("inf")
+    with httpx.Client(timeout=10) as client:
+        for _ in range(samples):
+            started = time.perf_counter()
+            client.get(f"{url}/health/live", headers={"Connection": "close"}).raise_for_status()
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+# -- each fault, in and out -------------------------------------------------------------------
+
+
+def test_pod_kill_kills_the_planned_replica_and_revert_waits_until_it_is_back(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    p = plan(stack, fault(podKill={"service": "payment", "zone": "az-b"}), 0)
+    assert [r.name for r in p.replicas] == ["payment-az-b-1"]
+    victim = p.replicas[0]
+    assert victim.pid == pids(stack)["payment-az-b-1"]
+    record = records.inject(stack.run_dir, driver, p)
+    assert records.read_record(stack.run_dir, record.id) is not None
+    stack.wait_for("the victim to die", lambda: not alive(victim.pid, victim.started), timeout=5, interval=0.05)
+    assert records.revert(stack.run_dir, driver, record.id) == record
+    now = stack.state().process("payment-az-b-1")
+    assert now.ready and now.pid not in (None, victim.pid)
+    assert driver.verify_reverted(record)
+    # Reverting again is fine: through the ledger (nothing recorded) and by the driver itself.
+    assert records.revert(stack.run_dir, driver, record.id) is None
+    driver.revert(record)
+    assert stack.state().process("payment-az-b-1").pid == now.pid
+
+
+def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    p = plan(stack, fault(zoneLoss={"zone": "az-b"}), 1)
+    in_zone = {x.name for x in stack.state().processes if x.zone == "az-b"}
+    assert {r.name for r in p.replicas} | {b.name for b in p.brokers} == in_zone
+    assert [b.id for b in p.brokers] == [2]
+    record = records.inject(stack.run_dir, driver, p)
+    try:
+        time.sleep(2)  # several supervisor ticks and restart back-offs: nothing may come back
+        state = stack.state()
+        assert state.zones_down == ["az-b"]
+        assert not any(x.pid for x in state.processes if x.zone == "az-b")
+        assert all(x.ready for x in state.processes if x.zone == "az-a")
+        assert not driver.verify_reverted(record)
+    finally:
+        records.revert(stack.run_dir, driver, record.id)
+    assert not (stack.run_dir.zones_down / "az-b").exists()
+    stack.wait_for("az-b to come back", lambda: driver.verify_reverted(record), timeout=120)
+    driver.revert(record)
+    assert driver.verify_reverted(record)
+    wait_whole(stack)
+
+
+def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    f = fault(kafkaBrokerFailure={"leaderOf": {"topic": "payments", "partition": 0}})
+    leader = kafka.partition_leader(stack.topology, "payments", 0)
+    p = plan(stack, f, 2)
+    assert [b.id for b in p.brokers] == [leader]
+    name = f"kafka-{leader}"
+    record = records.inject(stack.run_dir, driver, p)
+    try:
+        assert (stack.run_dir.held / name).exists()
+        assert stack.state().process(name).pid is None
+        # The cluster notices: another node takes over the partition.
+        stack.wait_for("a new leader for payments-0", lambda: kafka.partition_leader(stack.topology, "payments", 0) != leader,
+                       timeout=60, interval=1)
+        assert stack.state().process(name).pid is None
+    finally:
+        records.revert(stack.run_dir, driver, record.id)
+    stack.wait_for(f"{name} to come back", lambda: driver.verify_reverted(record), timeout=120)
+    driver.revert(record)
+
+
+def test_slow_downstream_adds_latency_through_the_proxy_until_reverted(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    url = stack.topology.internal_url("acquirer")
+    before = health_latency(url)
+    p = plan(stack, fault(slowDownstream={"proxy": "acquirer", "latency": "300ms"}), 3)
+    assert [t.name for t in p.toxics] == ["paychaos-test-faults-3-latency"]
+    record = records.inject(stack.run_dir, driver, p)
+    try:
+        assert toxics(stack)["acquirer"] == ["paychaos-test-faults-3-latency"]
+        during = health_latency(url)
+    finally:
+        records.revert(stack.run_dir, driver, record.id)
+    after = health_latency(url)
+    assert during - before >= 0.25, (before, during)
+    assert during - after >= 0.25, (during, after)
+    assert toxics(stack)["acquirer"] == []
+    assert driver.verify_reverted(record)
+    driver.revert(record)  # the toxic is gone already: fine
+
+
+# -- the safety net ---------------------------------------------------------------------------
+
+
+def test_blast_radius_is_refused_before_anything_is_touched(stack) -> None:
+    from paychaos.ctk.actions import inject_fault
+
+    before = pids(stack)
+    with pytest.raises(BlastRadiusExceeded, match="would hit 2 of 3 replicas"):
+        plan(stack, fault(podKill={"service": "payment", "count": 2}), 4)
+    too_big = fault(podKill={"service": "ledger", "percent": 100}).model_dump(by_alias=True, mode="json")
+    with pytest.raises(BlastRadiusExceeded, match="3 of 3 replicas"):
+        inject_fault(too_big, "test-faults", 4)
+    with pytest.raises(BlastRadiusExceeded, match="allowZoneLoss is false"):
+        inject_fault(fault(zoneLoss={"zone": "az-a"}).model_dump(by_alias=True, mode="json"), "test-faults", 4,
+                     limits={"allowZoneLoss": False})
+    assert records.active_records(stack.run_dir) == []
+    assert pids(stack) == before
+
+
+CHILD = """
+import json, sys, time
+from paychaos.ctk.actions import inject_fault
+print(json.dumps(inject_fault(json.loads(sys.argv[1]), "killed-run", int(sys.argv[2]))), flush=True)
+time.sleep(600)
+"""
+
+
+def test_halt_reverts_what_runs_killed_with_sigkill_left_behind(stack) -> None:
+    wait_whole(stack)
+    faults = [
+        fault(podKill={"service": "payment", "zone": "az-a"}),
+        fault(zoneLoss={"zone": "az-c"}),
+        fault(kafkaBrokerFailure={"broker": 3}),  # in the lost zone too: two holds on one node
+        fault(slowDownstream={"proxy": "acquirer", "latency": "300ms", "timeout": "20s"}),
+    ]
+    for index, f in enumerate(faults):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(f.model_dump(by_alias=True, mode="json")), str(index)],
+            env={**os.environ, **stack.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            line = child.stdout.readline()
+            assert line, child.stderr.read() if child.poll() is not None else "no output"
+            assert json.loads(line)["id"] == f"killed-run-{index}"
+        finally:
+            child.kill()  # SIGKILL: no handler, no finally, no revert
+            child.wait()
+            child.stdout.close()
+            child.stderr.close()
+    state = stack.state()
+    assert state.zones_down == ["az-c"] and marker_names(stack.run_dir.held) == ["kafka-3"]
+    assert len(toxics(stack)["acquirer"]) == 2
+    assert [r.id for r in records.active_records(stack.run_dir)] == [f"killed-run-{i}" for i in range(4)]
+
+    halted = stack.cli("halt", timeout=300)
+    assert halted.returncode == 0, halted.stderr
+    for i in range(4):
+        assert f"reverted killed-run-{i}" in halted.stderr
+    assert "stack whole again" in halted.stderr
+    wait_whole(stack, timeout=30)
+    assert records.active_records(stack.run_dir) == []
+
+    again = stack.cli("halt")
+    assert again.returncode == 0 and "nothing to revert" in again.stderr
+
+
+def test_halt_leaves_a_live_runs_faults_alone_unless_forced(stack) -> None:
+    f = fault(slowDownstream={"proxy": "acquirer", "latency": "100ms"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(f.model_dump(by_alias=True, mode="json")), "9"],
+        env={**os.environ, **stack.env}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        assert child.stdout.readline()
+        polite = stack.cli("halt")
+        assert polite.returncode == 0 and "left killed-run-9 to its live run" in polite.stderr
+        assert toxics(stack)["acquirer"] == ["paychaos-killed-run-9-latency"]
+        forced = stack.cli("halt", "--force")
+        assert forced.returncode == 0 and "reverted killed-run-9" in forced.stderr, forced.stderr
+        assert toxics(stack)["acquirer"] == []
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+SPEC = """
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: plan-only}}
+spec:
+  description: Every kind of fault, planned and never injected.
+  limits: {{allowZoneLoss: {allow_zone_loss}}}
+  faults:
+    - {{at: 5s, for: 20s, podKill: {{service: gateway, zone: az-b}}}}
+    - {{at: 10s, for: 20s, zoneLoss: {{zone: az-c}}}}
+    - {{at: 15s, for: 20s, kafkaBrokerFailure: {{leaderOf: {{topic: payments, partition: 1}}}}}}
+    - {{at: 20s, for: 20s, slowDownstream: {{proxy: acquirer, latency: 3000ms, jitter: 200ms}}}}
+"""
+
+
+def test_plan_shows_exactly_what_would_be_hit_and_changes_nothing(stack, tmp_path) -> None:
+    wait_whole(stack)
+    path = tmp_path / "plan-only.yaml"
+    path.write_text(SPEC.format(allow_zone_loss="true"))
+    before = pids(stack)
+    leader = kafka.partition_leader(stack.topology, "payments", 1)
+
+    shown = stack.cli("plan", str(path))
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "faults[0] at 5s for 20s — podKill" in out
+    assert f"replica   gateway-az-b-1  zone az-b  pid {before['gateway-az-b-1']}" in out
+    assert "zone      az-c" in out and f"replica   ledger-az-c-1  zone az-c  pid {before['ledger-az-c-1']}" in out
+    assert f"broker    {leader} (kafka-{leader})" in out and "leader of payments-1" in out
+    assert "proxy     acquirer" in out and "paychaos-plan-only-3-latency: latency +3000ms ±200ms" in out
+
+    as_json = stack.cli("plan", str(path), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    planned = json.loads(as_json.stdout)["faults"]
+    assert [f["kind"] for f in planned] == ["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream"]
+    assert planned[0]["replicas"][0]["pid"] == before["gateway-az-b-1"]
+    assert planned[2]["brokers"][0]["id"] == leader
+
+    path.write_text(SPEC.format(allow_zone_loss="false"))
+    refused = stack.cli("plan", str(path))
+    assert refused.returncode == 1 and "allowZoneLoss" in refused.stderr and "Traceback" not in refused.stderr
+
+    assert pids(stack) == before
+    assert whole(stack) and records.active_records(stack.run_dir) == []
+
+
+def test_one_experiment_at_a_time_and_a_dead_runs_lock_is_taken_over(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    with records.acquire_lock(stack.run_dir, "first", driver):
+        with pytest.raises(records.ExperimentLocked) as locked:
+            records.acquire_lock(stack.run_dir, "second", driver)
+        assert f"experiment 'first' (pid {os.getpid()}" in str(locked.value) and " since " in str(locked.value)
+    assert not records.lock_path(stack.run_dir).exists()
+
+    # A run that died holding the lock, with a fault still in: the next run halts it and goes on.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_owner = records.Owner(pid=dead.pid, started=psutil.Process(dead.pid).create_time())
+    dead.wait()
+    p = plan(stack, fault(slowDownstream={"proxy": "acquirer", "latency": "100ms"}), 5)
+    record = records.inject(stack.run_dir, driver, p)
+    records.write_record(stack.run_dir, record.model_copy(update={"owner": dead_owner}))
+    records.lock_path(stack.run_dir).write_text(
+        records.LockHolder(experiment="died", started=time.time(), owner=dead_owner).model_dump_json())
+    with records.acquire_lock(stack.run_dir, "next", driver) as lock:
+        assert lock.holder.pid == os.getpid()
+        assert records.active_records(stack.run_dir) == []
+        assert toxics(stack)["acquirer"] == []
+    assert not records.lock_path(stack.run_dir).exists()

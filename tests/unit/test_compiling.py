@@ -1,0 +1,48 @@
+"""A spec compiles to a valid Chaos Toolkit experiment with faults in time order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chaoslib.experiment import ensure_experiment_is_valid
+
+from paychaos.experiments.compiling import compile_experiment
+from paychaos.experiments.loading import load_experiment
+
+CATALOGUE = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CATALOGUE, ids=lambda p: p.stem)
+def test_catalogue_compiles_to_a_valid_chaostoolkit_experiment(path: Path) -> None:
+    compiled = compile_experiment(load_experiment(path), "run", "out")
+    ensure_experiment_is_valid(compiled)
+    assert compiled["controls"][0]["provider"]["module"] == "paychaos.ctk.control"
+    actions = [a for a in compiled["method"] if a["type"] == "action" and a["name"].startswith(("inject-", "revert-"))]
+    times = [a["provider"]["arguments"]["at"] for a in actions]
+    assert times == sorted(times)
+    assert len(compiled["rollbacks"]) == len(actions) // 2
+
+
+def test_overlapping_faults_interleave_and_a_revert_due_with_an_inject_goes_first(tmp_path: Path) -> None:
+    spec = tmp_path / "x.yaml"
+    spec.write_text(
+        """
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata: {name: two-faults}
+spec:
+  description: two faults
+  faults:
+    - {at: 10s, for: 10s, podKill: {service: payment}}
+    - {at: 5s, for: 15s, slowDownstream: {proxy: acquirer, latency: 500ms}}
+    - {at: 20s, for: 5s, zoneLoss: {zone: az-b}}
+"""
+    )
+    compiled = compile_experiment(load_experiment(spec), "run", "out")
+    names = [a["name"] for a in compiled["method"] if a["type"] == "action"]
+    assert names[:6] == [
+        "inject-slowDownstream-1", "inject-podKill-0", "revert-podKill-0",
+        "revert-slowDownstream-1", "inject-zoneLoss-2", "revert-zoneLoss-2",
+    ]
+    assert names[-1] == "stop-load"
