@@ -17,7 +17,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,8 @@ from statistics import mean
 
 from paychaos.experiments.spec import Load
 from paychaos.load.running import LoadRunner
-from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.installing import MissingTool
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.runtime.state import supervisor_alive
+
+from _stack import require_wrk, running_stack  # the benchmarks folder is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 PATH = "/v1/campaign/status?user_id=u00001"
@@ -137,33 +134,19 @@ def main() -> int:
     parser.add_argument("--jump-baseline", type=int, default=8, help="rate before the ×10 jump (default 8/s: 80/s fits a 2-core platform)")
     parser.add_argument("--hold", type=int, default=20, help="seconds held at ×10 (default 20)")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("error: wrk is not installed: run `sudo apt-get install wrk`", file=sys.stderr)
-        return 2
-    run_dir = RunDir.default()
-    started_here = not supervisor_alive(run_dir)
-    if started_here:
-        print(f"no stack running in {run_dir.root}; starting one", file=sys.stderr)
-        try:
-            stacking.up(run_dir, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
-        except (MissingTool, stacking.StackError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+    require_wrk()
     try:
-        topology = stacking.current_topology(run_dir)
-        edge = topology.edge_url
-        results = [
-            run_wrk(edge, args),
-            run_locust("plain FastHttpUser", HERE / "locust" / "plain_status.py", "PlainStatusUser", edge, args),
-            run_locust("CampaignUser (reads only)", HERE / "locust" / "campaign_status.py", "CampaignStatusUser", edge, args),
-        ]
-        jump = run_jump(edge, args, topology.seed.users, topology.seed.merchants)
+        with running_stack() as topology:
+            edge = topology.edge_url
+            results = [
+                run_wrk(edge, args),
+                run_locust("plain FastHttpUser", HERE / "locust" / "plain_status.py", "PlainStatusUser", edge, args),
+                run_locust("CampaignUser (reads only)", HERE / "locust" / "campaign_status.py", "CampaignStatusUser", edge, args),
+            ]
+            jump = run_jump(edge, args, topology.seed.users, topology.seed.merchants)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if started_here:
-            stacking.down(run_dir)
     wrk = results[0]
     print(f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs: GET {PATH} through the edge {edge}, "
           f"{args.connections} connections/users, {args.duration}s each")

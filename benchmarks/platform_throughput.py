@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,10 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.installing import MissingTool
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.runtime.state import supervisor_alive
+
+from _stack import require_wrk, running_stack  # the benchmarks folder is on sys.path when run as a script
 
 LUA = Path(__file__).resolve().parent / "wrk"
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -121,40 +118,23 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--timeout", type=int, default=10, help="wrk request timeout in seconds")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("error: wrk is not installed: run `sudo apt-get install wrk`", file=sys.stderr)
-        return 2
-
-    run_dir = RunDir.default()
-    started_here = not supervisor_alive(run_dir)
-    if started_here:
-        print(f"no stack running in {run_dir.root}; starting one", file=sys.stderr)
-        t0 = time.monotonic()
-        try:
-            stacking.up(run_dir, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
-        except (MissingTool, stacking.StackError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"stack ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    require_wrk()
     try:
-        topology = stacking.current_topology(run_dir)
-        edge = topology.edge_url
-        users, merchants = str(topology.seed.users), str(topology.seed.merchants)
-        # A short warm-up so the replicas' connection pools and caches are warm before measuring.
-        warm = argparse.Namespace(**{**vars(args), "duration": 2})
-        run_wrk("warm-up", f"{edge}/v1/campaign/status", warm, "campaign_status.lua", [users])
-        baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args)
-        reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users])
-        payments = run_wrk(
-            "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
-            "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", users, merchants],
-        )
+        with running_stack() as topology:
+            edge = topology.edge_url
+            users, merchants = str(topology.seed.users), str(topology.seed.merchants)
+            # A short warm-up so the replicas' connection pools and caches are warm before measuring.
+            warm = argparse.Namespace(**{**vars(args), "duration": 2})
+            run_wrk("warm-up", f"{edge}/v1/campaign/status", warm, "campaign_status.lua", [users])
+            baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args)
+            reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users])
+            payments = run_wrk(
+                "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
+                "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", users, merchants],
+            )
     except WrkOutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if started_here:
-            stacking.down(run_dir)
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs: "
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency through the edge {edge}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def main() -> int:
     here = Path(__file__).resolve().parent
-    scripts = sorted(p for p in here.glob("*.py") if p.name != Path(__file__).name)
+    scripts = sorted(p for p in here.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_"))
     failed = []
     for script in scripts:
         print(f"== {script.name}", flush=True)
