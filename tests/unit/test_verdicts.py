@@ -72,3 +72,14 @@ def test_steady_state_failing_before_the_method_fails_the_run_although_chaostool
         journal_status="completed", steady_state_before_met=False, results=before, stop_reason=None, errors=[]
     )
     assert verdict == "failed" and "before the faults" in reason
+
+
+def test_fail_fast_is_judged_only_once_every_replica_has_been_open_for_a_while() -> None:
+    from paychaos.experiments.judging import refused_while_open
+
+    def s(t: float, opened: int, p50: float) -> Sample:
+        return Sample(t, {"breaker_open": opened, "breaker_replicas": 3, "card_fail_fast_p50": p50})
+
+    samples = [s(0, 1, 1.5), s(1, 3, 1.5), *[s(t, 3, 0.01) for t in range(2, 9)], s(9, 2, 1.5), s(10, 3, 0.01)]
+    assert refused_while_open(samples, 0, 20) == [(6, 0.01), (7, 0.01), (8, 0.01)]
+    assert refused_while_open([s(t, 2, 0.01) for t in range(10)], 0, 20) == []

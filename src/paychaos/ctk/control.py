@@ -120,6 +120,11 @@ def stop_load() -> dict[str, Any]:
     ctx = _ctx()
     if ctx is None or ctx.load is None or getattr(ctx, "_load_stopped", False):
         return {"stopped": False}
+    # The load runs its whole duration: the final steady state is judged on its tail.
+    started = next((e.wall for e in ctx.timeline if e.event == "load-started"), time.time())
+    ends = started + ctx.experiment.spec.load.duration.total_seconds()  # type: ignore[union-attr]
+    while time.time() < ends and ctx.stop_reason is None:
+        time.sleep(0.2)
     ctx.load.stop()
     ctx._load_stopped = True  # type: ignore[attr-defined]
     ctx.record("load-stopped")

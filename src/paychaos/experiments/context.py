@@ -22,10 +22,18 @@ from paychaos.probes.catalogue import Catalogue
 
 @dataclass
 class TimelineEvent:
-    t: float  # seconds since the method started (negative: before it)
-    at: str  # wall clock, ISO 8601 UTC
+    wall: float  # time.time() when it happened
     event: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, origin: float) -> dict[str, Any]:
+        """With ``t`` in seconds since ``origin`` (the method start; negative before it)."""
+        return {
+            "t": round(self.wall - origin, 3),
+            "at": datetime.fromtimestamp(self.wall, UTC).isoformat(),
+            "event": self.event,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -51,9 +59,8 @@ class RunContext:
     def now(self) -> float:
         return time.time() - self.started_at()
 
-    def record(self, event: str, **detail: Any) -> TimelineEvent:
-        wall = time.time()
-        entry = TimelineEvent(round(wall - self.started_at(), 3), datetime.fromtimestamp(wall, UTC).isoformat(), event, detail)
+    def record(self, event: str, wall: float | None = None, **detail: Any) -> TimelineEvent:
+        entry = TimelineEvent(time.time() if wall is None else wall, event, detail)
         with self.lock:
             self.timeline.append(entry)
         return entry

@@ -56,15 +56,18 @@ class _Timeline(RunEventHandler):  # type: ignore[misc]
         if name.startswith("revert-") and not output.get("reverted"):
             return  # interrupted before acting, or nothing left to revert: not an event
         event = "fault-injected" if name.startswith("inject-") else "fault-reverted"
-        completed = ctx.record(event, activity=name, status=run.get("status"), summary=output.get("summary"),
-                               scheduledAt=(activity.get("provider", {}).get("arguments", {}) or {}).get("at"))
         # The event happened when the action started acting (its wait for `at` over), not when
         # it finished: the driver may take a moment to confirm a kill or a hold.
-        started = output.get("injectedAt")
-        acted = float(started) - ctx.started_at() if started is not None else output.get("offset")
-        if acted is not None:
-            completed.detail["completedT"] = completed.t
-            completed.t = round(float(acted), 3)
+        finished = time.time()
+        if output.get("injectedAt") is not None:
+            wall = float(output["injectedAt"])
+        elif output.get("offset") is not None:
+            wall = ctx.started_at() + float(output["offset"])
+        else:
+            wall = finished
+        ctx.record(event, wall=wall, activity=name, status=run.get("status"), summary=output.get("summary"),
+                   scheduledAt=(activity.get("provider", {}).get("arguments", {}) or {}).get("at"),
+                   completedT=round(finished - ctx.started_at(), 3))
 
 
 def run(
@@ -130,7 +133,7 @@ def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]
     return {
         "experiment": ctx.experiment.name,
         "methodStartedAt": ctx.method_started,
-        "timeline": [vars(e) for e in ctx.timeline],
+        "timeline": [e.to_dict(ctx.started_at()) for e in sorted(ctx.timeline, key=lambda e: e.wall)],
         "faults": [
             {"index": i, "kind": f.kind, "at": f.at.total_seconds(), "for": f.for_.total_seconds(),
              "spec": f.model_dump(by_alias=True, mode="json", exclude_none=True)}

@@ -23,6 +23,7 @@ SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to se
 KEY_SERIES = {
     "rps": 'sum(rate(http_server_requests_seconds_count{service="gateway"}[$window]))',
     "breaker_open": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"} == 1) or vector(0)',
+    "breaker_replicas": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"})',
     "breaker_closed": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="closed"} == 1) or vector(0)',
     "consumer_lag": "sum(campaign_consumer_lag)",
     "outbox_backlog": "sum(outbox_backlog)",
