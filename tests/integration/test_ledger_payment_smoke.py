@@ -262,9 +262,14 @@ def test_hundreds_of_concurrent_payments_keep_the_ledger_balanced(seeded: Smoke)
                 body = {"user_id": f"u{i % 40 + 10:05d}", "merchant_id": f"m{i % 7 + 1:03d}", "amount": 100 + i,
                         "method": "card" if i % 5 == 0 else "balance"}
                 headers = {"Idempotency-Key": uuid.uuid4().hex}
-                # As the app does: a shed request (the replica's worker pool is full) is retried with its key.
+                # As the app does: a shed request (the replica's worker pool is full) or a keep-alive
+                # connection the server closed as we reused it is retried with the same key.
                 for _ in range(50):
-                    r = await client.post(f"{seeded.payment_url}/v1/payments", json=body, headers=headers)
+                    try:
+                        r = await client.post(f"{seeded.payment_url}/v1/payments", json=body, headers=headers)
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.2)
+                        continue
                     if r.status_code not in (409, 503):
                         break
                     await asyncio.sleep(0.2)

@@ -198,10 +198,11 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
         finally:
             toxiproxy.remove_toxic("acquirer", "test-latency")
             stacking.reconfigure(stack.run_dir, healthy, ["payment"])
-    # The cascade: card calls pin every payment worker, so balance payments queue behind them
-    # until the app gives up, or are refused: far fewer of them complete in the same window.
-    served_protected, served_exposed = protected["balance"]["201"], exposed["balance"]["201"]
-    assert served_exposed < served_protected / 2, {"breaker on": protected, "breaker off": exposed}
+    # With the breaker, balance payments all go through. Without it, card calls pin every payment
+    # worker, so balance payments are refused (503 OVERLOADED) or wait until the app gives up.
+    outcomes = {"breaker on": protected, "breaker off": exposed}
+    assert success_ratio(protected["balance"]) >= 0.95, outcomes
+    assert success_ratio(exposed["balance"]) < 0.9, outcomes
 
 
 def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stack) -> None:
