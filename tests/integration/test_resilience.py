@@ -25,13 +25,14 @@ pytestmark = pytest.mark.integration
 def pay_with_retries(stack, client: httpx.Client, user: str, amount: int, method: str = "balance") -> httpx.Response:
     """What the app does: the same idempotency key again on a 5xx or a broken connection."""
     key = uuid.uuid4().hex
-    for attempt in range(8):
+    for attempt in range(12):
         try:
             r = stack.pay(client, user, amount, method, key=key)
         except httpx.TransportError:
             time.sleep(0.25 * (attempt + 1))
             continue
-        if r.status_code < 500:
+        # 409 PAYMENT_IN_PROGRESS: a killed replica still holds the key's lease until it expires.
+        if r.status_code < 500 and r.status_code != 409:
             return r
         time.sleep(0.25 * (attempt + 1))
     return r
