@@ -15,6 +15,7 @@ from chaoslib.exit import exit_gracefully
 
 from paychaos.experiments import context
 from paychaos.experiments.context import RunContext
+from paychaos.experiments.judging import bounds
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import Sample, stop_condition_met
@@ -148,8 +149,7 @@ def _watch_stop_conditions(ctx: RunContext) -> None:
 def _stop_reason(stop: Any, samples: list[Sample]) -> str | None:
     if stop.slo is not None:
         bound = stop.slo
-        below = bound.below.total_seconds() if hasattr(bound.below, "total_seconds") else bound.below
-        above = bound.above.total_seconds() if hasattr(bound.above, "total_seconds") else bound.above
+        below, above, _ = bounds(bound)
         hold = bound.for_.total_seconds() if bound.for_ else 0.0
         at = stop_condition_met(samples, f"slo:{bound.name}", below, above, hold)
         if at is not None:

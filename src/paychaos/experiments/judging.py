@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import Check, SloBound
-from paychaos.experiments.verdicts import CheckResult, Sample, first_time, judge_bound, judge_within
+from paychaos.experiments.verdicts import CheckResult, Sample, bound_holds, first_time, judge_bound, judge_within
 from paychaos.probes.catalogue import CatalogueError, Objective
 from paychaos.probes.invariants import check_invariants, engine_for
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
@@ -21,8 +21,9 @@ def _number(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
-def _bound(spec: SloBound | Objective) -> tuple[float | None, float | None, str]:
+def bounds(spec: SloBound | Objective) -> tuple[float | None, float | None, str]:
     below, above = _number(spec.below), _number(spec.above)
+    """An SLO bound or objective in seconds or plain numbers, and how to print it."""
     return below, above, (f"< {below:g}" if below is not None else f"> {above:g}")
 
 
@@ -86,14 +87,14 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     if check.slo is not None:
         name = check.slo if isinstance(check.slo, str) else check.slo.name
         slo = ctx.catalogue.slo(name)
-        below, above, threshold = _bound(slo.objective if isinstance(check.slo, str) else check.slo)
+        below, above, threshold = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
         if steady:
             with Prometheus(ctx.topology.prometheus_url) as prom:
                 query = slo.promql(STEADY_WINDOW)
                 value = prom.scalar(query)
             if value is None:
                 return [CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", {"query": query})]
-            ok = value < below if below is not None else value > above  # type: ignore[operator]
+            ok = bound_holds(value, below, above)
             return [CheckResult(phase, "slo", name, "passed" if ok else "failed", round(value, 4), threshold,
                                 f"over the last {STEADY_WINDOW}", {"query": query})]
         verdict, observed, detail = judge_bound(samples, f"slo:{name}", window[0], window[1], below, above)
@@ -136,11 +137,11 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
 
     if check.recovery is not None:
         slo = ctx.catalogue.slo(check.recovery.slo)
-        below, above, threshold = _bound(slo.objective)
+        below, above, threshold = bounds(slo.objective)
         within = check.recovery.within.total_seconds()
         _wait_until(ctx, end + within + GRACE)
         key = f"slo:{check.recovery.slo}"
-        delay = first_time(ctx.samples(), key, end, lambda v: v < below if below is not None else v > above)  # type: ignore[operator]
+        delay = first_time(ctx.samples(), key, end, lambda v: bound_holds(v, below, above))
         verdict, observed, detail = judge_within(delay, within, f"{check.recovery.slo} {threshold}")
         return [CheckResult(phase, "recovery", check.recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": end})]
 

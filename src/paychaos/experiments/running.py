@@ -20,7 +20,8 @@ from paychaos.experiments import context
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import FinalVerdict, first_time, final_verdict
+from paychaos.experiments.judging import bounds
+from paychaos.experiments.verdicts import FinalVerdict, bound_holds, final_verdict, first_time
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
 from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
@@ -157,10 +158,8 @@ def _objective_met(ctx: RunContext, name: str) -> Callable[[float], bool] | None
     slo = ctx.catalogue.slos.get(name)
     if slo is None:
         return None
-    below, above = slo.objective.below, slo.objective.above
-    b = below.total_seconds() if hasattr(below, "total_seconds") else below
-    a = above.total_seconds() if hasattr(above, "total_seconds") else above
-    return (lambda v: v < b) if b is not None else (lambda v: v > a)  # type: ignore[operator]
+    below, above, _ = bounds(slo.objective)
+    return lambda v: bound_holds(v, below, above)
 
 
 def _detection(samples: list[Any], fault_start: float, ctx: RunContext) -> float | None:
