@@ -74,7 +74,7 @@ def before_experiment_control(context: dict[str, Any], **_: Any) -> None:
         _slos_to_sample(ctx),
         client_stats=(lambda: ctx.load.latest()) if ctx.load is not None else (lambda: None),
     )
-    ctx.sampler.listeners.append(lambda samples: _watch_stop_conditions(ctx))
+    ctx.sampler.listeners.append(lambda: _watch_stop_conditions(ctx))
     ctx.sampler.start()
     if load is not None:
         time.sleep(WARMUP_SECONDS)

@@ -50,7 +50,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="paychaos-sampler", daemon=True)
-        self.listeners: list[Callable[[list[Sample]], None]] = []
+        self.listeners: list[Callable[[], None]] = []  # called after each new sample
 
     def start(self) -> None:
         self._thread.start()
@@ -83,8 +83,7 @@ class Sampler:
             sample = self.sample_once()
             with self._lock:
                 self.samples.append(sample)
-                current = list(self.samples)
             for listener in self.listeners:
-                listener(current)
+                listener()
             next_at += self.period
             self._stop.wait(max(0.0, next_at - time.monotonic()))
