@@ -117,7 +117,8 @@ def test_a_killed_run_leaves_nothing_that_halt_cannot_revert(stack, tmp_path: Pa
 
 def test_exported_experiment_runs_under_plain_chaos_run(stack, tmp_path: Path) -> None:
     exported = tmp_path / "exported.json"
-    spec = write_spec(tmp_path, "slowdown-exported", at="5s", for_="8s", duration="25s")
+    # A long tail: the final steady state must not see the breaker's refusals in its 30 s window.
+    spec = write_spec(tmp_path, "slowdown-exported", at="5s", for_="8s", duration="70s")
     result = stack.cli("export", "--format", "chaostoolkit", str(spec), "--output", str(exported),
                        "--run-dir", str(stack.run_dir.root))
     assert result.returncode == 0, result.stderr
