@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -96,18 +97,19 @@ class Stack:
             time.sleep(interval)
 
 
-@pytest.fixture(scope="session")
-def stack(stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
+    """A stack started through `paychaos stack up --wait`; stopped, and checked to leave nothing, after."""
     started = time.monotonic()
-    result = paychaos("stack", "up", "--wait", env=stack_env)
+    result = paychaos("stack", "up", "--wait", env=env)
     elapsed = time.monotonic() - started
     rd = RunDir(run_dir)
     if result.returncode != 0:
-        paychaos("stack", "down", env=stack_env)
+        paychaos("stack", "down", env=env)
         pytest.fail(f"`paychaos stack up --wait` failed ({result.returncode}):\n{result.stderr}", pytrace=False)
-    yield Stack(rd, stack_env, elapsed)
+    yield Stack(rd, env, elapsed)
     state = read_state(rd)
-    down = paychaos("stack", "down", env=stack_env)
+    down = paychaos("stack", "down", env=env)
     assert down.returncode == 0, down.stderr
     survivors = [p.name for p in (state.processes if state else []) if alive(p.pid, p.create_time)]
     strays = [
@@ -117,3 +119,9 @@ def stack(stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
     for pid in strays:
         os.kill(pid, signal.SIGKILL)
     assert not survivors and not strays, f"`stack down` left processes behind: {survivors} {strays}"
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
+    with running_stack(stack_env, run_dir) as s:
+        yield s

@@ -264,6 +264,20 @@ def test_probe_names_are_checked_against_the_catalogue() -> None:
     assert str(caught.value).startswith("x.yaml:10: spec.steadyState[0].slo: unknown SLO 'payments-availabilty' (did you mean 'payments-availability'?)")
 
 
+def test_an_eventual_invariant_has_a_bound_and_a_known_name() -> None:
+    eventual = "    - invariant: {name: acknowledged-events-consumed, within: 30s}\n  stopWhen:"
+    experiment = parse_experiment(VALID.replace("  stopWhen:", eventual), "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    check = experiment.spec.after[1].invariant
+    assert (check.name, check.within.total_seconds()) == ("acknowledged-events-consumed", 30)
+    assert problems(VALID.replace("  stopWhen:", "    - invariant: {name: ledger-conservation}\n  stopWhen:")) == [
+        "experiments/x.yaml:19: spec.after[1].invariant: missing required field 'within'"
+    ]
+    typo = VALID.replace("  stopWhen:", "    - invariant: {name: acknowledged-event-consumed, within: 30s}\n  stopWhen:")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(typo, "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    assert str(caught.value).startswith("x.yaml:19: spec.after[1].invariant.name: unknown invariant 'acknowledged-event-consumed'")
+
+
 def test_blast_radius_limits_are_checked() -> None:
     text = VALID.replace(SLOW, "podKill: {service: gateway, count: 3}").replace("spec:\n", "spec:\n  limits: {maxReplicas: 2}\n")
     assert problems(text) == [

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.spec import Check, SloBound
+from paychaos.experiments.spec import Check, EventualInvariant, SloBound
 from paychaos.experiments.verdicts import CheckResult, Sample, bound_holds, first_time, judge_bound, judge_within
 from paychaos.probes.catalogue import CatalogueError, Objective
 from paychaos.probes.invariants import check_invariants, engine_for
@@ -76,6 +76,8 @@ def _name(check: Check) -> str:
 
 
 def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    if isinstance(check.invariant, EventualInvariant):
+        return judge_eventual_invariant(ctx, check.invariant, phase)
     if check.invariant is not None:
         names = [check.invariant] if isinstance(check.invariant, str) else check.invariant
         return judge_invariants(ctx, names, phase)
@@ -176,6 +178,28 @@ def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[Chec
                     "holds" if r.holds else f"{r.violations} violating rows", {"sample": r.sample, "acknowledged": len(acknowledged)})
         for r in found
     ]
+
+
+EVENTUAL_RETRY = 1.0  # seconds between two judgements of an invariant that is still converging
+
+
+def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: str) -> list[CheckResult]:
+    """Judge again until the invariant holds or ``within`` has passed since this phase began.
+
+    The phase begins after the revert (``after``) or at the end (``steadyState.after``), so the
+    bound reads as "converged within 30 s of the fault being gone"."""
+    started = time.monotonic()
+    within = check.within.total_seconds()
+    while True:
+        (result,) = judge_invariants(ctx, [check.name], phase)
+        waited = time.monotonic() - started
+        if result.verdict == "passed" or waited >= within or ctx.stop_reason is not None:
+            break
+        time.sleep(min(EVENTUAL_RETRY, within - waited))
+    result.threshold = f"0 violating rows within {within:g}s"
+    result.detail = f"held after {waited:.1f}s" if result.verdict == "passed" else f"{result.observed} violating rows after {waited:.1f}s"
+    result.evidence["waited"] = round(waited, 2)
+    return [result]
 
 
 def _acknowledged(ctx: RunContext) -> list[tuple[str, str]]:

@@ -122,9 +122,11 @@ def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]
                 slo((*at, "slo", "name"), check.slo.name)
             if isinstance(check.invariant, str):
                 invariant((*at, "invariant"), check.invariant)
-            elif check.invariant is not None:
+            elif isinstance(check.invariant, list):
                 for j, name in enumerate(check.invariant):
                     invariant((*at, "invariant", j), name)
+            elif check.invariant is not None:
+                invariant((*at, "invariant", "name"), check.invariant.name)
             if check.recovery is not None:
                 slo((*at, "recovery", "slo"), check.recovery.slo)
     for i, stop in enumerate(exp.spec.stop_when):

@@ -22,6 +22,11 @@ SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to se
 
 KEY_SERIES = {
     "rps": 'sum(rate(http_server_requests_seconds_count{service="gateway"}[$window]))',
+    "error_ratio": (
+        '(sum(rate(http_server_requests_seconds_count{service="gateway",status=~"5.."}[$window])) or vector(0))'
+        ' / sum(rate(http_server_requests_seconds_count{service="gateway"}[$window]))'
+    ),
+    "p99": 'histogram_quantile(0.99, sum by (le) (rate(http_server_requests_seconds_bucket{service="gateway"}[$window])))',
     "breaker_open": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"} == 1) or vector(0)',
     "breaker_replicas": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"})',
     "breaker_closed": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="closed"} == 1) or vector(0)',

@@ -265,12 +265,20 @@ SloRef = Annotated[
         custom_error_message="expected an SLO name, or a mapping {name, below or above, for}",
     ),
 ]
+class EventualInvariant(_Spec):
+    """An invariant that holds once the system has caught up: events delivered, read models
+    converged. It is judged again until it holds, for at most ``within``."""
+
+    name: Name
+    within: Duration
+
+
 InvariantRef = Annotated[
-    Union[Annotated[Name, Tag("name")], Annotated[list[Name], Tag("names")]],
+    Union[Annotated[Name, Tag("name")], Annotated[list[Name], Tag("names")], Annotated[EventualInvariant, Tag("eventual")]],
     Discriminator(
-        _by_shape("name", sequence="names"),
+        _by_shape("name", mapping="eventual", sequence="names"),
         custom_error_type="invariant_ref_type",
-        custom_error_message="expected an invariant name or a list of them",
+        custom_error_message="expected an invariant name, a list of them, or a mapping {name, within}",
     ),
 ]
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,25 @@ def check_invariants(
     acknowledged: Iterable[tuple[str, str]] = (),
 ) -> list[InvariantResult]:
     """Run each invariant in one read transaction; ``acknowledged`` fills the temp table some need."""
-    results = []
     with engine.begin() as conn:
-        conn.execute(text("CREATE TEMPORARY TABLE IF NOT EXISTS acknowledged (idempotency_key text, payment_id text)"))
-        conn.execute(text("DELETE FROM acknowledged"))
-        rows = [{"k": k, "p": p} for k, p in acknowledged]
-        if rows:
-            conn.execute(text("INSERT INTO acknowledged VALUES (:k, :p)"), rows)
-        for name, sql in queries.items():
-            found = [dict(r._mapping) for r in conn.execute(text(sql))]
-            results.append(InvariantResult(name, len(found), [_plain(r) for r in found[:5]]))
+        return run_invariants(conn, queries, acknowledged)
+
+
+def run_invariants(
+    conn: Connection,
+    queries: dict[str, str],
+    acknowledged: Iterable[tuple[str, str]] = (),
+) -> list[InvariantResult]:
+    """The same, inside the caller's transaction (which also sees what it has written)."""
+    conn.execute(text("CREATE TEMPORARY TABLE IF NOT EXISTS acknowledged (idempotency_key text, payment_id text)"))
+    conn.execute(text("DELETE FROM acknowledged"))
+    rows = [{"k": k, "p": p} for k, p in acknowledged]
+    if rows:
+        conn.execute(text("INSERT INTO acknowledged VALUES (:k, :p)"), rows)
+    results = []
+    for name, sql in queries.items():
+        found = [dict(r._mapping) for r in conn.execute(text(sql))]
+        results.append(InvariantResult(name, len(found), [_plain(r) for r in found[:5]]))
     return results
 
 

@@ -1,0 +1,171 @@
+"""The probes fail when the resilience pattern they watch is switched off, and pass when it is on.
+
+A stack of its own (ports shifted by 7000, beside the session's): switching idempotency off
+leaves a double charge in its ledger for good, which the session's later tests must not see.
+Each test judges the healthy configuration first, then the defective one, with the same traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+
+from paychaos.platform.runtime import stacking
+from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
+from paychaos.probes.catalogue import load_catalogue
+from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
+
+from .conftest import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+
+DEFECTS_PORT_OFFSET = int(os.environ.get("PAYCHAOS_TEST_PORT_OFFSET", "5000")) + 2000
+CATALOGUE = load_catalogue()
+
+
+@pytest.fixture(scope="module")
+def defects() -> Iterator[Stack]:
+    run_dir = Path(tempfile.mkdtemp(prefix="paychaos-test-defects-"))
+    env = {"PAYCHAOS_RUN_DIR": str(run_dir), "PAYCHAOS_PORT_OFFSET": str(DEFECTS_PORT_OFFSET)}
+    try:
+        with running_stack(env, run_dir) as stack:
+            yield stack
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def invariant(stack: Stack, name: str, acknowledged: list[tuple[str, str]] = ()) -> InvariantResult:
+    engine = engine_for(stack.topology.postgres_dsn)
+    try:
+        (result,) = check_invariants(engine, {name: CATALOGUE.invariant(name)}, acknowledged)
+    finally:
+        engine.dispose()
+    return result
+
+
+def switched(stack: Stack, services: list[str], **resilience: object):
+    """Roll ``services`` out with resilience settings changed; returns the healthy topology to restore."""
+    healthy = stack.topology
+    stacking.reconfigure(stack.run_dir, healthy.model_copy(update={"resilience": healthy.resilience.model_copy(update=resilience)}), services)
+    return healthy
+
+
+def test_idempotency_off_double_charge_is_caught(defects: Stack) -> None:
+    def pay_twice(user: str) -> str:
+        key = uuid.uuid4().hex
+        with httpx.Client(timeout=15) as client:
+            for _ in range(2):  # the app retrying after a timeout, with the same key
+                r = defects.pay(client, user, 400, key=key)
+                assert r.status_code == 201, r.text
+        return key
+
+    pay_twice("u01800")
+    assert invariant(defects, "no-double-charge").holds
+
+    healthy = switched(defects, ["payment"], idempotency=False)
+    try:
+        key = pay_twice("u01801")
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["payment"])
+    caught = invariant(defects, "no-double-charge")
+    assert not caught.holds
+    assert caught.sample == [{"idempotency_key": key, "charges": 2}]
+
+
+def republish(stack: Stack, user: str) -> str:
+    """Pay once, wait for the cashback, then deliver the payment's event a second time."""
+    with httpx.Client(timeout=15) as client:
+        r = stack.pay(client, user, 1000)
+    assert r.status_code == 201, r.text
+    payment_id = r.json()["payment_id"]
+    count = "SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s"
+    stack.wait_for("the cashback", lambda: stack.scalar(count, payment_id) == 1, timeout=30)
+    payload = stack.scalar("SELECT payload FROM payment.outbox WHERE payload->>'payment_id' = %s", payment_id)
+    producer = Producer({"bootstrap.servers": stack.topology.bootstrap_servers, "acks": "all"})
+    producer.produce("payments", key=user, value=json.dumps(payload).encode())
+    assert producer.flush(10) == 0
+    return payment_id
+
+
+def consumed_everything(stack: Stack) -> bool:
+    lags = stack.prometheus("sum(campaign_consumer_lag)")
+    return bool(lags) and float(lags[0]["value"][1]) == 0
+
+
+def test_consumer_dedupe_off_duplicate_cashback_is_caught(defects: Stack) -> None:
+    count = "SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s"
+    deduped = republish(defects, "u01810")
+    defects.wait_for("the redelivery to be consumed", lambda: consumed_everything(defects), timeout=30)
+    assert defects.scalar(count, deduped) == 1
+    assert invariant(defects, "cashback-exactly-once").holds
+
+    healthy = switched(defects, ["campaign"], consumer_dedupe=False)
+    try:
+        paid_twice = republish(defects, "u01811")
+        defects.wait_for("the second grant", lambda: defects.scalar(count, paid_twice) == 2, timeout=30)
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["campaign"])
+    caught = invariant(defects, "cashback-exactly-once")
+    assert not caught.holds
+    assert {"payment_id": paid_twice, "grants": 2} in caught.sample
+
+
+def payments_while_kafka_has_no_quorum(stack: Stack, users: list[str]) -> list[tuple[str, str]]:
+    """Two of three Kafka nodes down (min.insync.replicas=2 cannot be met) for longer than the
+    producer's delivery timeout while payments complete; then the nodes come back."""
+    held = [stack.run_dir.held / f"kafka-{n}" for n in (2, 3)]
+    acknowledged = []
+    try:
+        for marker in held:
+            marker.touch()
+            proc = stack.state().process(marker.name)
+            if proc and proc.pid:
+                os.kill(proc.pid, signal.SIGKILL)
+        stack.wait_for("kafka-2 and kafka-3 to be down", lambda: not any(
+            stack.state().process(m.name).pid for m in held), timeout=15)
+        with httpx.Client(timeout=15) as client:
+            for user in users:
+                key = uuid.uuid4().hex
+                r = stack.pay(client, user, 300, key=key)
+                assert r.status_code == 201, r.text  # payments do not wait for Kafka
+                acknowledged.append((key, r.json()["payment_id"]))
+        # Past the producer's delivery timeout: a direct send has given up by now.
+        time.sleep(DELIVERY_TIMEOUT + 2)
+    finally:
+        for marker in held:
+            marker.unlink(missing_ok=True)
+    stack.wait_for("Kafka to be whole again", lambda: all(stack.state().process(m.name).ready for m in held), timeout=90)
+    return acknowledged
+
+
+def settled(stack: Stack, name: str, acknowledged: list[tuple[str, str]], within: float = 60) -> InvariantResult:
+    """The invariant once it holds, or as it stands after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not (result := invariant(stack, name, acknowledged)).holds and time.monotonic() < deadline:
+        time.sleep(2)
+    return result
+
+
+def test_outbox_off_events_lost_while_kafka_has_no_quorum_are_caught(defects: Stack) -> None:
+    users = [f"u0182{i}" for i in range(5)]
+    kept = payments_while_kafka_has_no_quorum(defects, users)
+    assert settled(defects, "acknowledged-events-consumed", kept).holds
+
+    healthy = switched(defects, ["payment"], outbox=False)
+    try:
+        lost = payments_while_kafka_has_no_quorum(defects, [f"u0183{i}" for i in range(5)])
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["payment"])
+    caught = settled(defects, "acknowledged-events-consumed", lost, within=20)
+    assert caught.violations == len(lost), caught

@@ -1,0 +1,131 @@
+"""Every money invariant holds on the healthy stack and catches the defect it exists for.
+
+Planted defects are written inside a transaction that is rolled back, through the same
+connection the invariant runs on: the session's ledger stays clean for the tests after these.
+Defects produced by switching a resilience pattern off live in test_defects.py, on a stack of
+their own.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from paychaos.probes.catalogue import load_catalogue
+from paychaos.probes.invariants import engine_for, run_invariants
+
+pytestmark = pytest.mark.integration
+
+CATALOGUE = load_catalogue()
+EVENTUAL = {"acknowledged-events-consumed", "campaign-aggregates-converged"}
+
+# What a broken stack would leave behind, one per invariant: SQL run before the invariant in the
+# same transaction, and payment ids to add to the acknowledged record. ":paid" is a completed
+# payment of this test (with its key and user), ":ghost" a payment id nobody ever stored.
+PLANTED: dict[str, tuple[list[str], list[str]]] = {
+    "ledger-conservation": (
+        [
+            "INSERT INTO ledger.transfers (id, kind, request_hash) VALUES ('planted:created-money', 'seed', 'x')",
+            "INSERT INTO ledger.entries (transfer_id, account_id, amount) VALUES ('planted:created-money', 'wallet:u01990', 500)",
+            "UPDATE ledger.accounts SET balance = balance + 500 WHERE id = 'wallet:u01990'",
+        ],
+        [],
+    ),
+    "balance-equals-entries": (["UPDATE ledger.accounts SET balance = balance + 1 WHERE id = 'wallet:u01991'"], []),
+    "no-negative-wallet": (
+        ["UPDATE ledger.accounts SET allow_negative = true, balance = -100 WHERE id = 'wallet:u01992'"],
+        [],
+    ),
+    "budget-not-overspent": (
+        ["UPDATE ledger.accounts SET allow_negative = true, balance = -1 WHERE kind = 'budget'"],
+        [],
+    ),
+    "no-double-charge": (
+        [
+            "INSERT INTO payment.payments (id, idempotency_key, request_hash, user_id, merchant_id, amount, method, status)"
+            " SELECT 'planted-' || id, idempotency_key, request_hash, user_id, merchant_id, amount, method, status"
+            " FROM payment.payments WHERE id = :paid"
+        ],
+        [],
+    ),
+    "acknowledged-payments-durable": ([], [":ghost"]),
+    "acknowledged-events-consumed": (
+        [
+            "DELETE FROM campaign.processed_events WHERE payment_id = :paid",
+            "DELETE FROM campaign.grants WHERE payment_id = :paid",
+        ],
+        [":paid"],
+    ),
+    "cashback-exactly-once": (
+        [
+            "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash)"
+            " VALUES ('planted:cashback-again', 'cashback', 'u01993', :paid, 'x')",
+        ],
+        [],
+    ),
+    "campaign-aggregates-converged": (
+        ["UPDATE campaign.step_progress SET payments = payments + 1 WHERE user_id = (SELECT user_id FROM payment.payments WHERE id = :paid)"],
+        [],
+    ),
+}
+
+
+def test_every_invariant_in_the_catalogue_has_a_planted_defect() -> None:
+    assert set(PLANTED) == set(CATALOGUE.invariants)
+
+
+@pytest.fixture(scope="module")
+def paid(stack) -> tuple[str, str]:
+    """A completed payment whose event has reached the campaign service: (idempotency key, payment id)."""
+    key = uuid.uuid4().hex
+    with httpx.Client(timeout=15) as client:
+        r = stack.pay(client, "u01994", 700, key=key)
+    assert r.status_code == 201, r.text
+    payment_id = r.json()["payment_id"]
+    stack.wait_for(
+        "the payment's event to be consumed",
+        lambda: stack.scalar("SELECT count(*) FROM campaign.processed_events WHERE payment_id = %s", payment_id) == 1,
+        timeout=30,
+    )
+    return key, payment_id
+
+
+@pytest.fixture(scope="module")
+def engine(stack):
+    engine = engine_for(stack.topology.postgres_dsn)
+    yield engine
+    engine.dispose()
+
+
+def check(engine, name: str, acknowledged: list[tuple[str, str]], planted: list[str] = (), params: dict | None = None):
+    """Run one invariant, after ``planted`` statements, in a transaction that is rolled back."""
+    with engine.connect() as conn:
+        with conn.begin() as tx:
+            for statement in planted:
+                conn.execute(text(statement), params or {})
+            (result,) = run_invariants(conn, {name: CATALOGUE.invariant(name)}, acknowledged)
+            tx.rollback()
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_invariant_holds_on_the_healthy_stack_and_catches_its_defect(stack, engine, paid, name: str) -> None:
+    key, payment_id = paid
+    acknowledged = [(key, payment_id)]
+    # Read models catch up with the ledger asynchronously: give them the bound experiments give.
+    deadline = time.monotonic() + (30 if name in EVENTUAL else 0)
+    while not (healthy := check(engine, name, acknowledged)).holds and time.monotonic() < deadline:
+        time.sleep(1)
+    assert healthy.holds, healthy
+
+    statements, extra = PLANTED[name]
+    ids = {":paid": payment_id, ":ghost": f"ghost-{uuid.uuid4().hex}"}
+    broken = check(engine, name, acknowledged + [("planted", ids[e]) for e in extra], statements, {"paid": payment_id})
+    assert not broken.holds, f"{name} did not catch its planted defect"
+    assert broken.sample, "a failed invariant shows the rows that violate it"
+    # The planted rows are gone: the invariant holds again.
+    assert check(engine, name, acknowledged).holds
