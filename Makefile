@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PAYCHAOS := $(VENV)/bin/paychaos
 PYTEST_ARGS ?=
 
-.PHONY: all venv install test unit demo bench clean
+.PHONY: all venv install browser test unit demo bench clean
 
 all: test
 
@@ -22,8 +22,13 @@ venv: $(VENV)/.installed
 install: venv
 	$(PAYCHAOS) stack install
 
+# The HTML report's test renders it in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { echo "installing chromium (apt) for the report's browser test"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }; }
+
 # pytest exits 5 when it collected nothing: make treats any non-zero exit as a failure.
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv

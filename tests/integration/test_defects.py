@@ -121,10 +121,11 @@ def test_consumer_dedupe_off_duplicate_cashback_is_caught(defects: Stack) -> Non
     assert {"payment_id": paid_twice, "grants": 2} in caught.sample
 
 
-def payments_while_kafka_has_no_quorum(stack: Stack, users: list[str]) -> list[tuple[str, str]]:
-    """Two of three Kafka nodes down (min.insync.replicas=2 cannot be met) for longer than the
-    producer's delivery timeout while payments complete; then the nodes come back."""
-    held = [stack.run_dir.held / f"kafka-{n}" for n in (2, 3)]
+def payments_while_kafka_is_down(stack: Stack, users: list[str]) -> list[tuple[str, str]]:
+    """Every Kafka node down for longer than the producer's delivery timeout while payments
+    complete; then the cluster comes back. (With a node or two left, a send the producer gave up
+    on may still sit in the leader's log and be committed later: not a loss.)"""
+    held = [stack.run_dir.held / f"kafka-{n}" for n in (1, 2, 3)]
     acknowledged = []
     try:
         for marker in held:
@@ -132,7 +133,7 @@ def payments_while_kafka_has_no_quorum(stack: Stack, users: list[str]) -> list[t
             proc = stack.state().process(marker.name)
             if proc and proc.pid:
                 os.kill(proc.pid, signal.SIGKILL)
-        stack.wait_for("kafka-2 and kafka-3 to be down", lambda: not any(
+        stack.wait_for("every Kafka node to be down", lambda: not any(
             stack.state().process(m.name).pid for m in held), timeout=15)
         with httpx.Client(timeout=15) as client:
             for user in users:
@@ -141,7 +142,7 @@ def payments_while_kafka_has_no_quorum(stack: Stack, users: list[str]) -> list[t
                 assert r.status_code == 201, r.text  # payments do not wait for Kafka
                 acknowledged.append((key, r.json()["payment_id"]))
         # Past the producer's delivery timeout: a direct send has given up by now.
-        time.sleep(DELIVERY_TIMEOUT + 2)
+        time.sleep(DELIVERY_TIMEOUT + 1)
     finally:
         for marker in held:
             marker.unlink(missing_ok=True)
@@ -157,14 +158,13 @@ def settled(stack: Stack, name: str, acknowledged: list[tuple[str, str]], within
     return result
 
 
-def test_outbox_off_events_lost_while_kafka_has_no_quorum_are_caught(defects: Stack) -> None:
-    users = [f"u0182{i}" for i in range(5)]
-    kept = payments_while_kafka_has_no_quorum(defects, users)
+def test_outbox_off_events_lost_while_kafka_is_down_are_caught(defects: Stack) -> None:
+    kept = payments_while_kafka_is_down(defects, [f"u0182{i}" for i in range(4)])
     assert settled(defects, "acknowledged-events-consumed", kept).holds
 
     healthy = switched(defects, ["payment"], outbox=False)
     try:
-        lost = payments_while_kafka_has_no_quorum(defects, [f"u0183{i}" for i in range(5)])
+        lost = payments_while_kafka_is_down(defects, [f"u0183{i}" for i in range(4)])
     finally:
         stacking.reconfigure(defects.run_dir, healthy, ["payment"])
     caught = settled(defects, "acknowledged-events-consumed", lost, within=20)

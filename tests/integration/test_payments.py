@@ -68,8 +68,8 @@ def test_same_key_concurrently_and_repeatedly_charges_once(stack) -> None:
         reserve = stack.scalar("SELECT count(*) FROM ledger.transfers WHERE id = %s", f"pay:{payment_id}:reserve")
         assert reserve == 1
         debits = stack.scalar(
-            "SELECT -sum(amount) FROM ledger.entries WHERE account_id = %s AND transfer_id LIKE 'pay:%%'",
-            f"wallet:{user}",
+            "SELECT -sum(amount) FROM ledger.entries WHERE account_id = %s AND transfer_id LIKE %s",
+            f"wallet:{user}", f"pay:{payment_id}:%",
         )
         assert debits == 700
         # The same key with another amount is a client bug, refused rather than charged.

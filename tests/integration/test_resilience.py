@@ -60,12 +60,14 @@ def test_killed_payment_replica_is_restarted_and_traffic_keeps_flowing(stack) ->
         lambda: (lambda p: p if p and p.pid not in (None, victim.pid) and p.ready else None)(stack.state().process("payment-az-a-1")),
         timeout=30,
     )
-    time.sleep(2)
+    # Traffic goes on through the restarted replica too, however slow this machine is today.
+    after_restart = len(results)
+    stack.wait_for("payments after the restart", lambda: len(results) >= after_restart + 10, timeout=60)
     stop.set()
     worker.join()
     assert back.restarts >= 1
     counts = Counter(results)
-    assert len(results) > 20 and counts[201] == len(results), counts
+    assert counts[201] == len(results), counts
 
 
 def test_one_kafka_node_down_payments_continue_and_no_event_is_lost(stack) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paychaos.cli import demo, experiments, faults, load, running, stack
+from paychaos.cli import demo, experiments, faults, gate, load, reports, running, stack
 
 app = typer.Typer(
     name="paychaos",
@@ -24,6 +24,9 @@ app.command()(faults.plan)
 app.command()(faults.halt)
 app.command()(running.run)
 app.command()(running.export)
+app.command()(gate.gate)
+app.command()(reports.runbook)
+app.command()(reports.alerts)
 app.command()(experiments.validate)
 app.command()(experiments.schema)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -99,6 +99,11 @@ class _Loaded:
 
 
 def _load(path: str | Path, topology: Topology | None, probes: ProbeNames | None) -> _Loaded:
+    return _parse(read_document(path, "an experiment"), str(path), topology, probes)
+
+
+def read_document(path: str | Path, what: str) -> str:
+    """The text of a YAML document users wrote (``what``: "an experiment"), or a SpecError saying why not."""
     source = str(path)
     try:
         with open(path, "rb") as fh:
@@ -106,61 +111,81 @@ def _load(path: str | Path, topology: Topology | None, probes: ProbeNames | None
     except FileNotFoundError:
         raise SpecError([Problem(source, None, "", "no such file")]) from None
     except IsADirectoryError:
-        raise SpecError([Problem(source, None, "", "is a directory: give the experiment files in it (*.yaml)")]) from None
+        raise SpecError([Problem(source, None, "", f"is a directory: give the {what.split()[-1]} files in it (*.yaml)")]) from None
     except OSError as exc:
         raise SpecError([Problem(source, None, "", f"cannot read it: {exc.strerror or exc}")]) from None
     if len(raw) > MAX_BYTES:
-        raise SpecError([Problem(source, None, "", _TOO_BIG)])
+        raise SpecError([Problem(source, None, "", _too_big(what))])
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SpecError([Problem(source, line, "", "not UTF-8 text: save the file as UTF-8")]) from None
-    return _parse(text, source, topology, probes)
 
-
-_EMPTY = "the file is empty: expected an experiment (apiVersion, kind, metadata, spec)"
 
 # An experiment is a few kilobytes and a few levels deep; anything far beyond is the wrong file,
 # and would otherwise exhaust the parser's stack (libyaml recurses in C) or flood the terminal.
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_PROBLEMS = 50
-_TOO_BIG = f"over {MAX_BYTES // 1_000_000} MB, far too big for an experiment: is this the right file?"
+def _too_big(what: str) -> str:
+    return f"over {MAX_BYTES // 1_000_000} MB, far too big for {what}: is this the right file?"
 
 
 def _parse(text: str, source: str, topology: Topology | None, probes: ProbeNames | None) -> _Loaded:
+    experiment, root, tree = parse_document(
+        text, source, ChaosExperiment, KIND, "an experiment (apiVersion, kind, metadata, spec)",
+        lambda e: [(path, message) for path, message in check_references(e, topology, probes)],
+    )
+    return _Loaded(experiment, root, source)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_document(
+    text: str,
+    source: str,
+    model: type[M],
+    kind: str,
+    expected: str,
+    references: Callable[[M], Iterable[tuple[tuple[Segment, ...], str]]] = lambda _: (),
+) -> tuple[M, yaml.Node, YamlTree]:
+    """Validate a Kubernetes-shaped YAML document against ``model``: every problem with file:line."""
+    noun = expected.split(" (")[0]
     if len(text) > MAX_BYTES:
-        raise SpecError([Problem(source, None, "", _TOO_BIG)])
+        raise SpecError([Problem(source, None, "", _too_big(noun))])
     root, data = _read_yaml(text, source)
     if root is None or data is None:
-        raise SpecError([Problem(source, 1, "", _EMPTY)])
+        raise SpecError([Problem(source, 1, "", f"the file is empty: expected {expected}")])
     tree = YamlTree(root)
     if not isinstance(data, dict):
         got = _describe(data)
         raise SpecError([Problem(source, node_line(root), "", f"expected a mapping with apiVersion, kind, metadata and spec, got {got}")])
-    kind = data.get("kind")
-    if kind is not None and kind != KIND:
+    written_kind = data.get("kind")
+    if written_kind is not None and written_kind != kind:
         line, path = tree.locate(("kind",))
-        message = f"expected {KIND!r}, got {_describe(kind)}: this file is not an experiment"
+        message = f"expected {kind!r}, got {_describe(written_kind)}: this file is not {noun}"
         raise SpecError([Problem(source, line, path, message)])
 
     problems = [Problem(source, line, path, message) for line, path, message in tree.duplicate_keys()]
+    document: M | None = None
     try:
-        experiment = ChaosExperiment.model_validate(data)
+        document = model.model_validate(data)
     except ValidationError as exc:
-        problems.extend(Problem(source, *_explain(err, tree)) for err in exc.errors())
+        problems.extend(Problem(source, *_explain(err, tree, model)) for err in exc.errors())
     except RecursionError:
         problems.append(Problem(source, 1, "", "the document is nested too deeply"))
     else:
-        problems.extend(Problem(source, *tree.locate(path), message) for path, message in check_references(experiment, topology, probes))
+        problems.extend(Problem(source, *tree.locate(path), message) for path, message in references(document))
     if problems:
         unique = sorted(dict.fromkeys(problems), key=lambda p: p.line or 0)
         if len(unique) > MAX_PROBLEMS:
             hidden = len(unique) - MAX_PROBLEMS
             unique = [*unique[:MAX_PROBLEMS], Problem(source, None, "", f"{hidden} more problems not shown: fix these first")]
         raise SpecError(unique)
-    return _Loaded(experiment, root, source)
+    assert document is not None
+    return document, root, tree
 
 
 # libyaml is some twenty times faster than the pure-Python parser; both give marks on every node.
@@ -274,7 +299,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> str:
 _RELATIVE = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)$", re.S)
 
 
-def _explain(err: ErrorDetails, tree: YamlTree) -> tuple[int, str, str]:
+def _explain(err: ErrorDetails, tree: YamlTree, root: type[BaseModel]) -> tuple[int, str, str]:
     """Turn one pydantic error into (line, path as written, message)."""
     loc, kind = list(err["loc"]), err["type"]
     if kind == "missing":
@@ -282,7 +307,7 @@ def _explain(err: ErrorDetails, tree: YamlTree) -> tuple[int, str, str]:
         return tree.line_of(node, key_node), render_path(written), f"missing required field {loc[-1]!r}"
     written, node, key_node = tree.walk(loc)
     if kind == "extra_forbidden":
-        return node_line(key_node or node), render_path(written), _unknown_field(written, tree)
+        return node_line(key_node or node), render_path(written), _unknown_field(written, tree, root)
     message = _message(err)
     relative = _RELATIVE.match(message) if kind in ("value_error", "assertion_error") else None
     if relative:
@@ -346,11 +371,11 @@ def _describe(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _unknown_field(written: list[Segment], tree: YamlTree) -> str:
+def _unknown_field(written: list[Segment], tree: YamlTree, root: type[BaseModel]) -> str:
     key = str(written[-1]) if written else "?"
     parent_written, parent, _ = tree.walk(written[:-1])
     present = {k.value for k, _ in pairs(parent) if isinstance(k, yaml.ScalarNode)} if isinstance(parent, yaml.MappingNode) else set()
-    model = _model_at(parent_written)
+    model = _model_at(parent_written, root)
     aliases = _aliases(model) if model else []
     normal = {normalize(a): a for a in aliases}
     if normalize(key) in normal and normal[normalize(key)] in present:
@@ -358,7 +383,7 @@ def _unknown_field(written: list[Segment], tree: YamlTree) -> str:
     close = suggest(key, [a for a in aliases if a not in present])
     if close:
         return f"unknown field {key!r} (did you mean {close!r}?)"
-    if model is ChaosExperiment and key in _aliases(_model_at(["spec"])):
+    if model is root and key in _aliases(_model_at(["spec"], root)):
         return f"unknown field {key!r} at the top level: it belongs under spec"
     return f"unknown field {key!r}: expected one of {', '.join(aliases)}"
 
@@ -382,9 +407,9 @@ def _is_model(tp: Any) -> bool:
     return get_origin(tp) is None and isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _model_at(path: Sequence[Segment]) -> type[BaseModel] | None:
-    """The spec model that a mapping at ``path`` (as written) is validated against."""
-    current: list[Any] = [ChaosExperiment]
+def _model_at(path: Sequence[Segment], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model that a mapping at ``path`` (as written) is validated against."""
+    current: list[Any] = [root]
     for segment in path:
         following: list[Any] = []
         for tp in current:

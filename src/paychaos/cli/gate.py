@@ -1,0 +1,135 @@
+"""``paychaos gate``: the pre-campaign readiness gate that CI runs and blocks a release on."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from paychaos.cli.console import err, fail, say
+from paychaos.experiments.loading import SpecError
+from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.installing import MissingTool
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.state import supervisor_alive
+from paychaos.probes.catalogue import CatalogueError, load_catalogue
+
+DEFAULT_SUITE = Path("experiments/suites/pre-campaign.yaml")
+
+
+def gate(
+    suite: Annotated[Path, typer.Argument(help="A suite YAML (kind: GameDay), e.g. experiments/suites/pre-campaign.yaml")] = DEFAULT_SUITE,
+    out: Annotated[Path, typer.Option(help="Where journals, the report and the summaries go")] = Path("out"),
+    junit: Annotated[Path | None, typer.Option(help="JUnit XML for the CI server [default: OUT/junit.xml]")] = None,
+    report: Annotated[Path | None, typer.Option(help="The HTML report [default: OUT/report.html]")] = None,
+    runbooks: Annotated[Path, typer.Option(help="Where the runbooks are written, with their index")] = Path("runbooks"),
+    keep: Annotated[bool, typer.Option("--keep", help="Leave a stack this gate started running afterwards")] = False,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack's run directory [env: PAYCHAOS_RUN_DIR]")] = None,
+) -> None:
+    """Run a suite of experiments as a readiness gate: exit 0 only if every experiment passed.
+
+    Uses the running stack, or starts one (and stops it afterwards unless --keep). Between two
+    experiments the stack must settle back to healthy. Writes OUT/junit.xml (a testcase per
+    experiment and per check), OUT/report.html (plots and evidence), OUT/summary.md (for a CI job
+    summary; also appended to $GITHUB_STEP_SUMMARY when set), the journals in OUT/journals/, and a
+    runbook per experiment, written from what this run observed.
+    """
+    rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
+    passed = run_gate(suite, rd, out=out, junit=junit or out / "junit.xml", report=report or out / "report.html",
+                      runbooks=runbooks, keep=keep)
+    raise typer.Exit(0 if passed else 1)
+
+
+def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, runbooks: Path, keep: bool) -> bool:
+    """The gate from suite file to written outputs; whether it passed. Raises typer.Exit on bad input."""
+    from paychaos.experiments.gating import gate_passed, run_suite
+    from paychaos.experiments.suites import load_suite
+
+    running = supervisor_alive(rd) is not None
+    try:
+        topology = stacking.current_topology(rd) if running else None
+        loaded = load_suite(suite, topology, probes=load_catalogue())
+    except (SpecError, CatalogueError) as exc:
+        raise fail(str(exc)) from None
+    say(f"gate {loaded.name}: {len(loaded.planned)} experiments — {', '.join(p.experiment.name for p in loaded.planned)}")
+    started_here = False
+    if not running:
+        try:
+            stacking.up(rd, wait=True, progress=say)
+        except (MissingTool, stacking.StackError) as exc:
+            raise fail(str(exc)) from None
+        started_here = True
+    try:
+        entries = run_suite(loaded, rd, stacking.current_topology(rd), out.resolve(), say)
+    finally:
+        if started_here and not keep:
+            stacking.down(rd, progress=say)
+    write_outputs(loaded, entries, out=out, junit=junit, report=report, runbooks=runbooks)
+    print_summary(loaded, entries)
+    for label, path in (("report", report), ("junit", junit), ("summary", out / "summary.md"), ("runbooks", runbooks / "index.md")):
+        err.print(f"  {label:<8} {path}")
+    return gate_passed(entries)
+
+
+def write_outputs(suite, entries, *, out: Path, junit: Path, report: Path, runbooks: Path) -> None:
+    """JUnit, the HTML report, the Markdown summary and the runbooks, from the gate's journals."""
+    from paychaos.reporting.html import write_html_report
+    from paychaos.reporting.junit import write_junit
+    from paychaos.reporting.summary import markdown_summary, write_step_summary
+    from paychaos.runbooks.render import write_runbooks
+
+    journals = [(e.name, gated_journal(e)) for e in entries]
+    write_junit(journals, suite.name, junit)
+    write_html_report(journals, suite.name, report)
+    markdown = markdown_summary(journals, suite.name)
+    (out / "summary.md").write_text(markdown, encoding="utf-8")
+    write_step_summary(markdown)
+    experiments = {p.experiment.name: p.experiment for p in suite.planned}
+    rehearsed = dict(journals)
+    # Every experiment of the suite gets its runbook, rehearsed or not (the gate may stop early).
+    write_runbooks([(experiments[name], rehearsed.get(name)) for name in experiments], runbooks, load_catalogue().slos)
+
+
+def gated_journal(entry) -> dict:
+    """The experiment's journal with the gate's threshold checks and verdict folded in, for the reports."""
+    journal = copy.deepcopy(entry.journal) if entry.journal else {"paychaos": {"experiment": entry.name}}
+    section = journal.setdefault("paychaos", {})
+    section["checks"] = [*section.get("checks", []), *(c.to_dict() for c in entry.gate_checks)]
+    verdict = entry.verdict if entry.passed or entry.verdict != "passed" else "failed"
+    reason = entry.reason
+    if verdict != entry.verdict:
+        missed = [c for c in entry.gate_checks if c.verdict != "passed"]
+        reason = "; ".join(f"gate threshold {c.name}: observed {c.observed}, expected {c.threshold}" for c in missed)
+    section["verdict"] = {"result": verdict, "reason": reason}
+    return journal
+
+
+def print_summary(suite, entries) -> None:
+    from paychaos.cli.running import VERDICT_STYLE
+
+    err.print(f"\n[bold]gate {suite.name}[/]")
+    for e in entries:
+        verdict = e.verdict if e.passed or e.verdict != "passed" else "failed"
+        style = VERDICT_STYLE[verdict]
+        times = (e.journal or {}).get("paychaos", {}).get("times", {})
+        err.print(
+            f"  [{style}]{verdict.upper():<7}[/] {e.name:<24} {e.seconds:5.0f}s  detect {_s(times.get('timeToDetect'))}"
+            f"  recover {_s(times.get('recoveryTime'))}"
+        )
+        checks = [*((e.journal or {}).get("paychaos", {}).get("checks", [])), *(c.to_dict() for c in e.gate_checks)]
+        for c in checks:
+            if c["verdict"] != "passed":
+                err.print(f"      ✗ {c['phase']}/{c['kind']}/{c['name']}: observed {c['observed']}, expected {c['threshold']}")
+        if e.journal is None:
+            err.print(f"      ✗ {e.reason}")
+    for planned in suite.planned[len(entries):]:
+        err.print(f"  [bold yellow]{'SKIPPED':<7}[/] {planned.experiment.name:<24} not run: the gate stopped before it")
+    passed = sum(e.passed for e in entries)
+    style = "bold green" if passed == len(suite.planned) else "bold red"
+    err.print(f"[{style}]{passed}/{len(suite.planned)} experiments passed[/]")
+
+
+def _s(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}s"

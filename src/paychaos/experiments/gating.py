@@ -1,0 +1,174 @@
+"""The readiness gate: a suite's experiments in order on one stack, with thresholds on top.
+
+Each experiment runs as its own ``paychaos run`` process: one that crashes or is killed takes
+only itself down, its faults are still reverted (by its own handlers, or by ``halt`` here), and
+the gate goes on to judge the others. Between two experiments the stack must settle back to
+healthy, so that one experiment's aftermath is never blamed on the next.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from paychaos.experiments.suites import Planned, Suite, Thresholds
+from paychaos.experiments.verdicts import CheckResult
+from paychaos.faults import records
+from paychaos.faults.local import LocalDriver
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.state import read_state, supervisor_alive
+from paychaos.platform.topology import Topology
+
+Progress = Callable[[str], None]
+EXIT_VERDICTS = {0: "passed", 1: "failed", 2: "aborted", 3: "error"}
+
+
+@dataclass
+class GateEntry:
+    name: str
+    path: Path
+    journal_path: Path
+    journal: dict[str, Any] | None
+    verdict: str  # passed | failed | aborted | error
+    reason: str
+    gate_checks: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed" and all(c.verdict == "passed" for c in self.gate_checks)
+
+
+def threshold_checks(times: dict[str, float | None], thresholds: Thresholds) -> list[CheckResult]:
+    """The suite's demands on the times an experiment measured; a time not measured fails."""
+    out = []
+    for key, bound, missing in (
+        ("timeToDetect", thresholds.time_to_detect, "no probe saw the fault"),
+        ("recoveryTime", thresholds.recovery_time, "the SLOs were not back within objective before the run ended"),
+    ):
+        if bound is None:
+            continue
+        limit = bound.total_seconds()
+        observed = times.get(key)
+        if observed is None:
+            out.append(CheckResult("gate", "threshold", key, "failed", None, f"<= {limit:g}s", missing))
+        else:
+            ok = observed <= limit
+            out.append(CheckResult("gate", "threshold", key, "passed" if ok else "failed", observed, f"<= {limit:g}s",
+                                   f"{key} {observed:g}s"))
+    return out
+
+
+def gate_passed(entries: list[GateEntry]) -> bool:
+    return bool(entries) and all(e.passed for e in entries)
+
+
+# -- settling -----------------------------------------------------------------------------------
+
+
+def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
+    """What keeps the stack from being the healthy baseline an experiment starts from; [] if nothing."""
+    if not supervisor_alive(run_dir):
+        return ["the stack is not running"]
+    state = read_state(run_dir)
+    if state is None:
+        return ["the stack has no state yet"]
+    problems = [f"{p.name} not ready" for p in state.processes if not p.ready]
+    problems += [f"zone {z} marked down" for z in state.zones_down]
+    problems += [f"{name} held down" for name in (p.name for p in state.processes if p.held)]
+    try:
+        proxies = httpx.get(f"{topology.toxiproxy_url}/proxies", timeout=2).json()
+        problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
+        for what, promql, healthy in (
+            ("breakers not closed", 'count(resilience4j_circuitbreaker_state{state="closed"} == 0) or vector(0)', 0),
+            ("campaign consumer lag", "sum(campaign_consumer_lag) or vector(0)", 0),
+            ("events waiting in the outbox", "sum(outbox_backlog) or vector(0)", 0),
+        ):
+            r = httpx.get(f"{topology.prometheus_url}/api/v1/query", params={"query": promql}, timeout=2).json()
+            value = float(r["data"]["result"][0]["value"][1]) if r["data"]["result"] else 0.0
+            if value > healthy:
+                problems.append(f"{what}: {value:g}")
+    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        problems.append(f"cannot read the stack's health: {exc}")
+    return problems
+
+
+def settle(run_dir: RunDir, topology: Topology, within: float, progress: Progress) -> list[str]:
+    """Wait until nothing is unsettled; what still is after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    reported: list[str] = []
+    while (problems := unsettled(run_dir, topology)) and time.monotonic() < deadline:
+        if problems != reported:
+            progress(f"settling: {'; '.join(problems)}")
+            reported = problems
+        time.sleep(1)
+    return problems
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run_entry(planned: Planned, run_dir: RunDir, journals: Path, progress: Progress) -> GateEntry:
+    """One experiment as its own ``paychaos run`` process; its journal read back."""
+    name = planned.experiment.name
+    journal_path = journals / f"{name}.json"
+    journal_path.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "paychaos.cli", "run", str(planned.path), "--journal", str(journal_path),
+            "--run-dir", str(run_dir.root)]
+    started = time.monotonic()
+    # stderr is the child's live progress: the user watches it as if they had run it themselves.
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=None, check=False)
+    seconds = time.monotonic() - started
+    # Whatever happened to it, nothing it injected may outlive it.
+    try:
+        leftovers = records.halt(run_dir, LocalDriver(run_dir))
+    except records.HaltIncomplete as exc:
+        return GateEntry(name, planned.path, journal_path, _read_journal(journal_path), "error",
+                         f"faults it left could not all be reverted: {exc}", seconds=seconds)
+    journal = _read_journal(journal_path)
+    if journal is None or "paychaos" not in journal:
+        verdict = EXIT_VERDICTS.get(proc.returncode, "error")
+        reason = f"`paychaos run` exited {proc.returncode} without a journal"
+        return GateEntry(name, planned.path, journal_path, None, "error" if verdict == "passed" else verdict, reason, seconds=seconds)
+    result = journal["paychaos"]["verdict"]
+    entry = GateEntry(name, planned.path, journal_path, journal, result["result"], result["reason"], seconds=seconds)
+    if leftovers:
+        entry.verdict, entry.reason = "error", f"{len(leftovers)} faults outlived the run and were reverted by the gate"
+    entry.gate_checks = threshold_checks(journal["paychaos"].get("times") or {}, planned.entry.thresholds)
+    return entry
+
+
+def _read_journal(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, out_dir: Path, progress: Progress) -> list[GateEntry]:
+    """Every experiment of the suite in order; a stack that will not settle ends the gate early."""
+    journals = out_dir / "journals"
+    journals.mkdir(parents=True, exist_ok=True)
+    entries: list[GateEntry] = []
+    within = suite.gameday.spec.settle_within.total_seconds()
+    for n, planned in enumerate(suite.planned, 1):
+        name = planned.experiment.name
+        problems = settle(run_dir, topology, within, progress)
+        if problems:
+            reason = f"the stack did not settle within {within:g}s before it: {'; '.join(problems)}"
+            entries.append(GateEntry(name, planned.path, journals / f"{name}.json", None, "error", reason))
+            break
+        progress(f"[{n}/{len(suite.planned)}] {name}")
+        entry = run_entry(planned, run_dir, journals, progress)
+        entries.append(entry)
+        progress(f"[{n}/{len(suite.planned)}] {name}: {entry.verdict} in {entry.seconds:.0f}s ({entry.reason})")
+    return entries
