@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +61,87 @@ def switched(stack: Stack, services: list[str], **resilience: object):
     healthy = stack.topology
     stacking.reconfigure(stack.run_dir, healthy.model_copy(update={"resilience": healthy.resilience.model_copy(update=resilience)}), services)
     return healthy
+
+
+GATE_EXPERIMENT = """\
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata:
+  name: gate-slowdown
+  labels: {severity: sev2}
+spec:
+  description: The card acquirer slows to 3 s for 25 s.
+  load: {profile: steady, baselineRps: 40, duration: 45s}
+  steadyState:
+    - invariant: ledger-conservation
+  faults:
+    - {at: 5s, for: 25s, slowDownstream: {proxy: acquirer, latency: 3000ms}}
+  expect:
+    - breaker: {name: acquirer, opensWithin: 20s}
+    - slo: {name: campaign-status-availability, above: 0.99}
+  after:
+    - invariant: [ledger-conservation, no-double-charge, acknowledged-payments-durable]
+  runbook:
+    summary: The card network is slow; the breaker must open and card payments fail fast.
+    mitigation: ["Check the acquirer's status page."]
+"""
+GATE_SUITE = """\
+apiVersion: paychaos.io/v1alpha1
+kind: GameDay
+metadata: {name: gate-test}
+spec:
+  description: One slow acquirer.
+  settleWithin: 60s
+  experiments:
+    - experiment: gate-slowdown.yaml
+      thresholds: {timeToDetect: 20s}
+"""
+
+
+def run_gate(stack: Stack, folder: Path) -> tuple[subprocess.CompletedProcess[str], ET.Element]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gate-slowdown.yaml").write_text(GATE_EXPERIMENT, encoding="utf-8")
+    (folder / "suite.yaml").write_text(GATE_SUITE, encoding="utf-8")
+    result = stack.cli("gate", str(folder / "suite.yaml"), "--out", str(folder / "out"), "--runbooks", str(folder / "runbooks"),
+                       "--run-dir", str(stack.run_dir.root), timeout=400)
+    assert (folder / "out" / "junit.xml").exists(), result.stderr
+    return result, ET.parse(folder / "out" / "junit.xml").getroot()
+
+
+def failures(junit: ET.Element) -> dict[str, str]:
+    return {case.get("name", ""): failure.get("message", "") for case in junit.iter("testcase") for failure in case.findall("failure")}
+
+
+def test_the_gate_passes_a_healthy_stack_and_leaves_report_junit_and_runbook(defects: Stack) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="paychaos-gate-"))
+    try:
+        result, junit = run_gate(defects, folder)
+        assert result.returncode == 0, result.stderr
+        assert failures(junit) == {}
+        assert len(list(junit.iter("testcase"))) >= 6  # the verdict, the checks, a threshold
+        report = (folder / "out" / "report.html").read_text(encoding="utf-8")
+        assert 'id="plot-throughput-gate-slowdown"' in report and "<svg" in report
+        runbook = (folder / "runbooks" / "gate-slowdown.md").read_text(encoding="utf-8")
+        assert "passed" in runbook and "not rehearsed yet" not in runbook
+        assert "gate-slowdown" in (folder / "runbooks" / "index.md").read_text(encoding="utf-8")
+        assert "1/1 experiments passed" in result.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_with_the_breaker_off_the_gate_fails_and_junit_names_the_breaker_check(defects: Stack) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="paychaos-gate-"))
+    healthy = switched(defects, ["payment"], breaker=defects.topology.resilience.breaker.model_copy(update={"enabled": False}))
+    try:
+        result, junit = run_gate(defects, folder)
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["payment"])
+        shutil.rmtree(folder, ignore_errors=True)
+    assert result.returncode == 1, result.stderr
+    failed = failures(junit)
+    opens = [message for name, message in failed.items() if "acquirer.opens" in name]
+    assert opens and "observed" in opens[0] and "expected <= 20s" in opens[0], failed
+    assert "0/1 experiments passed" in result.stderr
 
 
 def test_idempotency_off_double_charge_is_caught(defects: Stack) -> None:

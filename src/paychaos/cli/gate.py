@@ -107,7 +107,7 @@ def gated_journal(entry) -> dict:
 
 
 def print_summary(suite, entries) -> None:
-    from paychaos.cli.running import VERDICT_STYLE
+    from paychaos.cli.running import VERDICT_STYLE, seconds
 
     err.print(f"\n[bold]gate {suite.name}[/]")
     for e in entries:
@@ -115,8 +115,8 @@ def print_summary(suite, entries) -> None:
         style = VERDICT_STYLE[verdict]
         times = (e.journal or {}).get("paychaos", {}).get("times", {})
         err.print(
-            f"  [{style}]{verdict.upper():<7}[/] {e.name:<24} {e.seconds:5.0f}s  detect {_s(times.get('timeToDetect'))}"
-            f"  recover {_s(times.get('recoveryTime'))}"
+            f"  [{style}]{verdict.upper():<7}[/] {e.name:<24} {e.seconds:5.0f}s  detect {seconds(times.get('timeToDetect'))}"
+            f"  recover {seconds(times.get('recoveryTime'))}"
         )
         checks = [*((e.journal or {}).get("paychaos", {}).get("checks", [])), *(c.to_dict() for c in e.gate_checks)]
         for c in checks:
@@ -130,6 +130,3 @@ def print_summary(suite, entries) -> None:
     style = "bold green" if passed == len(suite.planned) else "bold red"
     err.print(f"[{style}]{passed}/{len(suite.planned)} experiments passed[/]")
 
-
-def _s(value: float | None) -> str:
-    return "—" if value is None else f"{value:g}s"

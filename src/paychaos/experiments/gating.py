@@ -88,7 +88,7 @@ def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
         proxies = httpx.get(f"{topology.toxiproxy_url}/proxies", timeout=2).json()
         problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
         for what, promql, healthy in (
-            ("breakers not closed", 'count(resilience4j_circuitbreaker_state{state="closed"} == 0) or vector(0)', 0),
+            ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1) or vector(0)', 0),
             ("campaign consumer lag", "sum(campaign_consumer_lag) or vector(0)", 0),
             ("events waiting in the outbox", "sum(outbox_backlog) or vector(0)", 0),
         ):
