@@ -124,7 +124,7 @@ def test_the_gate_passes_a_healthy_stack_and_leaves_report_junit_and_runbook(def
         runbook = (folder / "runbooks" / "gate-slowdown.md").read_text(encoding="utf-8")
         assert "passed" in runbook and "not rehearsed yet" not in runbook
         assert "gate-slowdown" in (folder / "runbooks" / "index.md").read_text(encoding="utf-8")
-        assert "1/1 experiments passed" in result.stderr
+        assert "gate gate-test: the experiment passed" in result.stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -141,7 +141,7 @@ def test_with_the_breaker_off_the_gate_fails_and_junit_names_the_breaker_check(d
     failed = failures(junit)
     opens = [message for name, message in failed.items() if "acquirer.opens" in name]
     assert opens and "observed" in opens[0] and "expected <= 20s" in opens[0], failed
-    assert "0/1 experiments passed" in result.stderr
+    assert "gate gate-test: 1 of 1 experiments did not pass" in result.stderr
 
 
 def test_idempotency_off_double_charge_is_caught(defects: Stack) -> None:

@@ -101,32 +101,18 @@ def gated_journal(entry) -> dict:
     reason = entry.reason
     if verdict != entry.verdict:
         missed = [c for c in entry.gate_checks if c.verdict != "passed"]
-        reason = "; ".join(f"gate threshold {c.name}: observed {c.observed}, expected {c.threshold}" for c in missed)
+        reason = f"passed its own checks, but not the gate's thresholds on {', '.join(c.name for c in missed)}"
     section["verdict"] = {"result": verdict, "reason": reason}
     return journal
 
 
 def print_summary(suite, entries) -> None:
-    from paychaos.cli.running import VERDICT_STYLE, seconds
+    """One screen: each experiment's verdict and times, and every check that did not pass."""
+    from paychaos.reporting.summary import text_summary
 
-    err.print(f"\n[bold]gate {suite.name}[/]")
-    for e in entries:
-        verdict = e.verdict if e.passed or e.verdict != "passed" else "failed"
-        style = VERDICT_STYLE[verdict]
-        times = (e.journal or {}).get("paychaos", {}).get("times", {})
-        err.print(
-            f"  [{style}]{verdict.upper():<7}[/] {e.name:<24} {e.seconds:5.0f}s  detect {seconds(times.get('timeToDetect'))}"
-            f"  recover {seconds(times.get('recoveryTime'))}"
-        )
-        checks = [*((e.journal or {}).get("paychaos", {}).get("checks", [])), *(c.to_dict() for c in e.gate_checks)]
-        for c in checks:
-            if c["verdict"] != "passed":
-                err.print(f"      ✗ {c['phase']}/{c['kind']}/{c['name']}: observed {c['observed']}, expected {c['threshold']}")
-        if e.journal is None:
-            err.print(f"      ✗ {e.reason}")
-    for planned in suite.planned[len(entries):]:
-        err.print(f"  [bold yellow]{'SKIPPED':<7}[/] {planned.experiment.name:<24} not run: the gate stopped before it")
-    passed = sum(e.passed for e in entries)
-    style = "bold green" if passed == len(suite.planned) else "bold red"
-    err.print(f"[{style}]{passed}/{len(suite.planned)} experiments passed[/]")
-
+    journals = [(e.name, gated_journal(e)) for e in entries]
+    skipped = {"result": "error", "reason": "not run: the gate stopped before it"}
+    journals += [(p.experiment.name, {"paychaos": {"experiment": p.experiment.name, "verdict": skipped}})
+                 for p in suite.planned[len(entries):]]
+    err.print("")
+    err.print(text_summary(journals, suite.name), markup=False, highlight=False, soft_wrap=True)
