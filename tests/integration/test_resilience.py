@@ -226,12 +226,15 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
             toxiproxy.remove_toxic("acquirer", "test-latency")
             stacking.reconfigure(stack.run_dir, healthy, ["payment"])
     # With the breaker, card payments fail fast and balance payments all go through. Without it,
-    # card calls pin every payment worker: balance payments wait behind them or are refused with
-    # 503 OVERLOADED, and far fewer complete in the same window.
+    # card calls pin every payment worker: balance payments are refused with 503 OVERLOADED (most
+    # runs: 18-24 % success) or wait behind the card calls so that far fewer complete in the same
+    # window. Either is the cascade.
     outcomes = {"breaker on": protected, "breaker off": exposed}
     assert success_ratio(protected["balance"]) >= 0.95, outcomes
     assert protected["card"]["503 CARD_NETWORK_UNAVAILABLE"] > 0, outcomes
-    assert exposed["balance"]["201"] < 0.5 * protected["balance"]["201"], outcomes
+    refused = success_ratio(exposed["balance"]) < 0.75
+    starved = exposed["balance"]["201"] < 0.5 * protected["balance"]["201"]
+    assert refused or starved, outcomes
 
 
 def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stack) -> None:
