@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -104,9 +105,13 @@ def test_a_killed_run_leaves_nothing_that_halt_cannot_revert(stack, tmp_path: Pa
     )
     try:
         stack.wait_for("the toxic to be injected", lambda: toxics(stack), timeout=60)
+        load = psutil.Process(run.pid).children(recursive=True)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
+    assert load, "the run drives its load from a child process"
+    # The orphaned load generator notices and stops itself: no traffic outlives the run.
+    stack.wait_for("the orphaned load to stop", lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in load), timeout=30)
     assert toxics(stack), "the fault must still be there: nothing reverted it"
     halted = stack.cli("halt")
     assert halted.returncode == 0, halted.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -297,11 +298,24 @@ class StatsCollector:
 LINES: StatsLines | None = None
 
 
+# The paychaos process that started this one. If it dies without stopping us (kill -9, a crash),
+# nobody else would: the load would go on hammering the stack after the run is over.
+PARENT = os.getppid()
+
+
+def _stop_when_orphaned() -> None:
+    while os.getppid() == PARENT:
+        gevent.sleep(1.0)
+    # The same clean stop as `paychaos` sends: users stop, the last lines and records are flushed.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     global LINES
     if OUT_DIR is None or environment.runner is None:
         return
+    gevent.spawn(_stop_when_orphaned)
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
 
