@@ -10,6 +10,7 @@ from paychaos.experiments.verdicts import (
     judge_bound,
     judge_within,
     stop_condition_met,
+    weighted_ratio,
 )
 
 
@@ -54,6 +55,27 @@ def test_stop_condition_needs_the_bad_state_to_hold_for_its_duration() -> None:
     # a gap in the data breaks the streak: no data is not evidence of harm
     gappy = series("err", [0.6, None, 0.6, 0.6])
     assert stop_condition_met(gappy, "err", None, 0.5, hold=2.0) is None
+
+
+def test_a_bound_with_for_fails_only_on_a_breach_that_lasts() -> None:
+    # One failed payment among a few a second dents a 5 s rate window for about four samples.
+    blip = series("avail", [1.0, 1.0, 0.67, 0.5, 0.83, 0.9, 1.0, 1.0])
+    assert judge_bound(blip, "avail", 0, 7, None, 0.98)[:2] == ("failed", 0.5)
+    verdict, observed, detail = judge_bound(blip, "avail", 0, 7, None, 0.98, hold=10.0)
+    assert (verdict, observed) == ("passed", 0.5) and "broken for 3s at most" in detail
+    outage = series("avail", [1.0] + [0.4] * 12 + [1.0])
+    verdict, observed, detail = judge_bound(outage, "avail", 0, 13, None, 0.98, hold=10.0)
+    assert (verdict, observed) == ("failed", 0.4) and "broken for 10s on end from 1s" in detail
+    # a breach broken by a good sample starts over
+    flapping = series("avail", ([0.4] * 6 + [1.0]) * 3)
+    assert judge_bound(flapping, "avail", 0, 20, None, 0.98, hold=10.0)[0] == "passed"
+
+
+def test_traffic_share_weighs_each_second_by_its_requests() -> None:
+    samples = [Sample(float(t), {"rps": r, "fail": f}) for t, (r, f) in enumerate([(20, 0.05), (20, 0.0), (100, 0.0), (0, None)])]
+    share, seconds = weighted_ratio(samples, "rps", "fail", 0, 3)
+    assert seconds == 3 and share == 1 / 140  # one failed request in 140, not a 95 % second
+    assert weighted_ratio(samples, "rps", "fail", 3, 3) is None
 
 
 def test_final_verdict_precedence() -> None:

@@ -6,8 +6,9 @@ hand-made series, so every rule is testable without a stack.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Verdict = Literal["passed", "failed", "error"]
 FinalVerdict = Literal["passed", "failed", "aborted", "error"]
@@ -46,14 +47,61 @@ def bound_holds(value: float, below: float | None, above: float | None) -> bool:
 
 
 def judge_bound(
-    samples: list[Sample], key: str, start: float, end: float, below: float | None, above: float | None
+    samples: list[Sample], key: str, start: float, end: float, below: float | None, above: float | None, hold: float = 0.0
 ) -> tuple[Verdict, float | None, str]:
-    """A bound over a window: the worst sample in it decides."""
+    """A bound over a window. Without ``hold`` the worst sample decides; with it, the bound fails
+    only when it was broken for ``hold`` seconds on end, as a Prometheus alert's ``for:`` does.
+    A per-second SLO over a few requests a second swings on one failed request: ``hold`` says how
+    long a breach must last to be one."""
     series = _values(samples, key, start, end)
     if not series:
         return "failed", None, f"no data for {key} between {start:.0f}s and {end:.0f}s"
     worst = max(v for _, v in series) if below is not None else min(v for _, v in series)
-    return ("passed" if bound_holds(worst, below, above) else "failed"), worst, f"worst of {len(series)} samples"
+    if hold <= 0:
+        return ("passed" if bound_holds(worst, below, above) else "failed"), worst, f"worst of {len(series)} samples"
+    broken_at = held_for(series, lambda v: not bound_holds(v, below, above), hold)
+    longest = longest_run(series, lambda v: not bound_holds(v, below, above))
+    if broken_at is not None:
+        return "failed", worst, f"broken for {hold:g}s on end from {broken_at - hold:.0f}s (worst of {len(series)} samples)"
+    if longest:
+        return "passed", worst, f"broken for {longest:.0f}s at most, under the {hold:g}s it may last (worst {worst:.4g})"
+    return "passed", worst, f"worst of {len(series)} samples"
+
+
+def held_for(series: list[tuple[float, Any]], predicate: Callable[[Any], bool], hold: float) -> float | None:
+    """The time at which ``predicate`` has held on every sample for ``hold`` seconds, or None.
+    A sample where it does not hold breaks the streak."""
+    streak_start: float | None = None
+    for t, v in series:
+        if predicate(v):
+            streak_start = t if streak_start is None else streak_start
+            if t - streak_start >= hold:
+                return t
+        else:
+            streak_start = None
+    return None
+
+
+def longest_run(series: list[tuple[float, float]], predicate: Callable[[float], bool]) -> float:
+    """The longest stretch, in seconds from its first to its last sample, over which ``predicate`` held."""
+    longest, streak_start = 0.0, None
+    for t, v in series:
+        if predicate(v):
+            streak_start = t if streak_start is None else streak_start
+            longest = max(longest, t - streak_start)
+        else:
+            streak_start = None
+    return longest
+
+
+def weighted_ratio(samples: list[Sample], rate_key: str, ratio_key: str, start: float, end: float) -> tuple[float, int] | None:
+    """Σ(rate × ratio) / Σ rate over a window: the share over all requests, not the worst second."""
+    pairs = [(s.values.get(rate_key), s.values.get(ratio_key)) for s in samples if start <= s.t <= end]
+    usable = [(r, q) for r, q in pairs if r is not None and q is not None and r > 0]
+    total = sum(r for r, _ in usable)
+    if not usable or total <= 0:
+        return None
+    return sum(r * q for r, q in usable) / total, len(usable)
 
 
 def first_time(
@@ -80,16 +128,8 @@ def stop_condition_met(
     Stop conditions are phrased as the bad state (``above: 0.5``): they are met when the bound
     *holds*. Samples without data break the streak: no data is not evidence of harm.
     """
-    streak_start: float | None = None
-    for s in samples:
-        v = s.values.get(key)
-        if v is not None and bound_holds(v, below, above):
-            streak_start = s.t if streak_start is None else streak_start
-            if s.t - streak_start >= hold:
-                return s.t
-        else:
-            streak_start = None
-    return None
+    series = [(s.t, s.values.get(key)) for s in samples]
+    return held_for(series, lambda v: v is not None and bound_holds(v, below, above), hold)
 
 
 def final_verdict(
