@@ -190,7 +190,7 @@ def _admin(topology: Topology) -> AdminClient:
 
 
 def ensure_topics(topology: Topology, timeout: float = 60.0) -> None:
-    """Create the topology's topics if missing and wait until every partition has a leader.
+    """Create the topology's topics if missing and wait until every node sees a leader for every partition.
 
     An existing topic is left as it is (partition counts cannot shrink; configs are not reconciled).
     """
@@ -217,8 +217,13 @@ def ensure_topics(topology: Topology, timeout: float = 60.0) -> None:
             pending.pop(name)
         if pending:
             time.sleep(0.5)
+    # Every node must know the topic, not just the controller that created it: a client whose
+    # first metadata request lands on a node that has not caught up yet sees an unknown topic.
+    # A fresh client per node and round: its first request goes to the one node it knows.
+    addresses = topology.bootstrap_servers.split(",")
     while True:
-        leaderless = _leaderless(admin, list(topology.kafka.topics))
+        nodes = [AdminClient({"bootstrap.servers": address, "log_level": 2}) for address in addresses]
+        leaderless = sorted({name for node in nodes for name in _leaderless(node, list(topology.kafka.topics))})
         if not leaderless:
             return
         if time.monotonic() > deadline:
