@@ -97,7 +97,7 @@ def test_steady_state_failing_before_the_method_fails_the_run_although_chaostool
 
 
 def test_fail_fast_is_judged_only_once_every_replica_has_been_open_for_a_while() -> None:
-    from paychaos.experiments.judging import refused_while_open
+    from paychaos.experiments.verdicts import refused_while_open
 
     def s(t: float, opened: int, p50: float) -> Sample:
         return Sample(t, {"breaker_open": opened, "breaker_replicas": 3, "card_fail_fast_p50": p50})

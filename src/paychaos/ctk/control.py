@@ -15,10 +15,9 @@ from chaoslib.exit import exit_gracefully
 
 from paychaos.experiments import context
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.judging import bounds
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import Sample, stop_condition_met
+from paychaos.experiments.verdicts import Sample, bounds, stop_condition_met
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.probes.catalogue import load_catalogue

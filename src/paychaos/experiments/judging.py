@@ -9,52 +9,22 @@ from datetime import timedelta
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import Check, EventualInvariant, SloBound
 from paychaos.experiments.verdicts import (
+    OPEN_SETTLE,
     CheckResult,
-    Sample,
     bound_holds,
+    bounds,
     first_time,
     judge_bound,
     judge_within,
+    refused_while_open,
     weighted_ratio,
 )
-from paychaos.probes.catalogue import CatalogueError, Objective
+from paychaos.probes.catalogue import CatalogueError
 from paychaos.probes.invariants import check_invariants, engine_for
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 STEADY_WINDOW = "30s"
 GRACE = 2.0  # seconds of samples allowed past a deadline: Prometheus scrapes once a second
-
-
-def _number(value: float | timedelta | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def bounds(spec: SloBound | Objective) -> tuple[float | None, float | None, str]:
-    below, above = _number(spec.below), _number(spec.above)
-    """An SLO bound or objective in seconds or plain numbers, and how to print it."""
-    return below, above, (f"< {below:g}" if below is not None else f"> {above:g}")
-
-
-OPEN_SETTLE = 5.0  # seconds open everywhere before refused calls alone fill the 5 s rate window
-
-
-def refused_while_open(samples: list[Sample], start: float, end: float) -> list[tuple[float, float]]:
-    """Median latency of refused card payments, at seconds when every replica's breaker had been
-    open for a while. Median, not p99: half-open trial calls wait out the timeout, by design."""
-    out: list[tuple[float, float]] = []
-    streak: float | None = None
-    for s in samples:
-        if not start <= s.t <= end:
-            continue
-        opened, replicas = s.values.get("breaker_open"), s.values.get("breaker_replicas")
-        if opened is not None and replicas and opened >= replicas:
-            streak = s.t if streak is None else streak
-            latency = s.values.get("card_fail_fast_p50")
-            if s.t - streak >= OPEN_SETTLE and latency is not None:
-                out.append((s.t, latency))
-        else:
-            streak = None
-    return out
 
 
 def faults_window(ctx: RunContext) -> tuple[float, float]:

@@ -20,8 +20,7 @@ from paychaos.experiments import context
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.judging import bounds
-from paychaos.experiments.verdicts import FinalVerdict, bound_holds, final_verdict, first_time
+from paychaos.experiments.verdicts import FinalVerdict, bound_holds, bounds, final_verdict, first_time
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
 from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir

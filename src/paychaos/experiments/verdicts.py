@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any, Literal, Protocol
 
 Verdict = Literal["passed", "failed", "error"]
 FinalVerdict = Literal["passed", "failed", "aborted", "error"]
@@ -35,6 +36,22 @@ class CheckResult:
         return asdict(self)
 
 
+class _Bounded(Protocol):
+    below: float | timedelta | None
+    above: float | timedelta | None
+
+
+def _number(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def bounds(spec: _Bounded) -> tuple[float | None, float | None, str]:
+    """A bound (an experiment's SLO bound, a catalogue objective) in seconds or plain numbers,
+    and how to print it."""
+    below, above = _number(spec.below), _number(spec.above)
+    return below, above, (f"< {below:g}" if below is not None else f"> {above:g}")
+
+
 def _values(samples: list[Sample], key: str, start: float, end: float) -> list[tuple[float, float]]:
     return [(s.t, v) for s in samples if start <= s.t <= end and (v := s.values.get(key)) is not None]
 
@@ -59,10 +76,9 @@ def judge_bound(
     worst = max(v for _, v in series) if below is not None else min(v for _, v in series)
     if hold <= 0:
         return ("passed" if bound_holds(worst, below, above) else "failed"), worst, f"worst of {len(series)} samples"
-    broken_at = held_for(series, lambda v: not bound_holds(v, below, above), hold)
-    longest = longest_run(series, lambda v: not bound_holds(v, below, above))
-    if broken_at is not None:
-        return "failed", worst, f"broken for {hold:g}s on end from {broken_at - hold:.0f}s (worst of {len(series)} samples)"
+    longest, since = longest_run(series, lambda v: not bound_holds(v, below, above))
+    if longest >= hold:
+        return "failed", worst, f"broken for {hold:g}s on end from {since:.0f}s (worst of {len(series)} samples)"
     if longest:
         return "passed", worst, f"broken for {longest:.0f}s at most, under the {hold:g}s it may last (worst {worst:.4g})"
     return "passed", worst, f"worst of {len(series)} samples"
@@ -82,16 +98,18 @@ def held_for(series: list[tuple[float, Any]], predicate: Callable[[Any], bool], 
     return None
 
 
-def longest_run(series: list[tuple[float, float]], predicate: Callable[[float], bool]) -> float:
-    """The longest stretch, in seconds from its first to its last sample, over which ``predicate`` held."""
-    longest, streak_start = 0.0, None
+def longest_run(series: list[tuple[float, float]], predicate: Callable[[float], bool]) -> tuple[float, float | None]:
+    """The longest stretch over which ``predicate`` held, in seconds from its first to its last
+    sample, and when it began (None if it never held)."""
+    longest, began, streak_start = 0.0, None, None
     for t, v in series:
         if predicate(v):
             streak_start = t if streak_start is None else streak_start
-            longest = max(longest, t - streak_start)
+            if began is None or t - streak_start > longest:
+                longest, began = t - streak_start, streak_start
         else:
             streak_start = None
-    return longest
+    return longest, began
 
 
 def weighted_ratio(samples: list[Sample], rate_key: str, ratio_key: str, start: float, end: float) -> tuple[float, int] | None:
@@ -105,13 +123,39 @@ def weighted_ratio(samples: list[Sample], rate_key: str, ratio_key: str, start: 
 
 
 def first_time(
-    samples: list[Sample], key: str, start: float, predicate: object, end: float = float("inf")
+    samples: list[Sample], key: str, start: float, predicate: Callable[[float], bool], end: float = float("inf")
 ) -> float | None:
     """Seconds after ``start`` at which ``predicate(value)`` first held, or None."""
-    for t, v in _values(samples, key, start, end):
-        if predicate(v):  # type: ignore[operator]
-            return t - start
-    return None
+    return first_in(_values(samples, key, start, end), start, predicate)
+
+
+def first_in(
+    series: list[tuple[float, float]], start: float, predicate: Callable[[float], bool], end: float = float("inf")
+) -> float | None:
+    """The same over (t, value) points: seconds after ``start`` to the first one where it held."""
+    return next((t - start for t, v in series if start <= t <= end and predicate(v)), None)
+
+
+OPEN_SETTLE = 5.0  # seconds open everywhere before refused calls alone fill the 5 s rate window
+
+
+def refused_while_open(samples: list[Sample], start: float, end: float) -> list[tuple[float, float]]:
+    """Median latency of refused card payments, at seconds when every replica's breaker had been
+    open for a while. Median, not p99: half-open trial calls wait out the timeout, by design."""
+    out: list[tuple[float, float]] = []
+    streak: float | None = None
+    for s in samples:
+        if not start <= s.t <= end:
+            continue
+        opened, replicas = s.values.get("breaker_open"), s.values.get("breaker_replicas")
+        if opened is not None and replicas and opened >= replicas:
+            streak = s.t if streak is None else streak
+            latency = s.values.get("card_fail_fast_p50")
+            if s.t - streak >= OPEN_SETTLE and latency is not None:
+                out.append((s.t, latency))
+        else:
+            streak = None
+    return out
 
 
 def judge_within(delay: float | None, within: float, what: str) -> tuple[Verdict, float | None, str]:

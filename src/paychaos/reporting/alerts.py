@@ -10,13 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from paychaos.experiments.spec import ChaosExperiment
+from paychaos.experiments.verdicts import bounds
 from paychaos.probes.catalogue import Slo
 
 GROUP = "paychaos-slo"
@@ -103,11 +103,12 @@ def _rank(severity: str) -> tuple[int, str]:
 
 def _as_yaml(rule: _Rule, runbook_base: str) -> dict[str, Any]:
     alert = alert_name(rule.slo)
-    objective = rule.definition.objective
-    if objective.above is not None:
-        comparison, bound, wanted = "<", _number(objective.above), "above"
+    below, above, _ = bounds(rule.definition.objective)
+    if above is not None:
+        comparison, bound, wanted = "<", above, "above"
     else:
-        comparison, bound, wanted = ">", _number(objective.below), "below"
+        assert below is not None
+        comparison, bound, wanted = ">", below, "below"
     seconds = rule.definition.unit == "seconds"
     value = "{{ $value | humanizeDuration }}" if seconds else '{{ $value | printf "%.4g" }}'
     objective_text = f"{wanted} {bound:g}{'s' if seconds else ''}"
@@ -123,10 +124,6 @@ def _as_yaml(rule: _Rule, runbook_base: str) -> dict[str, Any]:
             "runbook_url": runbook_url(rule.experiments, alert, runbook_base),
         },
     }
-
-
-def _number(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _indent(text: str) -> str:

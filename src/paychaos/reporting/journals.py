@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from paychaos.experiments.spec import ChaosExperiment
+from paychaos.experiments.verdicts import first_in
 
 Result = Literal["passed", "failed", "aborted", "error"]
 
@@ -220,11 +221,9 @@ def fault_windows(run: Run) -> list[tuple[float, float]]:
 
 
 def first_after(series: list[tuple[float, float]], start: float, holds: Callable[[float], bool]) -> float | None:
-    """Seconds from ``start`` to the first point at or after it where ``holds``; None if never."""
-    for t, value in series:
-        if t >= start and holds(value):
-            return round(t - start, 2)
-    return None
+    """Seconds from ``start`` to the first point at or after it where ``holds``, to the hundredth; None if never."""
+    delay = first_in(series, start, holds)
+    return None if delay is None else round(delay, 2)
 
 
 def _fault_key(event: TimelineEvent) -> str | None:

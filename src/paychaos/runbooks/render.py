@@ -11,7 +11,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from paychaos.durations import format_duration
 from paychaos.experiments.spec import ChaosExperiment, Fault
+from paychaos.experiments.verdicts import bound_holds, bounds
 from paychaos.probes.catalogue import Slo
 from paychaos.reporting import formatting
 from paychaos.reporting.alerts import alert_name, referenced_slos
@@ -85,9 +85,13 @@ class _Rehearsal:
 def render_runbook(experiment: ChaosExperiment, journal: Mapping[str, Any] | None, slos: Mapping[str, Slo] | None = None) -> str:
     """The runbook of one failure mode. With ``slos`` (the SLO catalogue) the alerts table also
     says each SLO's objective and how far the rehearsal pushed it."""
-    run = _run_of(experiment, journal)
-    entry = index_entry(experiment, journal)
-    return _templates.get_template("runbook.md.j2").render(
+    return _render(experiment, _run_of(experiment, journal), slos)[0]
+
+
+def _render(experiment: ChaosExperiment, run: Run | None, slos: Mapping[str, Slo] | None) -> tuple[str, IndexEntry]:
+    """The runbook and its index entry, from one reading of the journal."""
+    entry = _index_entry(experiment, run)
+    text = _templates.get_template("runbook.md.j2").render(
         marker=_marker(entry),
         name=experiment.name,
         description=experiment.spec.description,
@@ -98,10 +102,10 @@ def render_runbook(experiment: ChaosExperiment, journal: Mapping[str, Any] | Non
         alerts=[_alert(name, slos, run) for name in referenced_slos(experiment)],
         rehearsal=_rehearsal(run) if run is not None else None,
     )
+    return text, entry
 
 
-def index_entry(experiment: ChaosExperiment, journal: Mapping[str, Any] | None) -> IndexEntry:
-    run = _run_of(experiment, journal)
+def _index_entry(experiment: ChaosExperiment, run: Run | None) -> IndexEntry:
     return IndexEntry(
         experiment=experiment.name,
         severity=experiment.metadata.labels.get("severity"),
@@ -147,8 +151,8 @@ def write_runbooks(rehearsals: Iterable[Rehearsal], directory: Path, slos: Mappi
             entries[entry.experiment] = entry
     for experiment, journal in rehearsals:
         path = directory / f"{experiment.name}.md"
-        path.write_text(render_runbook(experiment, journal, slos), encoding="utf-8")
-        entries[experiment.name] = index_entry(experiment, journal)
+        text, entries[experiment.name] = _render(experiment, _run_of(experiment, journal), slos)
+        path.write_text(text, encoding="utf-8")
         written.append(path)
     index = directory / INDEX
     index.write_text(render_index(list(entries.values())), encoding="utf-8")
@@ -192,27 +196,23 @@ def _alert(slo_name: str, slos: Mapping[str, Slo] | None, run: Run | None) -> _A
     slo = slos.get(slo_name) if slos is not None else None
     if slo is None:
         return _Alert(alert_name(slo_name), slo_name, formatting.MISSING, formatting.MISSING)
-    above = slo.objective.above is not None
-    bound = _seconds_or_number(slo.objective.above if above else slo.objective.below)
-    objective = f"{'above' if above else 'below'} {_slo_value(bound, slo.unit)}"
-    return _Alert(alert_name(slo_name), slo_name, objective, _slo_observed(run, slo_name, slo, above, bound) if run else formatting.MISSING)
+    below, above, _ = bounds(slo.objective)
+    bound = above if above is not None else below
+    assert bound is not None
+    objective = f"{'above' if above is not None else 'below'} {_slo_value(bound, slo.unit)}"
+    return _Alert(alert_name(slo_name), slo_name, objective, _slo_observed(run, slo_name, slo, below, above) if run else formatting.MISSING)
 
 
-def _slo_observed(run: Run, name: str, slo: Slo, above: bool, bound: float) -> str:
+def _slo_observed(run: Run, name: str, slo: Slo, below: float | None, above: float | None) -> str:
     start = min((f.at for f in run.faults), default=0.0)
     values = [v for t, v in points(run, f"slo:{name}") if t >= start]
     if not values:
         return "not sampled"
-    worst = min(values) if above else max(values)
-    outside = sum((v <= bound) if above else (v >= bound) for v in values)
+    worst = min(values) if above is not None else max(values)
+    outside = sum(not bound_holds(v, below, above) for v in values)
     if not outside:
         return f"held (worst {_slo_value(worst, slo.unit)})"
     return f"worst {_slo_value(worst, slo.unit)}; outside the objective in {outside} of {len(values)} per-second samples"
-
-
-def _seconds_or_number(value: float | timedelta | None) -> float:
-    assert value is not None
-    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _slo_value(value: float, unit: str) -> str:
