@@ -27,6 +27,7 @@ from paychaos.platform.runtime import stacking
 from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
+from paychaos.runbooks.render import read_index_entry
 
 from .conftest import Stack, running_stack
 
@@ -123,6 +124,8 @@ def test_the_gate_passes_a_healthy_stack_and_leaves_report_junit_and_runbook(def
         assert 'id="plot-throughput-gate-slowdown"' in report and "<svg" in report
         runbook = (folder / "runbooks" / "gate-slowdown.md").read_text(encoding="utf-8")
         assert "passed" in runbook and "not rehearsed yet" not in runbook
+        rehearsed = read_index_entry(runbook)
+        assert rehearsed is not None and rehearsed.verdict == "passed"
         assert "gate-slowdown" in (folder / "runbooks" / "index.md").read_text(encoding="utf-8")
         assert "gate gate-test: the experiment passed" in result.stderr
     finally:

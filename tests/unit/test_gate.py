@@ -101,10 +101,10 @@ def test_no_thresholds_no_checks() -> None:
 
 
 def test_the_gate_passes_only_when_every_experiment_and_threshold_passed() -> None:
-    ok = GateEntry("a", Path("a.yaml"), Path("a.json"), {}, "passed", "3 checks passed")
-    late = GateEntry("b", Path("b.yaml"), Path("b.json"), {}, "passed", "3 checks passed",
+    ok = GateEntry("a", {}, "passed", "3 checks passed")
+    late = GateEntry("b", {}, "passed", "3 checks passed",
                      threshold_checks({"recoveryTime": 50.0}, Thresholds(recovery_time=timedelta(seconds=30))))
-    failed = GateEntry("c", Path("c.yaml"), Path("c.json"), {}, "failed", "expect slo ...")
+    failed = GateEntry("c", {}, "failed", "expect slo ...")
     assert gate_passed([ok])
     assert not gate_passed([ok, late])
     assert not gate_passed([ok, failed])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Annotated
 
@@ -10,11 +9,13 @@ import typer
 
 from paychaos.cli.console import err, fail, say
 from paychaos.experiments.loading import SpecError
+from paychaos.experiments.suites import Suite, load_suite
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.installing import MissingTool
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import supervisor_alive
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
+from paychaos.reporting.journals import Journals
 
 DEFAULT_SUITE = Path("experiments/suites/pre-campaign.yaml")
 
@@ -45,7 +46,6 @@ def gate(
 def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, runbooks: Path, keep: bool) -> bool:
     """The gate from suite file to written outputs; whether it passed. Raises typer.Exit on bad input."""
     from paychaos.experiments.gating import gate_passed, run_suite
-    from paychaos.experiments.suites import load_suite
 
     running = supervisor_alive(rd) is not None
     try:
@@ -66,53 +66,37 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
     finally:
         if started_here and not keep:
             stacking.down(rd, progress=say)
-    write_outputs(loaded, entries, out=out, junit=junit, report=report, runbooks=runbooks)
-    print_summary(loaded, entries)
+    journals = [(e.name, e.gated_journal()) for e in entries]
+    write_outputs(loaded, journals, out=out, junit=junit, report=report, runbooks=runbooks)
+    print_summary(loaded, journals)
     for label, path in (("report", report), ("junit", junit), ("summary", out / "summary.md"), ("runbooks", runbooks / "index.md")):
         err.print(f"  {label:<8} {path}")
     return gate_passed(entries)
 
 
-def write_outputs(suite, entries, *, out: Path, junit: Path, report: Path, runbooks: Path) -> None:
+def write_outputs(suite: Suite, journals: Journals, *, out: Path, junit: Path, report: Path, runbooks: Path) -> None:
     """JUnit, the HTML report, the Markdown summary and the runbooks, from the gate's journals."""
     from paychaos.reporting.html import write_html_report
     from paychaos.reporting.junit import write_junit
     from paychaos.reporting.summary import markdown_summary, write_step_summary
     from paychaos.runbooks.render import write_runbooks
 
-    journals = [(e.name, gated_journal(e)) for e in entries]
     write_junit(journals, suite.name, junit)
     write_html_report(journals, suite.name, report)
     markdown = markdown_summary(journals, suite.name)
     (out / "summary.md").write_text(markdown, encoding="utf-8")
     write_step_summary(markdown)
-    experiments = {p.experiment.name: p.experiment for p in suite.planned}
     rehearsed = dict(journals)
     # Every experiment of the suite gets its runbook, rehearsed or not (the gate may stop early).
-    write_runbooks([(experiments[name], rehearsed.get(name)) for name in experiments], runbooks, load_catalogue().slos)
+    write_runbooks([(p.experiment, rehearsed.get(p.experiment.name)) for p in suite.planned], runbooks, load_catalogue().slos)
 
 
-def gated_journal(entry) -> dict:
-    """The experiment's journal with the gate's threshold checks and verdict folded in, for the reports."""
-    journal = copy.deepcopy(entry.journal) if entry.journal else {"paychaos": {"experiment": entry.name}}
-    section = journal.setdefault("paychaos", {})
-    section["checks"] = [*section.get("checks", []), *(c.to_dict() for c in entry.gate_checks)]
-    verdict = entry.verdict if entry.passed or entry.verdict != "passed" else "failed"
-    reason = entry.reason
-    if verdict != entry.verdict:
-        missed = [c for c in entry.gate_checks if c.verdict != "passed"]
-        reason = f"passed its own checks, but not the gate's thresholds on {', '.join(c.name for c in missed)}"
-    section["verdict"] = {"result": verdict, "reason": reason}
-    return journal
-
-
-def print_summary(suite, entries) -> None:
+def print_summary(suite: Suite, journals: Journals) -> None:
     """One screen: each experiment's verdict and times, and every check that did not pass."""
     from paychaos.reporting.summary import text_summary
 
-    journals = [(e.name, gated_journal(e)) for e in entries]
     skipped = {"result": "error", "reason": "not run: the gate stopped before it"}
-    journals += [(p.experiment.name, {"paychaos": {"experiment": p.experiment.name, "verdict": skipped}})
-                 for p in suite.planned[len(entries):]]
+    shown = [*journals, *((p.experiment.name, {"paychaos": {"experiment": p.experiment.name, "verdict": skipped}})
+                          for p in suite.planned[len(journals):])]
     err.print("")
-    err.print(text_summary(journals, suite.name), markup=False, highlight=False, soft_wrap=True)
+    err.print(text_summary(shown, suite.name), markup=False, highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.topology import Topology
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
+from paychaos.reporting import formatting
 
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "aborted": "bold yellow", "error": "bold red"}
 
@@ -49,16 +50,11 @@ def run(
         mark = "[green]✓[/]" if check["verdict"] == "passed" else "[red]✗[/]"
         err.print(f"  {mark} {check['phase']:<18} {check['kind']:<9} {check['name']:<32} observed {check['observed']}  expected {check['threshold']}")
     times = outcome.journal["paychaos"]["times"]
-    err.print(f"  time to detect {seconds(times['timeToDetect'])}, recovery {seconds(times['recoveryTime'])}")
+    err.print(f"  time to detect {formatting.seconds(times['timeToDetect'])}, recovery {formatting.seconds(times['recoveryTime'])}")
     style = VERDICT_STYLE[outcome.verdict]
     err.print(f"[{style}]{outcome.verdict.upper()}[/] {outcome.reason}")
     err.print(f"journal: {outcome.journal_path}")
     raise typer.Exit({"passed": 0, "failed": 1, "aborted": 2, "error": 3}[outcome.verdict])
-
-
-def seconds(value: float | None) -> str:
-    """A measured time, or a dash when the run did not observe it."""
-    return "—" if value is None else f"{value:g}s"
 
 
 def _topology(run_dir: RunDir) -> Topology | None:

@@ -8,6 +8,7 @@ healthy, so that one experiment's aftermath is never blamed on the next.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -17,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from paychaos.experiments.suites import Planned, Suite, Thresholds
 from paychaos.experiments.verdicts import CheckResult
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import read_state, supervisor_alive
+from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology
+from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 Progress = Callable[[str], None]
 EXIT_VERDICTS = {0: "passed", 1: "failed", 2: "aborted", 3: "error"}
@@ -34,10 +35,8 @@ EXIT_VERDICTS = {0: "passed", 1: "failed", 2: "aborted", 3: "error"}
 @dataclass
 class GateEntry:
     name: str
-    path: Path
-    journal_path: Path
     journal: dict[str, Any] | None
-    verdict: str  # passed | failed | aborted | error
+    verdict: str  # the run's own: passed | failed | aborted | error
     reason: str
     gate_checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
@@ -45,6 +44,18 @@ class GateEntry:
     @property
     def passed(self) -> bool:
         return self.verdict == "passed" and all(c.verdict == "passed" for c in self.gate_checks)
+
+    def gated_journal(self) -> dict[str, Any]:
+        """The journal with the gate's threshold checks and verdict folded in: what the reports read."""
+        journal = copy.deepcopy(self.journal) if self.journal else {"paychaos": {"experiment": self.name}}
+        section = journal.setdefault("paychaos", {})
+        section["checks"] = [*section.get("checks", []), *(c.to_dict() for c in self.gate_checks)]
+        if self.verdict == "passed" and not self.passed:
+            missed = ", ".join(c.name for c in self.gate_checks if c.verdict != "passed")
+            section["verdict"] = {"result": "failed", "reason": f"passed its own checks, but not the gate's thresholds on {missed}"}
+        else:
+            section["verdict"] = {"result": self.verdict, "reason": self.reason}
+        return journal
 
 
 def threshold_checks(times: dict[str, float | None], thresholds: Thresholds) -> list[CheckResult]:
@@ -74,6 +85,14 @@ def gate_passed(entries: list[GateEntry]) -> bool:
 # -- settling -----------------------------------------------------------------------------------
 
 
+# Each must be zero before an experiment starts.
+UNSETTLED_SERIES = (
+    ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1)'),
+    ("campaign consumer lag", "sum(campaign_consumer_lag)"),
+    ("events waiting in the outbox", "sum(outbox_backlog)"),
+)
+
+
 def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
     """What keeps the stack from being the healthy baseline an experiment starts from; [] if nothing."""
     if not supervisor_alive(run_dir):
@@ -83,20 +102,17 @@ def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
         return ["the stack has no state yet"]
     problems = [f"{p.name} not ready" for p in state.processes if not p.ready]
     problems += [f"zone {z} marked down" for z in state.zones_down]
-    problems += [f"{name} held down" for name in (p.name for p in state.processes if p.held)]
+    problems += [f"{p.name} held down" for p in state.processes if p.held]
     try:
-        proxies = httpx.get(f"{topology.toxiproxy_url}/proxies", timeout=2).json()
+        with Toxiproxy(topology.toxiproxy_url, timeout=2) as toxiproxy:
+            proxies = toxiproxy.proxies()
         problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
-        for what, promql, healthy in (
-            ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1) or vector(0)', 0),
-            ("campaign consumer lag", "sum(campaign_consumer_lag) or vector(0)", 0),
-            ("events waiting in the outbox", "sum(outbox_backlog) or vector(0)", 0),
-        ):
-            r = httpx.get(f"{topology.prometheus_url}/api/v1/query", params={"query": promql}, timeout=2).json()
-            value = float(r["data"]["result"][0]["value"][1]) if r["data"]["result"] else 0.0
-            if value > healthy:
-                problems.append(f"{what}: {value:g}")
-    except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+        with Prometheus(topology.prometheus_url, timeout=2) as prometheus:
+            for what, promql in UNSETTLED_SERIES:
+                value = prometheus.scalar(promql) or 0.0
+                if value > 0:
+                    problems.append(f"{what}: {value:g}")
+    except (ToxiproxyError, PrometheusUnavailable) as exc:
         problems.append(f"cannot read the stack's health: {exc}")
     return problems
 
@@ -131,15 +147,15 @@ def run_entry(planned: Planned, run_dir: RunDir, journals: Path, progress: Progr
     try:
         leftovers = records.halt(run_dir, LocalDriver(run_dir))
     except records.HaltIncomplete as exc:
-        return GateEntry(name, planned.path, journal_path, _read_journal(journal_path), "error",
+        return GateEntry(name, _read_journal(journal_path), "error",
                          f"faults it left could not all be reverted: {exc}", seconds=seconds)
     journal = _read_journal(journal_path)
     if journal is None or "paychaos" not in journal:
         verdict = EXIT_VERDICTS.get(proc.returncode, "error")
         reason = f"`paychaos run` exited {proc.returncode} without a journal"
-        return GateEntry(name, planned.path, journal_path, None, "error" if verdict == "passed" else verdict, reason, seconds=seconds)
+        return GateEntry(name, None, "error" if verdict == "passed" else verdict, reason, seconds=seconds)
     result = journal["paychaos"]["verdict"]
-    entry = GateEntry(name, planned.path, journal_path, journal, result["result"], result["reason"], seconds=seconds)
+    entry = GateEntry(name, journal, result["result"], result["reason"], seconds=seconds)
     if leftovers:
         entry.verdict, entry.reason = "error", f"{len(leftovers)} faults outlived the run and were reverted by the gate"
     entry.gate_checks = threshold_checks(journal["paychaos"].get("times") or {}, planned.entry.thresholds)
@@ -165,7 +181,7 @@ def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, out_dir: Path, 
         problems = settle(run_dir, topology, within, progress)
         if problems:
             reason = f"the stack did not settle within {within:g}s before it: {'; '.join(problems)}"
-            entries.append(GateEntry(name, planned.path, journals / f"{name}.json", None, "error", reason))
+            entries.append(GateEntry(name, None, "error", reason))
             break
         progress(f"[{n}/{len(suite.planned)}] {name}")
         entry = run_entry(planned, run_dir, journals, progress)

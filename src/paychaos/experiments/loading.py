@@ -72,7 +72,7 @@ def load_experiments(
     for item in loaded:
         name = item.experiment.name
         if name in first_file:
-            line, written = YamlTree(item.root).locate(("metadata", "name"))
+            line, written = item.tree.locate(("metadata", "name"))
             problems.append(Problem(item.source, line, written, f"experiment name {name!r} is also used by {first_file[name]}"))
         else:
             first_file[name] = item.source
@@ -94,7 +94,7 @@ def parse_experiment(
 @dataclass(frozen=True)
 class _Loaded:
     experiment: ChaosExperiment
-    root: yaml.Node
+    tree: YamlTree
     source: str
 
 
@@ -128,16 +128,17 @@ def read_document(path: str | Path, what: str) -> str:
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_PROBLEMS = 50
+
+
 def _too_big(what: str) -> str:
     return f"over {MAX_BYTES // 1_000_000} MB, far too big for {what}: is this the right file?"
 
 
 def _parse(text: str, source: str, topology: Topology | None, probes: ProbeNames | None) -> _Loaded:
-    experiment, root, tree = parse_document(
-        text, source, ChaosExperiment, KIND, "an experiment (apiVersion, kind, metadata, spec)",
-        lambda e: [(path, message) for path, message in check_references(e, topology, probes)],
+    experiment, tree = parse_document(
+        text, source, ChaosExperiment, KIND, "an experiment", lambda e: check_references(e, topology, probes)
     )
-    return _Loaded(experiment, root, source)
+    return _Loaded(experiment, tree, source)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -148,16 +149,16 @@ def parse_document(
     source: str,
     model: type[M],
     kind: str,
-    expected: str,
+    noun: str,
     references: Callable[[M], Iterable[tuple[tuple[Segment, ...], str]]] = lambda _: (),
-) -> tuple[M, yaml.Node, YamlTree]:
-    """Validate a Kubernetes-shaped YAML document against ``model``: every problem with file:line."""
-    noun = expected.split(" (")[0]
+) -> tuple[M, YamlTree]:
+    """Validate a Kubernetes-shaped YAML document (``noun``: "an experiment") against ``model``:
+    every problem with file:line."""
     if len(text) > MAX_BYTES:
         raise SpecError([Problem(source, None, "", _too_big(noun))])
     root, data = _read_yaml(text, source)
     if root is None or data is None:
-        raise SpecError([Problem(source, 1, "", f"the file is empty: expected {expected}")])
+        raise SpecError([Problem(source, 1, "", f"the file is empty: expected {noun} (apiVersion, kind, metadata, spec)")])
     tree = YamlTree(root)
     if not isinstance(data, dict):
         got = _describe(data)
@@ -185,7 +186,7 @@ def parse_document(
             unique = [*unique[:MAX_PROBLEMS], Problem(source, None, "", f"{hidden} more problems not shown: fix these first")]
         raise SpecError(unique)
     assert document is not None
-    return document, root, tree
+    return document, tree
 
 
 # libyaml is some twenty times faster than the pure-Python parser; both give marks on every node.

@@ -29,7 +29,6 @@ KEY_SERIES = {
     "p99": 'histogram_quantile(0.99, sum by (le) (rate(http_server_requests_seconds_bucket{service="gateway"}[$window])))',
     "breaker_open": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"} == 1) or vector(0)',
     "breaker_replicas": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"})',
-    "breaker_closed": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="closed"} == 1) or vector(0)',
     "consumer_lag": "sum(campaign_consumer_lag)",
     "outbox_backlog": "sum(outbox_backlog)",
     # Median, not p99: half-open trial calls still wait out the timeout, by design.

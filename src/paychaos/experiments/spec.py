@@ -376,12 +376,18 @@ class Metadata(_Spec):
     annotations: dict[str, str] = {}
 
 
-class ChaosExperiment(_Spec):
+class Resource(_Spec):
+    """A document shaped like a Kubernetes custom resource; subclasses fix ``kind`` and add ``spec``."""
+
     api_version: Literal["paychaos.io/v1alpha1"]
-    kind: Literal["ChaosExperiment"]
+    kind: str
     metadata: Metadata
-    spec: ExperimentSpec
 
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+class ChaosExperiment(Resource):
+    kind: Literal["ChaosExperiment"]
+    spec: ExperimentSpec

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from paychaos.durations import Duration
 from paychaos.experiments.loading import Problem, ProbeNames, SpecError, load_experiment, parse_document, read_document
-from paychaos.experiments.spec import API_VERSION, ChaosExperiment, Metadata, _Spec
+from paychaos.experiments.spec import ChaosExperiment, Resource, _Spec
 from paychaos.platform.topology import Topology
 
 SUITE_KIND = "GameDay"
@@ -41,15 +41,9 @@ class SuiteSpec(_Spec):
     settle_within: Duration = timedelta(seconds=90)
 
 
-class GameDay(_Spec):
-    api_version: Literal["paychaos.io/v1alpha1"]
+class GameDay(Resource):
     kind: Literal["GameDay"]
-    metadata: Metadata
     spec: SuiteSpec
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,6 @@ class Planned:
 @dataclass(frozen=True)
 class Suite:
     gameday: GameDay
-    path: Path
     planned: list[Planned]
 
     @property
@@ -73,10 +66,7 @@ class Suite:
 def load_suite(path: str | Path, topology: Topology | None = None, *, probes: ProbeNames | None = None) -> Suite:
     """Read a suite and every experiment it lists; all problems of all files at once."""
     source = str(path)
-    gameday, _, tree = parse_document(
-        read_document(path, "a suite"), source, GameDay, SUITE_KIND, "a suite (apiVersion, kind, metadata, spec)"
-    )
-    assert gameday.api_version == API_VERSION
+    gameday, tree = parse_document(read_document(path, "a suite"), source, GameDay, SUITE_KIND, "a suite")
     base = Path(path).parent
     problems: list[Problem] = []
     planned: list[Planned] = []
@@ -101,7 +91,7 @@ def load_suite(path: str | Path, topology: Topology | None = None, *, probes: Pr
         planned.append(Planned(entry, experiment_path, experiment))
     if problems:
         raise SpecError(problems)
-    return Suite(gameday, Path(path), planned)
+    return Suite(gameday, planned)
 
 
 __all__ = ["GameDay", "Planned", "Suite", "SuiteEntry", "Thresholds", "load_suite"]
