@@ -19,10 +19,15 @@ import psutil
 import psycopg
 import pytest
 
+from paychaos.experiments.judging import judge_slo_over
+from paychaos.experiments.verdicts import CheckResult, bounds
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import StackState, alive, read_state
 from paychaos.platform.topology import Topology
+from paychaos.probes.catalogue import load_catalogue
+
+CATALOGUE = load_catalogue()
 
 
 def paychaos(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -85,6 +90,12 @@ class Stack:
             json={"user_id": user, "merchant_id": merchant, "amount": amount, "method": method},
             headers={"Idempotency-Key": key or uuid.uuid4().hex, "X-Device-Id": f"device-{user}", "X-User-Id": user},
         )
+
+    def slo(self, name: str, seconds: float) -> CheckResult:
+        """The catalogue's SLO ``name`` over the last ``seconds``, judged against its objective as
+        steadyState judges it."""
+        slo = CATALOGUE.slo(name)
+        return judge_slo_over(self.topology.prometheus_url, name, slo, bounds(slo.objective), f"{round(seconds)}s", "test")
 
     def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout

@@ -17,24 +17,28 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from confluent_kafka import Producer
 
+from paychaos.experiments.judging import GRACE, judge_lag
+from paychaos.experiments.sampling import Sampler
+from paychaos.experiments.spec import KafkaLag
+from paychaos.experiments.verdicts import Sample
 from paychaos.platform.runtime import stacking
 from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
-from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
+from paychaos.probes.prometheus import Prometheus
 from paychaos.runbooks.render import read_index_entry
 
-from .conftest import Stack, running_stack
+from .conftest import CATALOGUE, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
 DEFECTS_PORT_OFFSET = int(os.environ.get("PAYCHAOS_TEST_PORT_OFFSET", "5000")) + 2000
-CATALOGUE = load_catalogue()
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +252,50 @@ def test_outbox_off_events_lost_while_kafka_is_down_are_caught(defects: Stack) -
     defects.wait_for("the consumers to catch up", lambda: consumed_everything(defects), timeout=60)
     caught = invariant(defects, "acknowledged-events-consumed", lost)
     assert caught.violations == len(lost), caught
+
+
+LAG_PROBE = KafkaLag(lag_below=0, within=timedelta(seconds=10))
+
+
+def poison_then_pay(stack: Stack, user: str) -> tuple[float, list[Sample], list[str]]:
+    """An undecodable event on ``user``'s partition, then two payments queued behind it; the
+    per-second samples until the lag probe's deadline."""
+    producer = Producer({"bootstrap.servers": stack.topology.bootstrap_servers, "acks": "all"})
+    with Prometheus(stack.topology.prometheus_url) as prometheus:
+        sampler = Sampler(prometheus, CATALOGUE, [])
+        sampler.start()
+        try:
+            producer.produce("payments", key=user, value=b"\x00 not a payment event")
+            assert producer.flush(10) == 0
+            injected = time.time()
+            with httpx.Client(timeout=15) as client:
+                paid = [stack.pay(client, user, 500) for _ in range(2)]
+            assert all(r.status_code == 201 for r in paid), [r.text for r in paid]
+            time.sleep(max(0.0, injected + LAG_PROBE.within.total_seconds() + GRACE - time.time()))
+        finally:
+            sampler.stop()
+    return injected, sampler.snapshot(), [r.json()["payment_id"] for r in paid]
+
+
+def cashback_count(stack: Stack, payment_ids: list[str]) -> int:
+    return int(stack.scalar("SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = ANY(%s)", payment_ids))
+
+
+def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stack) -> None:
+    injected, samples, behind = poison_then_pay(defects, "u01840")
+    healthy_lag = judge_lag(samples, injected, LAG_PROBE, "after")
+    assert healthy_lag.verdict == "passed", healthy_lag
+    defects.wait_for("the cashback behind the skipped poison", lambda: cashback_count(defects, behind) == 2, timeout=30)
+
+    healthy = switched(defects, ["campaign"], skip_poison=False)
+    try:
+        injected, samples, stuck = poison_then_pay(defects, "u01841")
+        stalled_lag = judge_lag(samples, injected, LAG_PROBE, "after")
+        assert cashback_count(defects, stuck) == 0  # stuck behind the poison message
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["campaign"])
+    assert stalled_lag.verdict == "failed", stalled_lag
+    lags = [v for s in samples if s.t >= injected and (v := s.values.get("consumer_lag")) is not None]
+    assert lags and min(lags[-5:]) >= 1, lags  # still growing or stuck at the deadline, not drained
+    # Switched back on, the consumer skips the poison and the payments behind it get their cashback.
+    defects.wait_for("the stalled partition to drain", lambda: cashback_count(defects, stuck) == 2, timeout=60)

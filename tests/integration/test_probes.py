@@ -15,12 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.invariants import engine_for, run_invariants
+
+from .conftest import CATALOGUE
 
 pytestmark = pytest.mark.integration
 
-CATALOGUE = load_catalogue()
 EVENTUAL = {"acknowledged-events-consumed", "campaign-aggregates-converged"}
 
 # What a broken stack would leave behind, one per invariant: SQL run before the invariant in the

@@ -16,6 +16,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from paychaos.experiments.verdicts import CheckResult
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.toxiproxy import Toxiproxy
 
@@ -209,6 +210,16 @@ CASCADE_WARMUP = 6.0
 CASCADE_POOL = {"workers": 4, "accept_queue": 4}
 
 
+COLLATERAL_SLOS = ("balance-payments-availability", "balance-payments-latency-p99")
+
+
+def collateral_slos(stack) -> dict[str, CheckResult]:
+    """The collateral-damage probes: balance payments' SLOs at the gateway while balance users
+    were paying (the last MEASURE seconds), once Prometheus has scraped their end."""
+    time.sleep(2)
+    return {name: stack.slo(name, MEASURE + 2) for name in COLLATERAL_SLOS}
+
+
 def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(stack) -> None:
     """The same slow acquirer, the same users and the same worker pool, with the breaker on and then off."""
     healthy = stack.topology
@@ -217,11 +228,13 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
         try:
             stacking.reconfigure(stack.run_dir, payment_tuned(healthy, breaker=True, **CASCADE_POOL), ["payment"])
             protected = asyncio.run(mixed_load(stack, card_rate=CASCADE_CARD_RATE, warmup=CASCADE_WARMUP))
+            spared = collateral_slos(stack)
             stacking.reconfigure(stack.run_dir, payment_tuned(healthy, breaker=False, **CASCADE_POOL), ["payment"])
             stack.wait_for(
                 "the breaker to report DISABLED", lambda: set(breaker_states(stack).values()) == {"disabled"}, timeout=15
             )
             exposed = asyncio.run(mixed_load(stack, card_rate=CASCADE_CARD_RATE, warmup=CASCADE_WARMUP))
+            damaged = collateral_slos(stack)
         finally:
             toxiproxy.remove_toxic("acquirer", "test-latency")
             stacking.reconfigure(stack.run_dir, healthy, ["payment"])
@@ -229,12 +242,17 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
     # card calls pin every payment worker: balance payments are refused with 503 OVERLOADED (most
     # runs: 18-24 % success) or wait behind the card calls so that far fewer complete in the same
     # window. Either is the cascade.
-    outcomes = {"breaker on": protected, "breaker off": exposed}
+    outcomes = {"breaker on": (protected, spared), "breaker off": (exposed, damaged)}
     assert success_ratio(protected["balance"]) >= 0.95, outcomes
     assert protected["card"]["503 CARD_NETWORK_UNAVAILABLE"] > 0, outcomes
     refused = success_ratio(exposed["balance"]) < 0.75
     starved = exposed["balance"]["201"] < 0.5 * protected["balance"]["201"]
     assert refused or starved, outcomes
+    # The collateral-damage probes see the same from the server side: both hold with the breaker
+    # on; with it off, refusals breach availability (measured 1.0 on, 0.29 off) or waiting behind
+    # card calls breaches the p99.
+    assert all(r.verdict == "passed" for r in spared.values()), outcomes
+    assert any(r.verdict == "failed" for r in damaged.values()), outcomes
 
 
 def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stack) -> None:

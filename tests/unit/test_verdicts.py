@@ -9,6 +9,7 @@ from paychaos.experiments.verdicts import (
     first_time,
     judge_bound,
     judge_within,
+    settled_after,
     stop_condition_met,
     weighted_ratio,
 )
@@ -39,6 +40,14 @@ def test_first_time_measures_from_the_fault_start() -> None:
     assert first_time(samples, "open", 1.0, lambda v: v >= 1) == 2.0
     assert first_time(samples, "open", 4.5, lambda v: v == 0) == 0.5
     assert first_time(samples, "open", 0.0, lambda v: v > 5) is None
+
+
+def test_settled_after_ignores_calm_before_the_trouble_and_needs_the_last_sample() -> None:
+    lag = series("lag", [0, 0, 4, 9, 3, 0, 0])
+    assert first_time(lag, "lag", 0.0, lambda v: v == 0) == 0.0  # the stale zero fools it
+    assert settled_after(lag, "lag", 0.0, lambda v: v == 0) == 5.0
+    assert settled_after(lag, "lag", 0.0, lambda v: v == 0, end=4.0) is None  # still 3 at the end
+    assert settled_after(series("lag", [0, 2, 5, 8]), "lag", 0.0, lambda v: v == 0) is None
 
 
 def test_within() -> None:

@@ -7,19 +7,21 @@ import time
 from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.spec import Check, EventualInvariant, SloBound
+from paychaos.experiments.spec import Check, EventualInvariant, KafkaLag, SloBound
 from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
     CheckResult,
+    Sample,
     bound_holds,
     bounds,
     first_time,
     judge_bound,
     judge_within,
     refused_while_open,
+    settled_after,
     weighted_ratio,
 )
-from paychaos.probes.catalogue import CatalogueError
+from paychaos.probes.catalogue import CatalogueError, Slo
 from paychaos.probes.invariants import check_invariants, engine_for
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
@@ -69,14 +71,7 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
         slo = ctx.catalogue.slo(name)
         below, above, threshold = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
         if steady:
-            with Prometheus(ctx.topology.prometheus_url) as prom:
-                query = slo.promql(STEADY_WINDOW)
-                value = prom.scalar(query)
-            if value is None:
-                return [CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", {"query": query})]
-            ok = bound_holds(value, below, above)
-            return [CheckResult(phase, "slo", name, "passed" if ok else "failed", round(value, 4), threshold,
-                                f"over the last {STEADY_WINDOW}", {"query": query})]
+            return [judge_slo_over(ctx.topology.prometheus_url, name, slo, (below, above, threshold), STEADY_WINDOW, phase)]
         hold = check.slo.for_.total_seconds() if isinstance(check.slo, SloBound) and check.slo.for_ else 0.0
         verdict, observed, detail = judge_bound(samples, f"slo:{name}", window[0], window[1], below, above, hold)
         if hold:
@@ -129,11 +124,8 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
         return [CheckResult(phase, "recovery", check.recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": end})]
 
     if check.kafka is not None:
-        within = check.kafka.within.total_seconds()
-        _wait_until(ctx, end + within + GRACE)
-        delay = first_time(ctx.samples(), "consumer_lag", end, lambda v: v <= check.kafka.lag_below)  # type: ignore[union-attr]
-        verdict, observed, detail = judge_within(delay, within, f"consumer lag <= {check.kafka.lag_below}")
-        return [CheckResult(phase, "kafka", f"lag.{check.kafka.group}", verdict, observed, f"<= {within:g}s", detail)]
+        _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
+        return [judge_lag(ctx.samples(), end, check.kafka, phase)]
 
     assert check.traffic is not None
     bound = check.traffic.success_ratio_above
@@ -146,6 +138,31 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     ratio = 1 - failed_share
     return [CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
                         f"> {bound:g}", f"over every request of {seconds} seconds")]
+
+
+def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:
+    """Consumer lag back at or under the bound within ``check.within`` of ``since`` (the revert),
+    and still there at the deadline: a backlog the relay flushes after the revert, or a consumer
+    stuck behind a message, shows up late. ``samples`` must reach ``since + within``."""
+    within = check.within.total_seconds()
+    delay = settled_after(samples, "consumer_lag", since, lambda v: v <= check.lag_below, since + within + GRACE)
+    verdict, observed, detail = judge_within(delay, within, f"consumer lag settled <= {check.lag_below}")
+    return CheckResult(phase, "kafka", f"lag.{check.group}", verdict, observed, f"<= {within:g}s", detail, {"since": since})
+
+
+def judge_slo_over(
+    prometheus_url: str, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: str, phase: str
+) -> CheckResult:
+    """An SLO over the last ``window`` (one query now), against ``bound`` as ``bounds()`` gives it."""
+    below, above, threshold = bound
+    with Prometheus(prometheus_url) as prom:
+        query = slo.promql(window)
+        value = prom.scalar(query)
+    if value is None:
+        return CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", {"query": query})
+    ok = bound_holds(value, below, above)
+    return CheckResult(phase, "slo", name, "passed" if ok else "failed", round(value, 4), threshold,
+                       f"over the last {window}", {"query": query})
 
 
 def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:

@@ -32,7 +32,7 @@ KEY_SERIES = {
     "consumer_lag": "sum(campaign_consumer_lag)",
     "outbox_backlog": "sum(outbox_backlog)",
     # Median, not p99: half-open trial calls still wait out the timeout, by design.
-    "card_fail_fast_p50": 'histogram_quantile(0.5, sum by (le) (rate(payment_request_duration_seconds_bucket{method="card",status="503"}[$window])))',
+    "card_fail_fast_p50": 'histogram_quantile(0.5, sum by (le) (rate(gateway_payment_requests_seconds_bucket{method="card",status="503"}[$window])))',
 }
 
 

@@ -129,6 +129,21 @@ def first_time(
     return first_in(_values(samples, key, start, end), start, predicate)
 
 
+def settled_after(
+    samples: list[Sample], key: str, start: float, predicate: Callable[[float], bool], end: float = float("inf")
+) -> float | None:
+    """Seconds after ``start`` from which ``predicate(value)`` held on every sample up to ``end``,
+    or None when the last one fails it. Unlike ``first_time``, a moment of calm before the
+    trouble arrives (a lag gauge not yet updated) is not taken for recovery."""
+    since = None
+    for t, v in _values(samples, key, start, end):
+        if not predicate(v):
+            since = None
+        elif since is None:
+            since = t
+    return None if since is None else since - start
+
+
 def first_in(
     series: list[tuple[float, float]], start: float, predicate: Callable[[float], bool], end: float = float("inf")
 ) -> float | None:

@@ -128,6 +128,7 @@ class ResilienceSpec(_Model):
     outbox: bool
     producer_acks: Literal["all", "1"]
     consumer_dedupe: bool
+    skip_poison: bool
     admission: AdmissionSpec
 
 

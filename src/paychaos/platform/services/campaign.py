@@ -136,6 +136,7 @@ class CampaignService:
         self.ctx = ctx
         self.spec = ctx.topology.campaign
         self.dedupe = ctx.topology.resilience.consumer_dedupe
+        self.skip_poison = ctx.topology.resilience.skip_poison
         self.pool = pool
         self.ledger = ledger
         self.metrics = metrics
@@ -196,7 +197,7 @@ class CampaignService:
     async def handle_batch(self, messages: list[Message]) -> None:
         grants: list[store.Grant] = []
         for message in messages:
-            event = _decode(message)
+            event = _decode(message, skip_poison=self.skip_poison)
             if event is not None:
                 recorded = await self.record(event)
                 if recorded.grant is not None:
@@ -247,15 +248,21 @@ class CampaignService:
         return JSONResponse(report.model_dump())
 
 
-def _decode(message: Message) -> PaymentEvent | None:
+class PoisonMessage(Exception):
+    """An event that cannot be decoded, with skipPoison switched off: the batch fails, for ever."""
+
+
+def _decode(message: Message, *, skip_poison: bool = True) -> PaymentEvent | None:
     try:
         data = json.loads(message.value() or b"")
         if not isinstance(data, dict) or data.get("type") != "payment.completed":
             return None
         return PaymentEvent.model_validate(data)
     except (ValueError, ValidationError) as exc:
-        # A poison message must not stall the partition; it is logged and skipped.
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        if not skip_poison:
+            raise PoisonMessage(f"undecodable event at {where}: {exc}") from None
+        # A poison message must not stall the partition; it is logged and skipped.
         log.error("skipping undecodable event at %s: %s", where, exc)
         return None
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class BatchConsumer:
                         log.exception("handling %d messages failed; they will be redelivered", len(batch))
                         await self._call(_rewind, consumer, batch)
                         await asyncio.sleep(1.0)
-                        continue
-                    await self._call(_commit, consumer)
+                    else:
+                        await self._call(_commit, consumer)
+                # Reported whether the batch succeeded or not: a consumer stuck on a batch must
+                # show its lag growing, not the last value it had before it got stuck.
                 if self.on_lag is not None and time.monotonic() >= lag_due:
                     lag_due = time.monotonic() + self.lag_every_seconds
                     lag = await self._call(_lag, consumer)
@@ -119,23 +121,17 @@ def _rewind(consumer: Consumer, batch: list[Message]) -> None:
 
 
 def _lag(consumer: Consumer) -> int | None:
-    """Σ over assigned partitions of (high watermark − next offset to read)."""
+    """Σ over assigned partitions of (high watermark − committed offset), as kafka-consumer-groups
+    reports it. Not the fetch position: a consumer that fetched a batch and keeps failing on it
+    has moved its position past messages it never processed."""
     try:
         assigned = consumer.assignment()
         if not assigned:
             return 0
-        positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(assigned)}
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(assigned, timeout=2)}
         total = 0
-        for tp in assigned:
+        for tp in consumer.committed(assigned, timeout=2):
             low, high = consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-            key = (tp.topic, tp.partition)
-            position = positions.get(key, OFFSET_INVALID)
-            if position < 0:
-                position = committed.get(key, OFFSET_INVALID)
-            if position < 0:
-                position = low
-            total += max(0, high - position)
+            total += max(0, high - (tp.offset if tp.offset >= 0 else low))
         return total
     except KafkaException as exc:
         log.warning("kafka lag unknown: %s", exc)

@@ -6,18 +6,19 @@ cannot be reached becomes 503 UPSTREAM_UNAVAILABLE instead of a hung or broken r
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import httpx
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from paychaos.platform.services.admission import Admission, Decision, stack_secret
-from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, problem
 
 PASS_HEADER = "X-Admission-Pass"
 DEVICE_HEADER = "X-Device-Id"
@@ -46,6 +47,16 @@ class Gateway:
         )
         for decision in ("admitted", "pass", "rate_limited", "rotated_out", "shed"):
             self.decisions.labels(decision=decision, **ctx.labels())
+        # Payments by method as the app saw them, refusals and queueing included: the SLO that
+        # shows whether balance payments are spared when the card network is slow. Measured here
+        # because a payment replica whose workers are all pinned never sees the requests it refuses.
+        self.payments = Histogram(
+            "gateway_payment_requests_seconds",
+            "Payment requests by method and answer, as the gateway answered them",
+            ["service", "zone", "method", "status"],
+            registry=ctx.registry,
+            buckets=LATENCY_BUCKETS,
+        )
 
     async def start(self) -> None:
         for dependency in ("payment", "campaign", "ledger"):
@@ -110,7 +121,11 @@ class Gateway:
 
     def routes(self) -> list[Route]:
         async def payments(request: Request) -> Response:
-            return await self.forward(request, "payment", "/v1/payments")
+            started = time.perf_counter()
+            response = await self.forward(request, "payment", "/v1/payments")
+            self.payments.labels(method=_payment_method(await request.body()), status=str(response.status_code),
+                                 **self.ctx.labels()).observe(time.perf_counter() - started)
+            return response
 
         async def campaign_status(request: Request) -> Response:
             return await self.forward(request, "campaign", "/v1/campaign/status")
@@ -123,6 +138,15 @@ class Gateway:
             Route("/v1/campaign/status", self.admitted(campaign_status), methods=["GET"]),
             Route("/v1/wallets/{user_id}", self.admitted(wallet), methods=["GET"]),
         ]
+
+
+def _payment_method(body: bytes) -> str:
+    """The body's payment method (card, balance), or "other" for anything the payment service will reject."""
+    try:
+        method = json.loads(body).get("method")
+    except (ValueError, AttributeError):
+        return "other"
+    return method if method in ("card", "balance") else "other"
 
 
 def _is_json(response: httpx.Response) -> bool:
