@@ -7,6 +7,7 @@ Each test judges the healthy configuration first, then the defective one, with t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,14 +29,17 @@ from confluent_kafka import Producer
 from paychaos.experiments.judging import GRACE, judge_lag
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import KafkaLag
-from paychaos.experiments.verdicts import Sample
+from paychaos.experiments.verdicts import CheckResult, Sample
 from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.toxiproxy import Toxiproxy
 from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
+from paychaos.platform.topology import Topology
 from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
 from paychaos.probes.prometheus import Prometheus
 from paychaos.runbooks.render import read_index_entry
 
 from .conftest import CATALOGUE, Stack, running_stack
+from .traffic import mixed_load
 
 pytestmark = pytest.mark.integration
 
@@ -299,3 +304,48 @@ def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stac
     assert lags and min(lags[-5:]) >= 1, lags  # still growing or stuck at the deadline, not drained
     # Switched back on, the consumer skips the poison and the payments behind it get their cashback.
     defects.wait_for("the stalled partition to drain", lambda: cashback_count(defects, stuck) == 2, timeout=60)
+
+
+# A spike the payment replicas cannot take: card payments held 200 ms each by a slow (not broken:
+# under the breaker's 1 s slow-call bar) acquirer, on 3 replicas of 2 workers and 2 queued, serve
+# about 25 a second; 60 arrive. Admission lets 3 gateways x 5 a second through and asks the rest
+# to come back later (429 with Retry-After), which is not a server error.
+SPIKE_RATE, SPIKE_SECONDS = 60, 8.0
+SPIKE_ACQUIRER = {"latency": 200, "jitter": 0}
+SPIKE_SLOS = ("payments-availability", "payments-latency-p99")
+
+
+def admission_tuned(topology: Topology, *, enabled: bool) -> Topology:
+    services = dict(topology.services)
+    services["payment"] = services["payment"].model_copy(update={"workers": 2, "accept_queue": 2})
+    admission = topology.resilience.admission.model_copy(update={"enabled": enabled, "tokens_per_second": 5, "burst": 2})
+    resilience = topology.resilience.model_copy(update={"admission": admission})
+    return topology.model_copy(update={"services": services, "resilience": resilience})
+
+
+def spike(stack: Stack) -> tuple[Counter, dict[str, CheckResult]]:
+    """The spike's answers as the app saw them, and the payment SLOs over its window."""
+    outcomes = asyncio.run(mixed_load(stack, card_rate=SPIKE_RATE, warmup=0.0, seconds=SPIKE_SECONDS, balance_clients=0))
+    time.sleep(2)  # one more scrape lands the last answers
+    return outcomes["card"], {name: stack.slo(name, SPIKE_SECONDS + 2) for name in SPIKE_SLOS}
+
+
+def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None:
+    healthy = defects.topology
+    with Toxiproxy(healthy.toxiproxy_url) as toxiproxy:
+        toxiproxy.add_toxic("acquirer", "spike-latency", "latency", SPIKE_ACQUIRER)
+        try:
+            stacking.reconfigure(defects.run_dir, admission_tuned(healthy, enabled=True), ["gateway", "payment"])
+            admitted, guarded = spike(defects)
+            stacking.reconfigure(defects.run_dir, admission_tuned(healthy, enabled=False), ["gateway"])
+            flooded, breached = spike(defects)
+        finally:
+            toxiproxy.remove_toxic("acquirer", "spike-latency")
+            stacking.reconfigure(defects.run_dir, healthy, ["gateway", "payment"])
+    outcomes = {"admission on": (admitted, guarded), "admission off": (flooded, breached)}
+    # On: the excess is told to come back later, and what is let in is served within the SLOs.
+    assert admitted["429 TRY_AGAIN_SHORTLY"] > 0, outcomes
+    assert all(r.verdict == "passed" for r in guarded.values()), outcomes
+    # Off: everyone is let in, the payment replicas refuse what they cannot hold: 503s breach the SLO.
+    assert flooded["503 OVERLOADED"] > 0, outcomes
+    assert any(r.verdict == "failed" for r in breached.values()), outcomes
