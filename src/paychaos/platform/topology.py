@@ -128,7 +128,7 @@ class ResilienceSpec(_Model):
     outbox: bool
     producer_acks: Literal["all", "1"]
     consumer_dedupe: bool
-    skip_poison: bool
+    skip_poison: bool = True  # newer than the other switches: a topology copied before it still loads
     admission: AdmissionSpec
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
@@ -27,7 +28,7 @@ from paychaos.platform.services.outbox import Publisher, enqueue
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
 from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
-from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, problem
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
 #: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
@@ -129,6 +130,16 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     payments_total = Counter(
         "payments", "Payment sagas by method and outcome", ["service", "zone", "method", "outcome"], registry=ctx.registry
     )
+    # Latency per payment method as this service served them: where the breaker's fail-fast is
+    # judged (a refused card call must not wait). What users saw, refusals of a full worker pool
+    # included, is measured at the gateway (gateway_payment_requests_seconds).
+    request_duration = Histogram(
+        "payment_request_duration_seconds",
+        "Payment requests by method and answer, as the payment service served them",
+        ["service", "zone", "method", "status"],
+        registry=ctx.registry,
+        buckets=LATENCY_BUCKETS,
+    )
 
     async def fetch(conn: AsyncConnection[Any], where: str, value: str) -> dict[str, Any] | None:
         cur = conn.cursor(row_factory=dict_row)
@@ -218,10 +229,15 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             return problem(422, "INVALID_REQUEST", "The payment request is malformed.", details=exc.errors(include_url=False, include_context=False))
         request_hash = fingerprint(body)
         owner = f"{ctx.replica.name}:{uuid.uuid4().hex[:12]}"
+        started = time.perf_counter()
         try:
-            return await resolve(body, key, request_hash, owner)
+            response = await resolve(body, key, request_hash, owner)
         except (PoolTimeout, OperationalError):
-            return problem(503, "PAYMENT_BUSY", MESSAGES["LEDGER_UNAVAILABLE"], headers={"Retry-After": RETRY_AFTER})
+            response = problem(503, "PAYMENT_BUSY", MESSAGES["LEDGER_UNAVAILABLE"], headers={"Retry-After": RETRY_AFTER})
+        request_duration.labels(method=body.method, status=str(response.status_code), **labels).observe(
+            time.perf_counter() - started
+        )
+        return response
 
     async def resolve(body: PaymentRequest, key: str, request_hash: str, owner: str) -> Response:
         row = await insert(body, key, request_hash, owner)
