@@ -39,6 +39,13 @@ STABLE_AFTER = 10.0  # seconds ready before a crash loop's back-off resets
 PROBE_PERIOD = 1.0  # readiness probes once a second, like a kubelet; exits are noticed every tick
 
 
+def restart_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds before restarting a process that exited ``failures`` times in a row without
+    staying ready: none after a stable run (a kubelet restarts a killed container straight away;
+    a rollout does not wait either), then ``base`` doubling up to ``cap``, as CrashLoopBackOff."""
+    return 0.0 if failures == 0 else min(base * 2 ** (failures - 1), cap)
+
+
 class StartupFailed(Exception):
     pass
 
@@ -219,8 +226,9 @@ class Supervisor:
                 m.ready = False
                 stable = m.ready_since is not None and now - m.ready_since > STABLE_AFTER
                 m.failures = 0 if stable else m.failures + 1
-                backoff = min(
-                    self.topology.supervisor.restart_backoff.total_seconds() * 2 ** max(m.failures - 1, 0),
+                backoff = restart_delay(
+                    m.failures,
+                    self.topology.supervisor.restart_backoff.total_seconds(),
                     self.topology.supervisor.max_backoff.total_seconds(),
                 )
                 m.restart_at = now + backoff

@@ -27,6 +27,21 @@ class AuthorizationRequest(BaseModel):
     amount: StrictInt = Field(gt=0)
 
 
+#: A real acquirer keeps idempotency records for a retention window, not for ever: past this many
+#: payment ids (or voided authorizations) the oldest are forgotten, so a game day of hours does
+#: not grow the simulator without bound. Ids are UUIDs; one reused after that long does not happen.
+REMEMBERED = 100_000
+
+
+def remember(memory: dict[str, int | None], key: str, value: int | None = None, limit: int = REMEMBERED) -> int | None:
+    """What ``memory`` first held for ``key`` (storing ``value`` if nothing), forgetting the oldest
+    key past ``limit``. A dict keeps insertion order, which is all a FIFO of ids needs."""
+    first = memory.setdefault(key, value)
+    if len(memory) > limit:
+        del memory[next(iter(memory))]
+    return first
+
+
 def authorization_id(payment_id: str) -> str:
     return "auth_" + hashlib.sha256(payment_id.encode("utf-8")).hexdigest()[:24]
 
@@ -40,8 +55,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     latency = spec.latency.total_seconds()
     jitter = spec.jitter.total_seconds()
     # payment_id -> amount first authorized, to refuse a reused id with another amount.
-    seen: dict[str, int] = {}
-    voided: set[str] = set()
+    seen: dict[str, int | None] = {}
+    voided: dict[str, int | None] = {}
     authorizations = Counter(
         "acquirer_authorizations",
         "Authorization requests by outcome",
@@ -60,7 +75,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         except ValidationError as exc:
             return problem(422, "INVALID_REQUEST", "The authorization request is malformed.", details=exc.errors(include_url=False, include_context=False))
         await network_delay()
-        first = seen.setdefault(body.payment_id, body.amount)
+        first = remember(seen, body.payment_id, body.amount)
         if first != body.amount:
             authorizations.labels(outcome="rejected", **labels).inc()
             return problem(409, "PAYMENT_ID_REUSED", "This payment id was authorized for another amount.")
@@ -80,7 +95,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             return problem(404, "UNKNOWN_AUTHORIZATION", "No such authorization.")
         await network_delay()
         if auth not in voided:
-            voided.add(auth)
+            remember(voided, auth)
             voids.labels(**labels).inc()
         return JSONResponse({"authorization_id": auth, "status": "voided"})
 
