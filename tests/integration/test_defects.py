@@ -26,9 +26,9 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from paychaos.experiments.judging import GRACE, judge_lag
+from paychaos.experiments.judging import GRACE, judge_breaker_closes, judge_lag
 from paychaos.experiments.sampling import Sampler
-from paychaos.experiments.spec import KafkaLag
+from paychaos.experiments.spec import Breaker, KafkaLag
 from paychaos.experiments.verdicts import CheckResult, Sample
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.toxiproxy import Toxiproxy
@@ -349,3 +349,50 @@ def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None
     # Off: everyone is let in, the payment replicas refuse what they cannot hold: 503s breach the SLO.
     assert flooded["503 OVERLOADED"] > 0, outcomes
     assert any(r.verdict == "failed" for r in breached.values()), outcomes
+
+
+# A breaker that stays open long after the acquirer recovered refuses card payments for nothing:
+# waitDurationInOpenState of minutes (say, raised during an incident to stop flapping, and left).
+CLOSES_PROBE = Breaker(name="acquirer", closes_within=timedelta(seconds=25))
+SLOW_ACQUIRER = {"latency": 3000, "jitter": 0}
+
+
+def breakers_open(stack: Stack) -> int:
+    series = stack.prometheus('count(resilience4j_circuitbreaker_state{name="acquirer",state="open"} == 1)')
+    return int(float(series[0]["value"][1])) if series else 0
+
+
+def breaker_episode(stack: Stack) -> CheckResult:
+    """Slow the acquirer until every payment replica's breaker is open, make it fast again and keep
+    card payments coming (half-open trials need calls): the closesWithin probe on real samples."""
+    with Prometheus(stack.topology.prometheus_url) as prometheus, Toxiproxy(stack.topology.toxiproxy_url) as toxiproxy:
+        sampler = Sampler(prometheus, CATALOGUE, [])
+        sampler.start()
+        try:
+            toxiproxy.add_toxic("acquirer", "closes-latency", "latency", SLOW_ACQUIRER)
+            try:
+                for _ in range(6):  # each replica judges its own five slow calls
+                    asyncio.run(mixed_load(stack, card_rate=10, warmup=0.0, seconds=3.0, balance_clients=0))
+                    if breakers_open(stack) == 3:
+                        break
+                assert breakers_open(stack) == 3, "the slow acquirer did not open every replica's breaker"
+            finally:
+                toxiproxy.remove_toxic("acquirer", "closes-latency")
+            reverted = time.time()
+            closing = CLOSES_PROBE.closes_within.total_seconds() + GRACE  # type: ignore[union-attr]
+            asyncio.run(mixed_load(stack, card_rate=4, warmup=0.0, seconds=closing, balance_clients=0))
+        finally:
+            sampler.stop()
+    return judge_breaker_closes(sampler.snapshot(), reverted, CLOSES_PROBE, "after")
+
+
+def test_a_breaker_left_open_for_minutes_fails_the_closes_probe(defects: Stack) -> None:
+    closed = breaker_episode(defects)
+    assert closed.verdict == "passed", closed
+    breaker = defects.topology.resilience.breaker
+    healthy = switched(defects, ["payment"], breaker=breaker.model_copy(update={"wait_duration_in_open_state": timedelta(minutes=2)}))
+    try:
+        stuck = breaker_episode(defects)
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["payment"])
+    assert stuck.verdict == "failed", stuck

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.spec import Check, EventualInvariant, KafkaLag, SloBound
+from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, SloBound
 from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
     CheckResult,
@@ -91,12 +91,8 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
             results.append(CheckResult(phase, "breaker", f"{b.name}.opens", verdict, observed, f"<= {within:g}s", detail,
                                        {"fault_start": start}))
         if b.closes_within is not None:
-            within = b.closes_within.total_seconds()
-            _wait_until(ctx, end + within + GRACE)
-            delay = first_time(ctx.samples(), "breaker_open", end, lambda v: v == 0)
-            verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
-            results.append(CheckResult(phase, "breaker", f"{b.name}.closes", verdict, observed, f"<= {within:g}s", detail,
-                                       {"revert": end}))
+            _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
+            results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
         if b.fails_fast_below is not None:
             bound = b.fails_fast_below.total_seconds()
             if phase == "expect":
@@ -138,6 +134,15 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     ratio = 1 - failed_share
     return [CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
                         f"> {bound:g}", f"over every request of {seconds} seconds")]
+
+
+def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str) -> CheckResult:
+    """No replica's breaker open within ``breaker.closesWithin`` of the revert."""
+    assert breaker.closes_within is not None
+    within = breaker.closes_within.total_seconds()
+    delay = first_time(samples, "breaker_open", revert, lambda v: v == 0)
+    verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
+    return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail, {"revert": revert})
 
 
 def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:
