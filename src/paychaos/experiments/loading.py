@@ -231,12 +231,21 @@ def _check_depth(text: str, source: str) -> None:
             if isinstance(token, _OPENS):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    line = token.start_mark.line + 1
-                    raise SpecError([Problem(source, line, "", f"nested more than {MAX_DEPTH} levels deep: is this the right file?")])
+                    raise _too_deep(source, token.start_mark.line + 1)
             elif isinstance(token, _CLOSES):
                 depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # PyYAML 6.0.4 caps nesting in its scanner, which reads a flow collection's tokens ahead
+        # of us: its error can come before our count reaches the limit.
+        if "nesting depth" in str(exc.problem):
+            raise _too_deep(source, _mark_line(exc)) from None
+        raise
     finally:
         scanner.dispose()
+
+
+def _too_deep(source: str, line: int | None) -> SpecError:
+    return SpecError([Problem(source, line, "", f"nested more than {MAX_DEPTH} levels deep: is this the right file?")])
 
 
 def _reader_line(text: str, exc: yaml.reader.ReaderError) -> int:
