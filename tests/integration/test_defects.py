@@ -19,6 +19,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,10 +27,10 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from paychaos.experiments.judging import GRACE, judge_breaker_closes, judge_lag
+from paychaos.experiments.judging import GRACE, judge_breaker_closes, judge_fails_fast, judge_lag, judge_recovery
 from paychaos.experiments.sampling import Sampler
-from paychaos.experiments.spec import Breaker, KafkaLag
-from paychaos.experiments.verdicts import CheckResult, Sample
+from paychaos.experiments.spec import Breaker, KafkaLag, Recovery
+from paychaos.experiments.verdicts import OPEN_SETTLE, CheckResult, Sample
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.toxiproxy import Toxiproxy
 from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
@@ -351,10 +352,23 @@ def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None
     assert any(r.verdict == "failed" for r in breached.values()), outcomes
 
 
-# A breaker that stays open long after the acquirer recovered refuses card payments for nothing:
-# waitDurationInOpenState of minutes (say, raised during an incident to stop flapping, and left).
-CLOSES_PROBE = Breaker(name="acquirer", closes_within=timedelta(seconds=25))
+# The breaker probes and the recovery probe on one episode of a slow acquirer, under card traffic:
+# the breaker opens on every replica, stays open OPEN_HOLD seconds more with the acquirer still
+# slow (refused calls must fail fast), then the acquirer is fast again and card payments keep
+# coming (half-open trial calls need calls) until the breaker has closed and the availability of
+# payments is back, or the probes' deadlines have passed.
+BREAKER_PROBE = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=25))
+RECOVERY_PROBE = Recovery(slo="payments-availability", within=timedelta(seconds=25))
 SLOW_ACQUIRER = {"latency": 3000, "jitter": 0}
+OPEN_HOLD = OPEN_SETTLE + 3.0  # enough seconds open everywhere for refused calls alone to fill the rate window
+AFTER_DEADLINE = 25 + GRACE  # both probes' bounds, and the samples a deadline allows past them
+
+
+@dataclass
+class Episode:
+    fails_fast: CheckResult
+    closes: CheckResult
+    recovery: CheckResult
 
 
 def breakers_open(stack: Stack) -> int:
@@ -362,37 +376,67 @@ def breakers_open(stack: Stack) -> int:
     return int(float(series[0]["value"][1])) if series else 0
 
 
-def breaker_episode(stack: Stack) -> CheckResult:
-    """Slow the acquirer until every payment replica's breaker is open, make it fast again and keep
-    card payments coming (half-open trials need calls): the closesWithin probe on real samples."""
+def breaker_episode(stack: Stack) -> Episode:
+    slo = CATALOGUE.slo(RECOVERY_PROBE.slo)
     with Prometheus(stack.topology.prometheus_url) as prometheus, Toxiproxy(stack.topology.toxiproxy_url) as toxiproxy:
-        sampler = Sampler(prometheus, CATALOGUE, [])
+        sampler = Sampler(prometheus, CATALOGUE, [RECOVERY_PROBE.slo])
         sampler.start()
         try:
-            toxiproxy.add_toxic("acquirer", "closes-latency", "latency", SLOW_ACQUIRER)
+            toxiproxy.add_toxic("acquirer", "episode-latency", "latency", SLOW_ACQUIRER)
+            injected = time.time()
             try:
                 for _ in range(6):  # each replica judges its own five slow calls
                     asyncio.run(mixed_load(stack, card_rate=10, warmup=0.0, seconds=3.0, balance_clients=0))
                     if breakers_open(stack) == 3:
                         break
                 assert breakers_open(stack) == 3, "the slow acquirer did not open every replica's breaker"
+                asyncio.run(mixed_load(stack, card_rate=5, warmup=0.0, seconds=OPEN_HOLD, balance_clients=0))
             finally:
-                toxiproxy.remove_toxic("acquirer", "closes-latency")
+                toxiproxy.remove_toxic("acquirer", "episode-latency")
             reverted = time.time()
-            closing = CLOSES_PROBE.closes_within.total_seconds() + GRACE  # type: ignore[union-attr]
-            asyncio.run(mixed_load(stack, card_rate=4, warmup=0.0, seconds=closing, balance_clients=0))
+            deadline = reverted + AFTER_DEADLINE
+
+            def after() -> tuple[CheckResult, CheckResult]:
+                samples = sampler.snapshot()
+                return (judge_breaker_closes(samples, reverted, BREAKER_PROBE, "after"),
+                        judge_recovery(samples, reverted, RECOVERY_PROBE, slo, "after"))
+
+            while time.time() < deadline and not all(r.verdict == "passed" for r in after()):
+                asyncio.run(mixed_load(stack, card_rate=4, warmup=0.0, seconds=1.0, balance_clients=0))
         finally:
             sampler.stop()
-    return judge_breaker_closes(sampler.snapshot(), reverted, CLOSES_PROBE, "after")
+    closes, recovery = after()
+    return Episode(judge_fails_fast(sampler.snapshot(), injected, reverted, BREAKER_PROBE, "expect"), closes, recovery)
 
 
-def test_a_breaker_left_open_for_minutes_fails_the_closes_probe(defects: Stack) -> None:
-    closed = breaker_episode(defects)
-    assert closed.verdict == "passed", closed
+def test_breaker_probes_and_recovery_pass_on_the_healthy_breaker(defects: Stack) -> None:
+    healthy = breaker_episode(defects)
+    assert healthy.fails_fast.verdict == "passed", healthy
+    assert healthy.closes.verdict == "passed", healthy
+    assert healthy.recovery.verdict == "passed", healthy
+
+
+def test_without_the_fallback_refused_card_calls_wait_and_fail_the_fails_fast_probe(defects: Stack) -> None:
+    # A Retry decorated outside the breaker: each refused call is tried again until the acquirer
+    # timeout (1.5 s) has passed, holding a worker as long as a slow call would.
+    healthy = switched(defects, ["payment"], fallback=False)
+    try:
+        slow_refusals = breaker_episode(defects)
+    finally:
+        stacking.reconfigure(defects.run_dir, healthy, ["payment"])
+    assert slow_refusals.fails_fast.verdict == "failed", slow_refusals
+    assert slow_refusals.fails_fast.observed is not None and slow_refusals.fails_fast.observed >= 1.0, slow_refusals
+
+
+def test_a_breaker_left_open_for_minutes_fails_the_closes_and_recovery_probes(defects: Stack) -> None:
+    # waitDurationInOpenState of minutes: say, raised during an incident to stop flapping, and
+    # left. The breaker refuses card payments long after the acquirer recovered.
     breaker = defects.topology.resilience.breaker
     healthy = switched(defects, ["payment"], breaker=breaker.model_copy(update={"wait_duration_in_open_state": timedelta(minutes=2)}))
     try:
         stuck = breaker_episode(defects)
     finally:
         stacking.reconfigure(defects.run_dir, healthy, ["payment"])
-    assert stuck.verdict == "failed", stuck
+    assert stuck.fails_fast.verdict == "passed", stuck  # the breaker itself works: only its wait is wrong
+    assert stuck.closes.verdict == "failed", stuck
+    assert stuck.recovery.verdict == "failed", stuck

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, SloBound
+from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, Recovery, SloBound
 from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
     CheckResult,
@@ -94,30 +94,14 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
             _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
             results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
         if b.fails_fast_below is not None:
-            bound = b.fails_fast_below.total_seconds()
             if phase == "expect":
                 _wait_until(ctx, end)
-            samples = ctx.samples()
-            refused = refused_while_open(samples, start, end)
-            if not refused:
-                results.append(CheckResult(phase, "breaker", f"{b.name}.failsFast", "failed", None, f"median < {bound:g}s",
-                                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s"))
-            else:
-                worst = max(v for _, v in refused)
-                results.append(CheckResult(phase, "breaker", f"{b.name}.failsFast", "passed" if worst < bound else "failed",
-                                           round(worst, 4), f"median < {bound:g}s", f"worst of {len(refused)} seconds open everywhere",
-                                           {"seconds": [t for t, _ in refused]}))
+            results.append(judge_fails_fast(ctx.samples(), start, end, b, phase))
         return results
 
     if check.recovery is not None:
-        slo = ctx.catalogue.slo(check.recovery.slo)
-        below, above, threshold = bounds(slo.objective)
-        within = check.recovery.within.total_seconds()
-        _wait_until(ctx, end + within + GRACE)
-        key = f"slo:{check.recovery.slo}"
-        delay = first_time(ctx.samples(), key, end, lambda v: bound_holds(v, below, above))
-        verdict, observed, detail = judge_within(delay, within, f"{check.recovery.slo} {threshold}")
-        return [CheckResult(phase, "recovery", check.recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": end})]
+        _wait_until(ctx, end + check.recovery.within.total_seconds() + GRACE)
+        return [judge_recovery(ctx.samples(), end, check.recovery, ctx.catalogue.slo(check.recovery.slo), phase)]
 
     if check.kafka is not None:
         _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
@@ -143,6 +127,31 @@ def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker,
     delay = first_time(samples, "breaker_open", revert, lambda v: v == 0)
     verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
     return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail, {"revert": revert})
+
+
+def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: Breaker, phase: str) -> CheckResult:
+    """Refused card calls answered within ``breaker.failsFastBelow`` (median) at every second of
+    the fault window when every replica's breaker had been open for a while."""
+    assert breaker.fails_fast_below is not None
+    bound = breaker.fails_fast_below.total_seconds()
+    name, threshold = f"{breaker.name}.failsFast", f"median < {bound:g}s"
+    refused = refused_while_open(samples, start, end)
+    if not refused:
+        return CheckResult(phase, "breaker", name, "failed", None, threshold,
+                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s")
+    worst = max(v for _, v in refused)
+    return CheckResult(phase, "breaker", name, "passed" if worst < bound else "failed", round(worst, 4), threshold,
+                       f"worst of {len(refused)} seconds open everywhere", {"seconds": [t for t, _ in refused]})
+
+
+def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo: Slo, phase: str) -> CheckResult:
+    """The SLO back within its objective within ``recovery.within`` of the revert (the sampled
+    ``slo:<name>`` series)."""
+    below, above, threshold = bounds(slo.objective)
+    within = recovery.within.total_seconds()
+    delay = first_time(samples, f"slo:{recovery.slo}", revert, lambda v: bound_holds(v, below, above))
+    verdict, observed, detail = judge_within(delay, within, f"{recovery.slo} {threshold}")
+    return CheckResult(phase, "recovery", recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": revert})
 
 
 def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:

@@ -129,6 +129,10 @@ class ResilienceSpec(_Model):
     producer_acks: Literal["all", "1"]
     consumer_dedupe: bool
     skip_poison: bool = True  # newer than the other switches: a topology copied before it still loads
+    # A card call the open breaker refuses is answered CARD_NETWORK_UNAVAILABLE at once (on), or
+    # retried until the acquirer timeout has passed (off), as a Retry decorated outside the
+    # breaker does: each refused payment then holds a worker as long as a slow call would.
+    fallback: bool = True  # newer too
     admission: AdmissionSpec
 
 

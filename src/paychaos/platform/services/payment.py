@@ -124,7 +124,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     breaker = CircuitBreaker("acquirer", res.breaker)
     BreakerMetrics(breaker, ctx.registry, ctx.labels())
     ledger, acquirer = ctx.client("ledger"), ctx.client("acquirer")
-    saga = Saga(ledger, acquirer, breaker)
+    refused_retry = 0.0 if res.fallback else res.timeouts.acquirer.total_seconds()
+    saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry)
     publisher = Publisher(ctx, pool)
     labels = ctx.labels()
     payments_total = Counter(

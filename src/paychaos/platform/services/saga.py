@@ -8,8 +8,10 @@ can be run again from the top by whichever replica takes the payment over.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
 import httpx
 
 from paychaos.platform.services.breaker import CallNotPermitted, CircuitBreaker
@@ -22,6 +24,7 @@ from paychaos.platform.services.payment_rules import (
 )
 
 SETTLE_ATTEMPTS = 3
+REFUSED_RETRY_DELAY = 0.1  # seconds between two tries of a refused card call, fallback off
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,15 @@ def transfer_id(payment_id: str, step: str) -> str:
 class Saga:
     """Runs a payment's steps against the ledger and the acquirer; ``mark_compensating`` persists intent."""
 
-    def __init__(self, ledger: httpx.AsyncClient, acquirer: httpx.AsyncClient, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, ledger: httpx.AsyncClient, acquirer: httpx.AsyncClient, breaker: CircuitBreaker, *, retry_refused_for: float = 0.0
+    ) -> None:
         self.ledger = ledger
         self.acquirer = acquirer
         self.breaker = breaker
+        # Seconds a call the breaker refuses is tried again before giving up: 0 is the fallback
+        # (fail fast); more is the defect the failsFast probe must catch.
+        self.retry_refused_for = retry_refused_for
 
     async def run(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
         if p.method == "balance":
@@ -128,16 +136,23 @@ class Saga:
         return Ending("pending", "PAYMENT_IN_PROGRESS")
 
     async def authorize(self, p: PaymentFacts) -> tuple[Card, str | None]:
-        try:
-            with self.breaker.guard():
-                try:
-                    response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
-                except httpx.HTTPError as exc:
-                    raise _AcquirerDown(str(exc)) from exc
-                if breaker_counts_as_failure(response.status_code):
-                    raise _AcquirerDown(f"acquirer answered {response.status_code}")
-        except (CallNotPermitted, _AcquirerDown):
-            return Card.UNAVAILABLE, None
+        give_up = time.monotonic() + self.retry_refused_for
+        while True:
+            try:
+                with self.breaker.guard():
+                    try:
+                        response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
+                    except httpx.HTTPError as exc:
+                        raise _AcquirerDown(str(exc)) from exc
+                    if breaker_counts_as_failure(response.status_code):
+                        raise _AcquirerDown(f"acquirer answered {response.status_code}")
+                break
+            except CallNotPermitted:
+                if time.monotonic() >= give_up:
+                    return Card.UNAVAILABLE, None
+                await asyncio.sleep(REFUSED_RETRY_DELAY)
+            except _AcquirerDown:
+                return Card.UNAVAILABLE, None
         outcome = classify_authorization(response.status_code)
         auth = response.json().get("authorization_id") if outcome is Card.APPROVED else None
         return outcome, auth

@@ -1,0 +1,52 @@
+"""The judgements of breaker and recovery probes on hand-made samples: no stack, no clock."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_recovery
+from paychaos.experiments.spec import Breaker, Recovery
+from paychaos.experiments.verdicts import Sample
+from paychaos.probes.catalogue import load_catalogue
+
+FAILS_FAST = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=5))
+
+
+def opened(t: float, replicas_open: int, refused_p50: float | None) -> Sample:
+    return Sample(t, {"breaker_open": replicas_open, "breaker_replicas": 3, "card_fail_fast_p50": refused_p50})
+
+
+def test_fails_fast_passes_on_quick_refusals_and_fails_on_slow_ones() -> None:
+    quick = [opened(t, 3, 0.004) for t in range(12)]
+    result = judge_fails_fast(quick, 0, 12, FAILS_FAST, "expect")
+    assert (result.verdict, result.observed, result.threshold) == ("passed", 0.004, "median < 0.1s")
+    assert result.evidence["seconds"] == list(range(5, 12))
+
+    slow = [*quick[:8], opened(8, 3, 1.49), *quick[9:]]
+    result = judge_fails_fast(slow, 0, 12, FAILS_FAST, "expect")
+    assert (result.verdict, result.observed) == ("failed", 1.49)
+
+
+def test_fails_fast_without_a_breaker_open_everywhere_is_a_failure_not_a_pass() -> None:
+    result = judge_fails_fast([opened(t, 2, 0.004) for t in range(12)], 0, 12, FAILS_FAST, "expect")
+    assert result.verdict == "failed" and result.observed is None and "never open on every replica" in result.detail
+
+
+def test_closes_counts_from_the_revert() -> None:
+    samples = [opened(t, 3 if t < 14 else 0, None) for t in range(20)]
+    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after").observed == 4
+    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after").verdict == "passed"
+    assert judge_breaker_closes(samples, 8, FAILS_FAST, "after").verdict == "failed"  # 6 s > 5 s
+
+
+def test_recovery_is_the_first_second_the_slo_meets_its_objective_after_the_revert() -> None:
+    slo = load_catalogue().slo("payments-availability")  # objective: above 0.99
+    availability = [0.2, 0.3, 1.0, 0.1, 0.4, 0.95, 0.999, 1.0]
+    samples = [Sample(t, {"slo:payments-availability": v}) for t, v in enumerate(availability)]
+    recovery = Recovery(slo="payments-availability", within=timedelta(seconds=4))
+    result = judge_recovery(samples, 3, recovery, slo, "after")
+    assert (result.verdict, result.observed, result.threshold) == ("passed", 3, "<= 4s")
+    assert judge_recovery(samples, 1, recovery, slo, "after").observed == 1  # the 1.0 at t=2, not before the revert
+    late = Recovery(slo="payments-availability", within=timedelta(seconds=2))
+    assert judge_recovery(samples, 3, late, slo, "after").verdict == "failed"
+    assert judge_recovery(samples[:6], 3, recovery, slo, "after").verdict == "failed"  # never back
