@@ -7,17 +7,24 @@ PY     := $(VENV)/bin/python
 PAYCHAOS := $(VENV)/bin/paychaos
 PYTEST_ARGS ?=
 
-.PHONY: all venv install browser test unit demo bench clean
+.PHONY: all venv lock install browser test unit demo bench clean
 
 all: test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Resolve pyproject.toml's ranges afresh in a throw-away venv and pin what came out.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -e '.[test]'
+	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 install: venv
 	$(PAYCHAOS) stack install

@@ -15,7 +15,15 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from paychaos.probes.invariants import engine_for, run_invariants
+from paychaos.probes.invariants import (
+    LEDGER_DSN_ENV,
+    LEDGER_DSN_FILE_ENV,
+    LedgerUnavailable,
+    check_invariants,
+    engine_for,
+    ledger_dsn,
+    run_invariants,
+)
 
 from .conftest import CATALOGUE
 
@@ -129,3 +137,27 @@ def test_invariant_holds_on_the_healthy_stack_and_catches_its_defect(stack, engi
     assert broken.sample, "a failed invariant shows the rows that violate it"
     # The planted rows are gone: the invariant holds again.
     assert check(engine, name, acknowledged).holds
+
+
+def test_the_ledger_dsn_comes_from_a_secret_and_is_never_printed(stack, tmp_path, monkeypatch) -> None:
+    secret = tmp_path / "ledger-dsn"
+    secret.write_text(stack.topology.postgres_dsn.replace("postgres@", "postgres:s3cret-pw@") + "\n", encoding="utf-8")
+    monkeypatch.setenv(LEDGER_DSN_FILE_ENV, str(secret))
+    monkeypatch.setenv(LEDGER_DSN_ENV, "postgresql://ignored@127.0.0.1:1/x")  # the secret file wins
+    dsn = ledger_dsn("postgresql://default@127.0.0.1:1/x")
+    engine = engine_for(dsn)
+    try:
+        (result,) = check_invariants(engine, {"ledger-conservation": CATALOGUE.invariant("ledger-conservation")})
+    finally:
+        engine.dispose()
+    assert result.holds  # the session's own ledger, reached through the secret (trust auth ignores the password)
+
+    # Nothing listens on port 1: one line naming the ledger, without its password.
+    unreachable = engine_for(dsn.replace(f":{stack.topology.ports.postgres}/", ":1/"))
+    try:
+        with pytest.raises(LedgerUnavailable) as caught:
+            check_invariants(unreachable, {"ledger-conservation": CATALOGUE.invariant("ledger-conservation")})
+    finally:
+        unreachable.dispose()
+    message = str(caught.value)
+    assert "s3cret-pw" not in message and "***" in message and "unreachable" in message and "\n" not in message, message

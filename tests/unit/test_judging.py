@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_recovery
 from paychaos.experiments.spec import Breaker, Recovery
 from paychaos.experiments.verdicts import Sample
@@ -50,3 +52,17 @@ def test_recovery_is_the_first_second_the_slo_meets_its_objective_after_the_reve
     late = Recovery(slo="payments-availability", within=timedelta(seconds=2))
     assert judge_recovery(samples, 3, late, slo, "after").verdict == "failed"
     assert judge_recovery(samples[:6], 3, recovery, slo, "after").verdict == "failed"  # never back
+
+
+def test_the_ledger_dsn_is_the_secret_file_then_the_variable_then_the_platform_s(tmp_path) -> None:
+    from paychaos.probes.invariants import LEDGER_DSN_ENV, LEDGER_DSN_FILE_ENV, LedgerUnavailable, ledger_dsn, shown
+
+    default = "postgresql://postgres@127.0.0.1:18432/paychaos"
+    assert ledger_dsn(default, {}) == default
+    assert ledger_dsn(default, {LEDGER_DSN_ENV: "mysql+pymysql://app:pw@tidb:4000/ledger"}) == "mysql+pymysql://app:pw@tidb:4000/ledger"
+    (tmp_path / "dsn").write_text("postgresql://app:pw@db/ledger\n", encoding="utf-8")
+    assert ledger_dsn(default, {LEDGER_DSN_FILE_ENV: str(tmp_path / "dsn"), LEDGER_DSN_ENV: "x"}) == "postgresql://app:pw@db/ledger"
+    with pytest.raises(LedgerUnavailable, match=r"cannot read the ledger DSN \(No such file or directory\)$"):
+        ledger_dsn(default, {LEDGER_DSN_FILE_ENV: str(tmp_path / "missing")})  # an error, not the default ledger
+    assert shown("mysql+pymysql://app:pw@tidb:4000/ledger") == "mysql+pymysql://app:***@tidb:4000/ledger"
+    assert "pw" not in shown("not a url pw")

@@ -22,7 +22,7 @@ from paychaos.experiments.verdicts import (
     weighted_ratio,
 )
 from paychaos.probes.catalogue import CatalogueError, Slo
-from paychaos.probes.invariants import check_invariants, engine_for
+from paychaos.probes.invariants import LedgerUnavailable, check_invariants, engine_for, ledger_dsn
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 STEADY_WINDOW = "30s"
@@ -42,7 +42,7 @@ def _wait_until(ctx: RunContext, t: float) -> None:
 def judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     try:
         return _judge(ctx, check, phase)
-    except (CatalogueError, PrometheusUnavailable) as exc:
+    except (CatalogueError, PrometheusUnavailable, LedgerUnavailable) as exc:
         return [CheckResult(phase, check.kind, _name(check), "error", None, "", str(exc))]
 
 
@@ -182,7 +182,7 @@ def judge_slo_over(
 def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:
     queries = {n: ctx.catalogue.invariant(n) for n in names}
     acknowledged = _acknowledged(ctx)
-    engine = engine_for(ctx.topology.postgres_dsn)
+    engine = engine_for(ledger_dsn(ctx.topology.postgres_dsn))
     try:
         found = check_invariants(engine, queries, acknowledged)
     finally:

@@ -3,11 +3,43 @@ catalogue works on PostgreSQL and on MySQL-compatible ledgers (TiDB, Aurora)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+#: Where the invariants find the ledger when it is not the reference platform's: a DSN
+#: (``postgresql://…``, ``mysql+pymysql://…``), or the path of a file holding one (a mounted
+#: Kubernetes secret). Never printed: errors name the ledger with the password hidden.
+LEDGER_DSN_ENV = "PAYCHAOS_LEDGER_DSN"
+LEDGER_DSN_FILE_ENV = "PAYCHAOS_LEDGER_DSN_FILE"
+
+
+class LedgerUnavailable(Exception):
+    """The ledger database cannot be reached or refuses us: one line, password hidden."""
+
+
+def ledger_dsn(default: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The configured ledger DSN: the secret file, else the variable, else ``default`` (the
+    reference platform's, from its topology)."""
+    if path := environ.get(LEDGER_DSN_FILE_ENV):
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LedgerUnavailable(f"{LEDGER_DSN_FILE_ENV}={path}: cannot read the ledger DSN ({exc.strerror})") from None
+    return environ.get(LEDGER_DSN_ENV) or default
+
+
+def shown(dsn: str) -> str:
+    """The DSN as it may be printed: the password replaced by ***."""
+    try:
+        return make_url(dsn).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a DSN that is not a database URL)"
 
 
 @dataclass(frozen=True)
@@ -23,7 +55,10 @@ class InvariantResult:
 
 def engine_for(dsn: str) -> Engine:
     url = dsn.replace("postgresql://", "postgresql+psycopg://", 1) if dsn.startswith("postgresql://") else dsn
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise LedgerUnavailable(f"ledger DSN {shown(dsn)}: {exc}") from None
 
 
 def check_invariants(
@@ -32,8 +67,15 @@ def check_invariants(
     acknowledged: Iterable[tuple[str, str]] = (),
 ) -> list[InvariantResult]:
     """Run each invariant in one read transaction; ``acknowledged`` fills the temp table some need."""
-    with engine.begin() as conn:
-        return run_invariants(conn, queries, acknowledged)
+    try:
+        with engine.begin() as conn:
+            return run_invariants(conn, queries, acknowledged)
+    except DBAPIError as exc:
+        operational = getattr(engine.dialect.loaded_dbapi, "OperationalError", None)
+        if operational is None or not isinstance(exc.orig, operational):
+            raise  # a broken query in the catalogue: its traceback names it
+        first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        raise LedgerUnavailable(f"ledger {engine.url.render_as_string(hide_password=True)} unreachable: {first}") from None
 
 
 def run_invariants(
