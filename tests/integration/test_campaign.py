@@ -57,6 +57,10 @@ def test_cashback_arrives_exactly_once_and_status_shows_it(stack) -> None:
 
 def test_reaggregation_reports_no_drift_on_a_healthy_stack(stack) -> None:
     with httpx.Client(timeout=60) as client:
+        paid = stack.pay(client, "u01002", 800, "balance")  # at least one user with something to recompute
+        assert paid.status_code == 201, paid.text
+        payment_id = paid.json()["payment_id"]
+        stack.wait_for("the cashback transfer", lambda: cashback_transfers(stack, payment_id) == 1)
         r = client.post(f"{stack.topology.direct_internal_url('campaign')}/admin/reaggregate")
         assert r.status_code == 200, r.text
         report = r.json()

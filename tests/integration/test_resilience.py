@@ -18,6 +18,7 @@ import pytest
 
 from paychaos.experiments.verdicts import CheckResult
 from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.platform.runtime.toxiproxy import Toxiproxy
 
 from .traffic import MEASURE, mixed_load, success_ratio
@@ -215,6 +216,10 @@ def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stac
     try:
         stack.wait_for("every process in the zone to be gone", lambda: not any(
             p.pid for p in stack.state().processes if p.zone == zone), timeout=15)
+        # The load balancers' health checks take the zone's replicas out of rotation.
+        zone_replicas = {p.name for p in victims if p.kind == "service"}
+        stack.wait_for("HAProxy to mark the zone's replicas down",
+                       lambda: zone_replicas <= set(servers_not_up(stack.topology)), timeout=10)
         with httpx.Client(timeout=15) as client:
             for i in range(20):
                 r = pay_with_retries(stack, client, f"u{1700 + i:05d}", 300)

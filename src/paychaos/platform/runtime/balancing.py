@@ -3,6 +3,11 @@ frontend per service, active health checks, and retry/redispatch when a connect 
 
 from __future__ import annotations
 
+import csv
+import io
+
+import httpx
+
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.processes import HttpReady, ProcessSpec
 from paychaos.platform.topology import SERVICES, Topology
@@ -64,3 +69,22 @@ def haproxy_process(topology: Topology, haproxy: str, run_dir: RunDir) -> Proces
         ready=HttpReady(f"http://{topology.host}:{topology.ports.haproxy_stats}/metrics"),
         stop_signal=15,
     )
+
+
+def servers_not_up(topology: Topology) -> dict[str, str]:
+    """The backend servers HAProxy does not route to yet, with their status, from its stats CSV.
+
+    A replica answers its readiness check before HAProxy's next health check has seen it: until
+    then a request through the load balancer finds no server (503)."""
+    url = f"http://{topology.host}:{topology.ports.haproxy_stats}/;csv;norefresh"
+    try:
+        response = httpx.get(url, timeout=2)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        return {"haproxy": f"stats unreadable: {exc}"}
+    rows = csv.DictReader(io.StringIO(response.text.removeprefix("# ")))
+    return {
+        row["svname"]: row["status"]
+        for row in rows
+        if row.get("svname") not in ("FRONTEND", "BACKEND") and row.get("pxname") in SERVICES and row.get("status") != "UP"
+    }

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from paychaos.platform.runtime import kafka, postgres, toxiproxy
-from paychaos.platform.runtime.balancing import haproxy_process
+from paychaos.platform.runtime.balancing import haproxy_process, servers_not_up
 from paychaos.platform.runtime.installing import Tools, locate
 from paychaos.platform.runtime.monitoring import prometheus_process
 from paychaos.platform.runtime.paths import RunDir
@@ -199,6 +199,22 @@ class Supervisor:
                 raise StartupFailed(f"{what} not ready in time: {names}; {pending[0].spec.name} said: {last}")
             time.sleep(0.3)
 
+    def wait_routed(self) -> None:
+        """Every replica in HAProxy's rotation before the stack is called ready: the first payment
+        through the edge must not find the gateways still marked down from before they started."""
+        self.message = "waiting for HAProxy to route to every replica"
+        self.publish()
+        deadline = self.clock() + self.topology.supervisor.ready_timeout.total_seconds()
+        while True:
+            held = {name for name, m in self.managed.items() if m.held}
+            pending = {name: status for name, status in servers_not_up(self.topology).items() if name not in held}
+            if not pending:
+                return
+            if self.clock() > deadline:
+                raise StartupFailed("HAProxy does not route to " + ", ".join(f"{n} ({s})" for n, s in pending.items()))
+            self.tick()
+            time.sleep(0.3)
+
     def check_readiness(self) -> None:
         now = self.clock()
         if now - self.probed_at < PROBE_PERIOD:
@@ -272,6 +288,7 @@ class Supervisor:
         replicas = replica_processes(topology, run_dir)
         for service in ("ledger", "acquirer", "payment", "campaign", "gateway"):
             self.start_group([s for s in replicas if s.name.startswith(f"{service}-")], f"{service} replicas")
+        self.wait_routed()
         self.message = "seeding users, merchants and the campaign budget"
         self.publish()
         seed(topology)
