@@ -225,8 +225,10 @@ class _Ticker:
             last = samples[-1].values if samples else {}
             rps = last.get("rps")
             err = last.get("slo:payments-error-ratio")
-            t = ctx.now() if ctx.method_started else -(time.monotonic() - self.started)
+            # Before the method, the time since the run began (load warm-up and the steady-state
+            # check); the journal's negative t counts back from a method start not yet known here.
+            when = f"t={ctx.now():+6.1f}s" if ctx.method_started else f"warm-up {time.monotonic() - self.started:4.1f}s"
             self.progress(
-                f"t={t:+6.1f}s  {phase:<18} faults: {', '.join(active) or 'none':<28} "
+                f"{when}  {phase:<18} faults: {', '.join(active) or 'none':<28} "
                 f"rps {rps if rps is None else round(rps)}  errors {'-' if err is None else f'{err:.1%}'}"
             )
