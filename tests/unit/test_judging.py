@@ -23,6 +23,8 @@ def test_fails_fast_passes_on_quick_refusals_and_fails_on_slow_ones() -> None:
     result = judge_fails_fast(quick, 0, 12, FAILS_FAST, "expect")
     assert (result.verdict, result.observed, result.threshold) == ("passed", 0.004, "median < 0.1s")
     assert result.evidence["seconds"] == list(range(5, 12))
+    # The evidence says what was queried over which window, as every check's does.
+    assert result.evidence["window"] == [0, 12] and 'status="503"' in result.evidence["query"]
 
     slow = [*quick[:8], opened(8, 3, 1.49), *quick[9:]]
     result = judge_fails_fast(slow, 0, 12, FAILS_FAST, "expect")
@@ -48,6 +50,7 @@ def test_recovery_is_the_first_second_the_slo_meets_its_objective_after_the_reve
     recovery = Recovery(slo="payments-availability", within=timedelta(seconds=4))
     result = judge_recovery(samples, 3, recovery, slo, "after")
     assert (result.verdict, result.observed, result.threshold) == ("passed", 3, "<= 4s")
+    assert result.evidence == {"revert": 3, "query": slo.promql("5s"), "window": [3, 7]}
     assert judge_recovery(samples, 1, recovery, slo, "after").observed == 1  # the 1.0 at t=2, not before the revert
     late = Recovery(slo="payments-availability", within=timedelta(seconds=2))
     assert judge_recovery(samples, 3, late, slo, "after").verdict == "failed"

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 from paychaos.experiments.context import RunContext
+from paychaos.experiments.sampling import SAMPLE_WINDOW, series_query
 from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, Recovery, SloBound
 from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
@@ -77,7 +78,7 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
         if hold:
             threshold = f"{threshold} (breaches under {hold:g}s allowed)"
         return [CheckResult(phase, "slo", name, verdict, observed if observed is None else round(observed, 4), threshold,
-                            detail, {"window": [window[0], window[1]], "query": slo.promql("5s")})]
+                            detail, {"window": [window[0], window[1]], "query": slo.promql(SAMPLE_WINDOW)})]
 
     if check.breaker is not None:
         b = check.breaker
@@ -89,7 +90,7 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
             delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
             verdict, observed, detail = judge_within(delay, within, "breaker open")
             results.append(CheckResult(phase, "breaker", f"{b.name}.opens", verdict, observed, f"<= {within:g}s", detail,
-                                       {"fault_start": start}))
+                                       {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]}))
         if b.closes_within is not None:
             _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
             results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
@@ -112,12 +113,13 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     # Over every request of the window, not the worst second: at 20 requests a second one failed
     # request is a 95 % second. A burst that matters moves the whole window's ratio too.
     share = weighted_ratio(samples, "client_rps", "client_fail_ratio", window[0], window[1])
+    evidence: dict[str, object] = {"source": "the load generator's per-second stats", "window": [window[0], window[1]]}
     if share is None:
-        return [CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data")]
+        return [CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data", evidence)]
     failed_share, seconds = share
     ratio = 1 - failed_share
     return [CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
-                        f"> {bound:g}", f"over every request of {seconds} seconds")]
+                        f"> {bound:g}", f"over every request of {seconds} seconds", evidence)]
 
 
 def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str) -> CheckResult:
@@ -126,7 +128,8 @@ def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker,
     within = breaker.closes_within.total_seconds()
     delay = first_time(samples, "breaker_open", revert, lambda v: v == 0)
     verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
-    return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail, {"revert": revert})
+    return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail,
+                       {"revert": revert, "query": series_query("breaker_open"), "window": [revert, revert + within]})
 
 
 def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: Breaker, phase: str) -> CheckResult:
@@ -135,13 +138,14 @@ def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: B
     assert breaker.fails_fast_below is not None
     bound = breaker.fails_fast_below.total_seconds()
     name, threshold = f"{breaker.name}.failsFast", f"median < {bound:g}s"
+    evidence: dict[str, object] = {"query": series_query("card_fail_fast_p50"), "window": [start, end]}
     refused = refused_while_open(samples, start, end)
     if not refused:
         return CheckResult(phase, "breaker", name, "failed", None, threshold,
-                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s")
+                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s", evidence)
     worst = max(v for _, v in refused)
     return CheckResult(phase, "breaker", name, "passed" if worst < bound else "failed", round(worst, 4), threshold,
-                       f"worst of {len(refused)} seconds open everywhere", {"seconds": [t for t, _ in refused]})
+                       f"worst of {len(refused)} seconds open everywhere", {**evidence, "seconds": [t for t, _ in refused]})
 
 
 def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo: Slo, phase: str) -> CheckResult:
@@ -151,7 +155,8 @@ def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo
     within = recovery.within.total_seconds()
     delay = first_time(samples, f"slo:{recovery.slo}", revert, lambda v: bound_holds(v, below, above))
     verdict, observed, detail = judge_within(delay, within, f"{recovery.slo} {threshold}")
-    return CheckResult(phase, "recovery", recovery.slo, verdict, observed, f"<= {within:g}s", detail, {"revert": revert})
+    return CheckResult(phase, "recovery", recovery.slo, verdict, observed, f"<= {within:g}s", detail,
+                       {"revert": revert, "query": slo.promql(SAMPLE_WINDOW), "window": [revert, revert + within]})
 
 
 def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:
@@ -161,7 +166,8 @@ def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) 
     within = check.within.total_seconds()
     delay = settled_after(samples, "consumer_lag", since, lambda v: v <= check.lag_below, since + within + GRACE)
     verdict, observed, detail = judge_within(delay, within, f"consumer lag settled <= {check.lag_below}")
-    return CheckResult(phase, "kafka", f"lag.{check.group}", verdict, observed, f"<= {within:g}s", detail, {"since": since})
+    return CheckResult(phase, "kafka", f"lag.{check.group}", verdict, observed, f"<= {within:g}s", detail,
+                       {"since": since, "query": series_query("consumer_lag"), "window": [since, since + within]})
 
 
 def judge_slo_over(
@@ -189,7 +195,8 @@ def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[Chec
         engine.dispose()
     return [
         CheckResult(phase, "invariant", r.name, "passed" if r.holds else "failed", r.violations, "0 violating rows",
-                    "holds" if r.holds else f"{r.violations} violating rows", {"sample": r.sample, "acknowledged": len(acknowledged)})
+                    "holds" if r.holds else f"{r.violations} violating rows",
+                    {"sample": r.sample, "acknowledged": len(acknowledged), "query": queries[r.name].strip()})
         for r in found
     ]
 
