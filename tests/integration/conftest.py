@@ -22,6 +22,7 @@ import pytest
 from paychaos.experiments.judging import judge_slo_over
 from paychaos.experiments.verdicts import CheckResult, bounds
 from paychaos.platform.runtime import stacking
+from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import StackState, alive, read_state
 from paychaos.platform.topology import Topology
@@ -118,6 +119,12 @@ def running_stack(env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
     if result.returncode != 0:
         paychaos("stack", "down", env=env)
         pytest.fail(f"`paychaos stack up --wait` failed ({result.returncode}):\n{result.stderr}", pytrace=False)
+    # Ready means reachable: the moment --wait returns, HAProxy routes to every replica (before it
+    # did, the first payment of a session could find the gateways still marked down).
+    unrouted = servers_not_up(stacking.current_topology(rd))
+    if unrouted:
+        paychaos("stack", "down", env=env)
+        pytest.fail(f"`paychaos stack up --wait` returned before HAProxy routes to {unrouted}", pytrace=False)
     yield Stack(rd, env, elapsed)
     state = read_state(rd)
     down = paychaos("stack", "down", env=env)

@@ -357,11 +357,12 @@ def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None
 # slow (refused calls must fail fast), then the acquirer is fast again and card payments keep
 # coming (half-open trial calls need calls) until the breaker has closed and the availability of
 # payments is back, or the probes' deadlines have passed.
-BREAKER_PROBE = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=25))
-RECOVERY_PROBE = Recovery(slo="payments-availability", within=timedelta(seconds=25))
+AFTER_BOUND = timedelta(seconds=25)  # closesWithin and recovery within, after the revert
+BREAKER_PROBE = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=AFTER_BOUND)
+RECOVERY_PROBE = Recovery(slo="payments-availability", within=AFTER_BOUND)
 SLOW_ACQUIRER = {"latency": 3000, "jitter": 0}
 OPEN_HOLD = OPEN_SETTLE + 3.0  # enough seconds open everywhere for refused calls alone to fill the rate window
-AFTER_DEADLINE = 25 + GRACE  # both probes' bounds, and the samples a deadline allows past them
+AFTER_DEADLINE = AFTER_BOUND.total_seconds() + GRACE  # and the samples a deadline allows past it
 
 
 @dataclass

@@ -10,6 +10,7 @@ from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast,
 from paychaos.experiments.spec import Breaker, Recovery
 from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import load_catalogue
+from paychaos.probes.invariants import LEDGER_DSN_ENV, LEDGER_DSN_FILE_ENV, LedgerUnavailable, ledger_dsn, shown
 
 FAILS_FAST = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=5))
 
@@ -58,8 +59,6 @@ def test_recovery_is_the_first_second_the_slo_meets_its_objective_after_the_reve
 
 
 def test_the_ledger_dsn_is_the_secret_file_then_the_variable_then_the_platform_s(tmp_path) -> None:
-    from paychaos.probes.invariants import LEDGER_DSN_ENV, LEDGER_DSN_FILE_ENV, LedgerUnavailable, ledger_dsn, shown
-
     default = "postgresql://postgres@127.0.0.1:18432/paychaos"
     assert ledger_dsn(default, {}) == default
     assert ledger_dsn(default, {LEDGER_DSN_ENV: "mysql+pymysql://app:pw@tidb:4000/ledger"}) == "mysql+pymysql://app:pw@tidb:4000/ledger"

@@ -132,7 +132,7 @@ class ResilienceSpec(_Model):
     # A card call the open breaker refuses is answered CARD_NETWORK_UNAVAILABLE at once (on), or
     # retried until the acquirer timeout has passed (off), as a Retry decorated outside the
     # breaker does: each refused payment then holds a worker as long as a slow call would.
-    fallback: bool = True  # newer too
+    fallback: bool = True  # defaulted like skip_poison, for topologies copied before it
     admission: AdmissionSpec
 
 

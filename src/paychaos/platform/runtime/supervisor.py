@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import psutil
@@ -32,6 +33,7 @@ from paychaos.platform.runtime.state import ProcessState, StackState, marker_nam
 from paychaos.platform.topology import Topology
 
 log = logging.getLogger("paychaos.supervisor")
+_Pending = TypeVar("_Pending", bound=Sized)  # what a start-up wait still waits for
 
 # Stop order: what takes traffic first, what holds data last.
 STOP_ORDER = ("gateway", "payment", "campaign", "acquirer", "ledger", "prometheus", "haproxy", "toxiproxy", "kafka", "postgres")
@@ -187,32 +189,35 @@ class Supervisor:
         self.wait_ready(group, what)
 
     def wait_ready(self, group: list[Managed], what: str) -> None:
-        deadline = self.clock() + self.topology.supervisor.ready_timeout.total_seconds()
-        while True:
-            self.tick()
-            pending = [m for m in group if not m.held and not m.ready]
-            if not pending:
-                return
-            if self.clock() > deadline:
-                names = ", ".join(m.spec.name for m in pending)
-                last = _last_line(self.run_dir.log_file(pending[0].spec.name))
-                raise StartupFailed(f"{what} not ready in time: {names}; {pending[0].spec.name} said: {last}")
-            time.sleep(0.3)
+        def timed_out(pending: list[Managed]) -> str:
+            names = ", ".join(m.spec.name for m in pending)
+            last = _last_line(self.run_dir.log_file(pending[0].spec.name))
+            return f"{what} not ready in time: {names}; {pending[0].spec.name} said: {last}"
+
+        self._wait(lambda: [m for m in group if not m.held and not m.ready], timed_out)
 
     def wait_routed(self) -> None:
         """Every replica in HAProxy's rotation before the stack is called ready: the first payment
         through the edge must not find the gateways still marked down from before they started."""
         self.message = "waiting for HAProxy to route to every replica"
         self.publish()
+
+        def pending() -> dict[str, str]:
+            held = {name for name, m in self.managed.items() if m.held}
+            return {name: status for name, status in servers_not_up(self.topology).items() if name not in held}
+
+        self._wait(pending, lambda left: "HAProxy does not route to " + ", ".join(f"{n} ({s})" for n, s in left.items()))
+
+    def _wait(self, pending: Callable[[], _Pending], timed_out: Callable[[_Pending], str]) -> None:
+        """Tick until ``pending()`` is empty; past the ready timeout, fail with ``timed_out(what is left)``."""
         deadline = self.clock() + self.topology.supervisor.ready_timeout.total_seconds()
         while True:
-            held = {name for name, m in self.managed.items() if m.held}
-            pending = {name: status for name, status in servers_not_up(self.topology).items() if name not in held}
-            if not pending:
+            self.tick()
+            left = pending()
+            if not left:
                 return
             if self.clock() > deadline:
-                raise StartupFailed("HAProxy does not route to " + ", ".join(f"{n} ({s})" for n, s in pending.items()))
-            self.tick()
+                raise StartupFailed(timed_out(left))
             time.sleep(0.3)
 
     def check_readiness(self) -> None:

@@ -135,24 +135,29 @@ class Saga:
             return Ending("completed")
         return Ending("pending", "PAYMENT_IN_PROGRESS")
 
+    async def _authorize_once(self, p: PaymentFacts) -> httpx.Response:
+        """One call through the breaker; raises ``CallNotPermitted`` or ``_AcquirerDown``."""
+        with self.breaker.guard():
+            try:
+                response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
+            except httpx.HTTPError as exc:
+                raise _AcquirerDown(str(exc)) from exc
+            if breaker_counts_as_failure(response.status_code):
+                raise _AcquirerDown(f"acquirer answered {response.status_code}")
+        return response
+
     async def authorize(self, p: PaymentFacts) -> tuple[Card, str | None]:
         give_up = time.monotonic() + self.retry_refused_for
         while True:
             try:
-                with self.breaker.guard():
-                    try:
-                        response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
-                    except httpx.HTTPError as exc:
-                        raise _AcquirerDown(str(exc)) from exc
-                    if breaker_counts_as_failure(response.status_code):
-                        raise _AcquirerDown(f"acquirer answered {response.status_code}")
+                response = await self._authorize_once(p)
                 break
+            except _AcquirerDown:
+                return Card.UNAVAILABLE, None
             except CallNotPermitted:
                 if time.monotonic() >= give_up:
                     return Card.UNAVAILABLE, None
                 await asyncio.sleep(REFUSED_RETRY_DELAY)
-            except _AcquirerDown:
-                return Card.UNAVAILABLE, None
         outcome = classify_authorization(response.status_code)
         auth = response.json().get("authorization_id") if outcome is Card.APPROVED else None
         return outcome, auth
