@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-EXIT = {"passed": 0, "failed": 1, "aborted": 2, "error": 3}
+EXIT = {"passed": 0, "failed": 1, "aborted": 2, "error": 3, "inconclusive": 4}
 
 SLOWDOWN = """
 apiVersion: paychaos.io/v1alpha1
@@ -24,7 +24,7 @@ kind: ChaosExperiment
 metadata: {{name: {name}, labels: {{severity: sev2}}}}
 spec:
   description: The card acquirer slows down for a while.
-  load: {{profile: steady, baselineRps: 10, duration: {duration}}}
+  load: {{profile: steady, baselineRps: 10, paymentShare: 0.5, duration: {duration}}}
   steadyState:
     - slo: payments-availability
     - invariant: ledger-conservation
@@ -154,3 +154,77 @@ def test_chaos_discover_lists_the_paychaos_activities(stack, tmp_path: Path) -> 
     assert ran.returncode == 0, ran.stdout + ran.stderr
     names = {a["name"] for a in json.loads(out.read_text())["activities"]}
     assert {"inject_fault", "revert_fault"} <= names
+
+
+KILL = """
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: {name}}}
+spec:
+  description: A payment replica in az-a is killed mid-payment.
+  load: {{profile: steady, baselineRps: 20, paymentShare: 0.5, duration: 30s}}
+  exercise: {exercise}
+  faults:
+    - {{at: 8s, for: 10s, podKill: {{service: payment, zone: az-a, inFlight: true}}}}
+  expect:
+    - traffic: {{successRatioAbove: 0.5}}
+  after:
+    - invariant: [no-double-charge, acknowledged-payments-durable]
+"""
+
+
+def run_kill(stack, tmp_path: Path, name: str, exercise: str = "{retried-payments: 1}") -> tuple[subprocess.CompletedProcess[str], dict]:
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(KILL.format(name=name, exercise=exercise))
+    journal_path = tmp_path / f"{name}.json"
+    result = stack.cli("run", str(spec), "--journal", str(journal_path), timeout=300)
+    return result, json.loads(journal_path.read_text())
+
+
+def fault_check(journal: dict) -> dict:
+    (check,) = [c for c in journal["paychaos"]["checks"] if c["kind"] == "fault"]
+    return check
+
+
+def test_a_fault_the_planner_refuses_makes_the_run_an_error_and_the_same_spec_runs_where_it_can(stack, tmp_path: Path) -> None:
+    from paychaos.experiments.spec import Fault, Limits
+    from paychaos.faults import records
+    from paychaos.faults.local import LocalDriver
+    from paychaos.faults.planning import plan_fault
+
+    # az-a is already down (another fault, as during a real outage): no payment replica to kill there.
+    driver = LocalDriver(stack.run_dir)
+    zone = Fault.model_validate({"at": "0s", "for": "120s", "zoneLoss": {"zone": "az-a"}})
+    held = records.inject(stack.run_dir, driver, plan_fault(zone, driver.observe(), Limits(max_percent=100),
+                                                            experiment="test-outage", index=0))
+    try:
+        result, journal = run_kill(stack, tmp_path, "kill-refused")
+    finally:
+        records.revert(stack.run_dir, driver, held.id)
+    verdict = journal["paychaos"]["verdict"]
+    assert verdict["result"] == "error" and result.returncode == EXIT["error"], verdict
+    assert "podKill-0 refused" in verdict["reason"] and "nothing was tested" in verdict["reason"], verdict
+    check = fault_check(journal)
+    assert check["verdict"] == "error" and "0 of 1 are ready" in check["detail"], check
+    assert events(journal, "fault-refused") and not events(journal, "fault-injected")
+    assert journal["paychaos"]["samples"][-1]["t"] < 20, "the run stops at the refusal, it does not play out"
+    stack.wait_for("az-a to be back", lambda: all(p.ready for p in stack.state().processes), timeout=120)
+
+    result, journal = run_kill(stack, tmp_path, "kill-injected")
+    verdict = journal["paychaos"]["verdict"]
+    assert verdict["result"] == "passed" and result.returncode == EXIT["passed"], verdict
+    check = fault_check(journal)
+    (killed,) = check["evidence"]["effect"]["killed"]
+    assert check["verdict"] == "passed" and killed["name"] == "payment-az-a-1" and killed["inFlight"] >= 1, check
+    (retried,) = [c for c in journal["paychaos"]["checks"] if c["kind"] == "exercise"]
+    assert retried["verdict"] == "passed" and retried["observed"] >= 1, retried
+
+
+def test_a_run_that_never_provokes_what_it_must_exercise_is_inconclusive(stack, tmp_path: Path) -> None:
+    # Nothing in this run redelivers an event: the duplicate it must see never comes.
+    result, journal = run_kill(stack, tmp_path, "kill-no-redelivery", exercise="{duplicate-deliveries: 1}")
+    verdict = journal["paychaos"]["verdict"]
+    assert verdict["result"] == "inconclusive" and result.returncode == EXIT["inconclusive"], verdict
+    (exercise,) = [c for c in journal["paychaos"]["checks"] if c["kind"] == "exercise"]
+    assert exercise["verdict"] == "inconclusive" and exercise["observed"] == 0 and exercise["margin"] == -1, exercise
+    assert "duplicate-deliveries" in verdict["reason"]

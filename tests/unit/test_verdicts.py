@@ -114,3 +114,49 @@ def test_fail_fast_is_judged_only_once_every_replica_has_been_open_for_a_while()
     samples = [s(0, 1, 1.5), s(1, 3, 1.5), *[s(t, 3, 0.01) for t in range(2, 9)], s(9, 2, 1.5), s(10, 3, 0.01)]
     assert refused_while_open(samples, 0, 20) == [(6, 0.01), (7, 0.01), (8, 0.01)]
     assert refused_while_open([s(t, 2, 0.01) for t in range(10)], 0, 20) == []
+
+
+def test_a_fault_that_did_not_happen_makes_the_run_an_error_whatever_the_checks_say() -> None:
+    refused = CheckResult("faults", "fault", "zoneLoss-0", "error", None, "injected, and its effect seen",
+                          "refused: zoneLoss az-a would take campaign down entirely")
+    for others in ([result("passed")], [result("failed")], []):
+        verdict, reason = final_verdict(journal_status="interrupted", steady_state_before_met=True,
+                                        results=[refused, *others], stop_reason=None, errors=[])
+        assert verdict == "error" and "zoneLoss-0 refused" in reason and "nothing was tested" in reason
+
+
+def test_a_check_with_too_little_evidence_is_inconclusive_and_a_failure_still_fails() -> None:
+    thin = CheckResult("expect", "slo", "payments-latency-p99", "inconclusive", None, "< 2", "only 34 requests")
+    verdict, reason = final_verdict(journal_status="completed", steady_state_before_met=True,
+                                    results=[result("passed"), thin], stop_reason=None, errors=[])
+    assert verdict == "inconclusive" and "only 34 requests" in reason
+    assert final_verdict(journal_status="completed", steady_state_before_met=True,
+                         results=[thin, result("failed")], stop_reason=None, errors=[])[0] == "failed"
+
+
+def test_a_steady_state_too_thin_to_judge_is_inconclusive_not_failed() -> None:
+    thin = CheckResult("steadyState.before", "slo", "payments-availability", "inconclusive", None, "> 0.99", "only 20 requests")
+    verdict, _ = final_verdict(journal_status="completed", steady_state_before_met=False, results=[thin],
+                               stop_reason=None, errors=[])
+    assert verdict == "inconclusive"
+
+
+def test_margin_is_the_headroom_inside_the_bound_in_its_unit() -> None:
+    from paychaos.experiments.verdicts import margin
+
+    assert margin(0.4, below=1.0) == 0.6
+    assert margin(1.2, below=1.0) == -0.2
+    assert margin(0.995, above=0.99) == 0.005
+    assert margin(None, below=1.0) is None
+
+
+def test_requests_needed_before_a_window_says_anything() -> None:
+    from paychaos.probes.catalogue import requests_needed
+
+    assert requests_needed(0.99, below=2.0, above=None, unit="seconds") == 100  # fewer: the p99 is the maximum
+    assert requests_needed(0.5, below=2.0, above=None, unit="seconds") == 2
+    assert requests_needed(None, below=None, above=0.99, unit="ratio") == 100  # one failure in a hundred
+    assert requests_needed(None, below=0.01, above=None, unit="ratio") == 100
+    assert requests_needed(None, below=None, above=0.9, unit="ratio") == 10
+    assert requests_needed(None, below=14.4, above=None, unit="ratio") == 1  # not a share: any data judges
+    assert requests_needed(None, below=None, above=5, unit="count") == 1

@@ -11,13 +11,15 @@ import typer
 from paychaos.cli.console import err, fail, say
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.loading import SpecError, load_experiment
+from paychaos.experiments.verdicts import EXIT_CODES
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.topology import Topology
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.reporting import formatting
 
-VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "aborted": "bold yellow", "error": "bold red"}
+VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "inconclusive": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
+CHECK_MARKS = {"passed": "[green]✓[/]", "inconclusive": "[yellow]?[/]"}
 
 
 def run(
@@ -31,7 +33,8 @@ def run(
 
     Every fault is reverted whatever happens (success, failure, stop condition, Ctrl-C, SIGTERM);
     if this process dies, `paychaos halt` reverts what it left. Exits 0 only when the verdict
-    is `passed` (1 failed, 2 aborted, 3 error).
+    is `passed` (1 failed, 2 aborted, 3 error, 4 inconclusive: a check saw too little to judge,
+    such as too few requests for the quantile it asks, or none of what the experiment must exercise).
     """
     from paychaos.experiments.running import NotRunnable
     from paychaos.experiments.running import run as run_experiment
@@ -47,14 +50,17 @@ def run(
     except NotRunnable as exc:
         raise fail(str(exc)) from None
     for check in outcome.journal["paychaos"]["checks"]:
-        mark = "[green]✓[/]" if check["verdict"] == "passed" else "[red]✗[/]"
-        err.print(f"  {mark} {check['phase']:<18} {check['kind']:<9} {check['name']:<32} observed {check['observed']}  expected {check['threshold']}")
+        mark = CHECK_MARKS.get(check["verdict"], "[red]✗[/]")
+        room = "" if check.get("margin") is None else f"  margin {check['margin']:g}"
+        err.print(f"  {mark} {check['phase']:<18} {check['kind']:<9} {check['name']:<32} observed {check['observed']}  expected {check['threshold']}{room}")
+        if check["verdict"] == "inconclusive":
+            err.print(f"      {check['detail']}")
     times = outcome.journal["paychaos"]["times"]
     err.print(f"  time to detect {formatting.seconds(times['timeToDetect'])}, recovery {formatting.seconds(times['recoveryTime'])}")
     style = VERDICT_STYLE[outcome.verdict]
     err.print(f"[{style}]{outcome.verdict.upper()}[/] {outcome.reason}")
     err.print(f"journal: {outcome.journal_path}")
-    raise typer.Exit({"passed": 0, "failed": 1, "aborted": 2, "error": 3}[outcome.verdict])
+    raise typer.Exit(EXIT_CODES[outcome.verdict])
 
 
 def _topology(run_dir: RunDir) -> Topology | None:

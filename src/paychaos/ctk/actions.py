@@ -6,11 +6,16 @@ The run directory comes from PAYCHAOS_RUN_DIR (default ``.paychaos/run``).
 
 # No `from __future__ import annotations`: chaoslib's discovery reads the annotations as types.
 
+from chaoslib.exit import exit_gracefully
+
 from paychaos.ctk import timeline
+from paychaos.experiments import context
+from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import Fault, Limits
+from paychaos.experiments.verdicts import CheckResult
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
-from paychaos.faults.planning import partitions_needed, plan_fault
+from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
 from paychaos.platform.runtime.paths import RunDir
 
 __all__ = ["inject_fault", "revert_fault", "halt_all"]
@@ -31,11 +36,50 @@ def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limi
     spec_limits = Limits.model_validate(limits or {})
     reached = timeline.wait_until(at)
     run_dir, driver = _driver()
-    observed = driver.observe(partitions_needed([spec_fault]))
-    plan = plan_fault(spec_fault, observed, spec_limits, experiment=experiment, index=index)
-    record = records.inject(run_dir, driver, plan)
+    name = f"{spec_fault.kind}-{index}"
+    try:
+        observed = driver.observe(partitions_needed([spec_fault]))
+        plan = plan_fault(spec_fault, observed, spec_limits, experiment=experiment, index=index)
+    except PlanError as exc:
+        raise _not_injected(name, "refused", str(exc)) from None
+    try:
+        record = records.inject(run_dir, driver, plan)
+    except Exception as exc:
+        raise _not_injected(name, "failed", str(exc)) from exc
+    _judged(CheckResult("faults", "fault", name, "passed", record.summary, "injected, and its effect seen",
+                        f"injected at t={reached:.1f}s", {"plan": record.plan, "effect": record.effect}))
     return {"id": record.id, "kind": plan.kind, "summary": record.summary, "injectedAt": record.recorded_at,
-            "offset": round(reached, 3), "plan": record.plan}
+            "offset": round(reached, 3), "plan": record.plan, "effect": record.effect}
+
+
+class FaultNotInjected(Exception):
+    """The fault was refused by the planner (blast radius, a target that is not there) or the
+    driver could not inject it or see its effect. The run ends as ``error``."""
+
+
+def _not_injected(name: str, how: str, reason: str) -> FaultNotInjected:
+    """The verdict's evidence for a fault that did not happen, then the run is stopped: the
+    checks after it would judge a stack that was never faulted."""
+    _judged(CheckResult("faults", "fault", name, "error", None, "injected, and its effect seen", f"{how}: {reason}"))
+    ctx = _context()
+    if ctx is not None:
+        ctx.record(f"fault-{how}", fault=name, reason=reason)
+        exit_gracefully()  # as a stop condition does: the method ends, every rollback runs
+    return FaultNotInjected(f"{name} {how}: {reason}")
+
+
+def _judged(result: CheckResult) -> None:
+    ctx = _context()
+    if ctx is not None:
+        with ctx.lock:
+            ctx.results.append(result)
+
+
+def _context() -> RunContext | None:
+    try:
+        return context.current()
+    except RuntimeError:  # run by a plain `chaos run` without the paychaos control
+        return None
 
 
 def revert_fault(experiment: str, index: int, at: float | None = None) -> dict:

@@ -7,9 +7,10 @@ from typing import Any
 
 from paychaos.experiments import context
 from paychaos.experiments.judging import judge as judge_check
+from paychaos.experiments.judging import judge_exercises
 from paychaos.experiments.spec import Check
 
-__all__ = ["judge", "steady_state"]
+__all__ = ["exercised", "judge", "steady_state"]
 
 
 def steady_state(check: dict[str, Any], phase: str = "steadyState") -> bool:
@@ -26,6 +27,15 @@ def judge(check: dict[str, Any], phase: str) -> list[dict[str, Any]]:
     """Judge an expect/after check; never raises, so one failed check does not stop the others."""
     ctx = context.current()
     results = judge_check(ctx, Check.model_validate(check), phase)
+    with ctx.lock:
+        ctx.results.extend(results)
+    return [r.to_dict() for r in results]
+
+
+def exercised(exercise: dict[str, int], phase: str = "after") -> list[dict[str, Any]]:
+    """Count what the run provoked against what the spec says it must; short is inconclusive."""
+    ctx = context.current()
+    results = judge_exercises(ctx, exercise, phase)
     with ctx.lock:
         ctx.results.extend(results)
     return [r.to_dict() for r in results]

@@ -56,6 +56,9 @@ def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) 
     # The acknowledged-payments record is complete only once the load has stopped and flushed.
     method.append({"type": "action", "name": "stop-load", "provider": _python(CONTROL, "stop_load")})
     method += [_check_probe(c, "after", len(after_live) + n) for n, c in enumerate(after_money)]
+    if spec.exercise:  # counted last, once the load's record of retries is complete
+        method.append({"type": "probe", "name": "after-exercised",
+                       "provider": _python(PROBES, "exercised", exercise=dict(spec.exercise), phase="after")})
 
     compiled: dict[str, Any] = {
         "version": "1.0.0",

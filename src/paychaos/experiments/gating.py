@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from paychaos.experiments.suites import Planned, Suite, Thresholds
-from paychaos.experiments.verdicts import CheckResult
+from paychaos.experiments.verdicts import EXIT_CODES, CheckResult
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
 from paychaos.platform.runtime.paths import RunDir
@@ -29,14 +29,14 @@ from paychaos.platform.topology import Topology
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 Progress = Callable[[str], None]
-EXIT_VERDICTS = {0: "passed", 1: "failed", 2: "aborted", 3: "error"}
+EXIT_VERDICTS = {code: verdict for verdict, code in EXIT_CODES.items()}
 
 
 @dataclass
 class GateEntry:
     name: str
     journal: dict[str, Any] | None
-    verdict: str  # the run's own: passed | failed | aborted | error
+    verdict: str  # the run's own: passed | failed | inconclusive | aborted | error
     reason: str
     gate_checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0

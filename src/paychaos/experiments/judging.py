@@ -18,6 +18,7 @@ from paychaos.experiments.verdicts import (
     first_time,
     judge_bound,
     judge_within,
+    margin,
     refused_while_open,
     settled_after,
     weighted_ratio,
@@ -70,15 +71,11 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     if check.slo is not None:
         name = check.slo if isinstance(check.slo, str) else check.slo.name
         slo = ctx.catalogue.slo(name)
-        below, above, threshold = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
+        bound = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
         if steady:
-            return [judge_slo_over(ctx.topology.prometheus_url, name, slo, (below, above, threshold), STEADY_WINDOW, phase)]
+            return [judge_steady_slo(ctx, name, slo, bound, phase)]
         hold = check.slo.for_.total_seconds() if isinstance(check.slo, SloBound) and check.slo.for_ else 0.0
-        verdict, observed, detail = judge_bound(samples, f"slo:{name}", window[0], window[1], below, above, hold)
-        if hold:
-            threshold = f"{threshold} (breaches under {hold:g}s allowed)"
-        return [CheckResult(phase, "slo", name, verdict, observed if observed is None else round(observed, 4), threshold,
-                            detail, {"window": [window[0], window[1]], "query": slo.promql(SAMPLE_WINDOW)})]
+        return [judge_slo_window(ctx, name, slo, bound, window, hold, phase)]
 
     if check.breaker is not None:
         b = check.breaker
@@ -90,7 +87,8 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
             delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
             verdict, observed, detail = judge_within(delay, within, "breaker open")
             results.append(CheckResult(phase, "breaker", f"{b.name}.opens", verdict, observed, f"<= {within:g}s", detail,
-                                       {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]}))
+                                       {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]},
+                                       margin(observed, below=within)))
         if b.closes_within is not None:
             _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
             results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
@@ -119,7 +117,60 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     failed_share, seconds = share
     ratio = 1 - failed_share
     return [CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
-                        f"> {bound:g}", f"over every request of {seconds} seconds", evidence)]
+                        f"> {bound:g}", f"over every request of {seconds} seconds", evidence, margin(ratio, above=bound))]
+
+
+def judge_slo_window(
+    ctx: RunContext, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: tuple[float, float],
+    hold: float, phase: str,
+) -> CheckResult:
+    """An SLO over a phase's window. Without ``for:`` it is one value over every request of the
+    window (the p99 of the fault window, not the worst of its 5-second slices, which for a few
+    payments a second is the slowest payment). With ``for:`` the per-second samples must break
+    the bound for that long on end, as an alert would. Either way the window must hold enough
+    requests for the bound to mean anything, or the check is inconclusive."""
+    below, above, threshold = bound
+    start, end = window
+    span = f"{max(1, round(end - start))}s"
+    at = ctx.started_at() + end
+    evidence: dict[str, object] = {"window": [start, end]}
+    with Prometheus(ctx.topology.prometheus_url) as prom:
+        thin = _too_few_requests(prom, slo, span, at, below, above, evidence)
+        if thin is not None:
+            return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
+        if hold:
+            verdict, observed, detail = judge_bound(ctx.samples(), f"slo:{name}", start, end, below, above, hold)
+            threshold = f"{threshold} (breaches under {hold:g}s allowed)"
+            evidence["query"] = slo.promql(SAMPLE_WINDOW)
+        else:
+            evidence["query"] = slo.promql(span)
+            observed = prom.scalar(slo.promql(span), at=at)
+            if observed is None:
+                verdict, detail = "failed", f"no data between {start:.0f}s and {end:.0f}s"
+            else:
+                verdict = "passed" if bound_holds(observed, below, above) else "failed"
+                detail = f"over every request of the {span} window"
+    observed = observed if observed is None else round(observed, 4)
+    return CheckResult(phase, "slo", name, verdict, observed, threshold, detail, evidence, margin(observed, below, above))
+
+
+def _too_few_requests(
+    prom: Prometheus, slo: Slo, window: str, at: float | None, below: float | None, above: float | None,
+    evidence: dict[str, object],
+) -> str | None:
+    """Why the window is too thin to judge ``slo`` on, or None; the request count goes in ``evidence``."""
+    query = slo.volume_promql(window)
+    if query is None:
+        evidence["requests"] = "unknown: the catalogue gives this SLO no volume query"
+        return None
+    seen = prom.scalar(query, at=at) or 0.0
+    needed = slo.needed(below, above)
+    evidence.update(requests=round(seen), requestsNeeded=needed, volumeQuery=query)
+    if seen >= needed:
+        return None
+    what = f"a p{slo.quantile * 100:g}" if slo.quantile else "this bound"
+    return (f"only {seen:.0f} requests in the {window} window, and {what} needs at least {needed} to say anything: "
+            "send more traffic (load.baselineRps, load.paymentShare) or judge a longer window")
 
 
 def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str) -> CheckResult:
@@ -129,7 +180,8 @@ def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker,
     delay = first_time(samples, "breaker_open", revert, lambda v: v == 0)
     verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
     return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail,
-                       {"revert": revert, "query": series_query("breaker_open"), "window": [revert, revert + within]})
+                       {"revert": revert, "query": series_query("breaker_open"), "window": [revert, revert + within]},
+                       margin(observed, below=within))
 
 
 def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: Breaker, phase: str) -> CheckResult:
@@ -141,11 +193,14 @@ def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: B
     evidence: dict[str, object] = {"query": series_query("card_fail_fast_p50"), "window": [start, end]}
     refused = refused_while_open(samples, start, end)
     if not refused:
-        return CheckResult(phase, "breaker", name, "failed", None, threshold,
-                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s", evidence)
+        # Nothing to judge fail-fast on: whether the breaker opens at all is opensWithin's to say.
+        return CheckResult(phase, "breaker", name, "inconclusive", None, threshold,
+                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s with refused card "
+                           "calls to time: send more card traffic, or hold the fault longer", evidence)
     worst = max(v for _, v in refused)
     return CheckResult(phase, "breaker", name, "passed" if worst < bound else "failed", round(worst, 4), threshold,
-                       f"worst of {len(refused)} seconds open everywhere", {**evidence, "seconds": [t for t, _ in refused]})
+                       f"worst of {len(refused)} seconds open everywhere", {**evidence, "seconds": [t for t, _ in refused]},
+                       margin(worst, below=bound))
 
 
 def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo: Slo, phase: str) -> CheckResult:
@@ -156,7 +211,8 @@ def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo
     delay = first_time(samples, f"slo:{recovery.slo}", revert, lambda v: bound_holds(v, below, above))
     verdict, observed, detail = judge_within(delay, within, f"{recovery.slo} {threshold}")
     return CheckResult(phase, "recovery", recovery.slo, verdict, observed, f"<= {within:g}s", detail,
-                       {"revert": revert, "query": slo.promql(SAMPLE_WINDOW), "window": [revert, revert + within]})
+                       {"revert": revert, "query": slo.promql(SAMPLE_WINDOW), "window": [revert, revert + within]},
+                       margin(observed, below=within))
 
 
 def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:
@@ -167,22 +223,48 @@ def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) 
     delay = settled_after(samples, "consumer_lag", since, lambda v: v <= check.lag_below, since + within + GRACE)
     verdict, observed, detail = judge_within(delay, within, f"consumer lag settled <= {check.lag_below}")
     return CheckResult(phase, "kafka", f"lag.{check.group}", verdict, observed, f"<= {within:g}s", detail,
-                       {"since": since, "query": series_query("consumer_lag"), "window": [since, since + within]})
+                       {"since": since, "query": series_query("consumer_lag"), "window": [since, since + within]},
+                       margin(observed, below=within))
 
 
 def judge_slo_over(
-    prometheus_url: str, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: str, phase: str
+    prometheus_url: str, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: str, phase: str,
+    at: float | None = None,
 ) -> CheckResult:
-    """An SLO over the last ``window`` (one query now), against ``bound`` as ``bounds()`` gives it."""
+    """An SLO over the last ``window`` (one query, now or at the Unix time ``at``), against
+    ``bound`` as ``bounds()`` gives it; inconclusive when the window holds too few requests."""
     below, above, threshold = bound
+    query = slo.promql(window)
+    evidence: dict[str, object] = {"query": query, **({"at": round(at, 3)} if at is not None else {})}
     with Prometheus(prometheus_url) as prom:
-        query = slo.promql(window)
-        value = prom.scalar(query)
+        thin = _too_few_requests(prom, slo, window, at, below, above, evidence)
+        value = prom.scalar(query, at=at) if thin is None else None
+    if thin is not None:
+        return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
     if value is None:
-        return CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", {"query": query})
+        return CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", evidence)
     ok = bound_holds(value, below, above)
     return CheckResult(phase, "slo", name, "passed" if ok else "failed", round(value, 4), threshold,
-                       f"over the last {window}", {"query": query})
+                       f"over the last {window}", evidence, margin(value, below, above))
+
+
+STEADY_EVIDENCE_WAIT = 30.0  # seconds a steady-state SLO waits for enough requests to judge
+
+
+def judge_steady_slo(
+    ctx: RunContext, name: str, slo: Slo, bound: tuple[float | None, float | None, str], phase: str
+) -> CheckResult:
+    """The steady state over the last 30 s of traffic: before the faults, while the load is young
+    (the window still holds too few requests) it waits for more rather than judge thin evidence,
+    for at most 30 s; after them, it is the load's last 30 s (the checks after the revert may
+    have outlasted the load)."""
+    stopped = next((e.wall for e in ctx.timeline if e.event == "load-stopped"), None)
+    waited_until = time.monotonic() + STEADY_EVIDENCE_WAIT
+    while True:
+        result = judge_slo_over(ctx.topology.prometheus_url, name, slo, bound, STEADY_WINDOW, phase, at=stopped)
+        if result.verdict != "inconclusive" or time.monotonic() >= waited_until or ctx.stop_reason is not None:
+            return result
+        time.sleep(1.0)
 
 
 def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:
@@ -235,3 +317,45 @@ def _acknowledged(ctx: RunContext) -> list[tuple[str, str]]:
         if record.get("status") == "completed" and record.get("payment_id"):
             rows.append((str(record.get("key", "")), str(record["payment_id"])))
     return rows
+
+
+def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list[CheckResult]:
+    """How often the run walked each path the spec says it must (from the method start until
+    now); fewer than asked is inconclusive: the checks guarding that path saw nothing to judge."""
+    span = f"{max(1, round(ctx.now()))}s"
+    out = []
+    with Prometheus(ctx.topology.prometheus_url) as prom:
+        for name, needed in wanted.items():
+            try:
+                exercise = ctx.catalogue.exercise(name)
+                if exercise.client is not None:
+                    count: float | None = _client_count(ctx, exercise.client)
+                    evidence: dict[str, object] = {"source": f"the load's client record ({exercise.client})"}
+                else:
+                    query = exercise.query(span)
+                    count = prom.scalar(query)
+                    evidence = {"query": query, "window": [0.0, round(ctx.now(), 1)]}
+            except (CatalogueError, PrometheusUnavailable) as exc:
+                out.append(CheckResult(phase, "exercise", name, "error", None, f">= {needed}", str(exc)))
+                continue
+            seen = round(count or 0.0)
+            if seen >= needed:
+                verdict, detail = "passed", f"{seen} seen: {exercise.description}"
+            else:
+                verdict, detail = "inconclusive", (
+                    f"only {seen} of the {needed} this experiment must provoke ({exercise.description}); the checks "
+                    "that guard this path had too little to see: drive more traffic or a longer fault")
+            out.append(CheckResult(phase, "exercise", name, verdict, seen, f">= {needed}", detail, evidence,
+                                   float(seen - needed)))
+    return out
+
+
+def _client_count(ctx: RunContext, what: str) -> int:
+    """Counted from the load's acknowledged record: payments the app retried with the same key."""
+    path = getattr(ctx.load, "acknowledged_path", None)
+    if path is None or not path.exists():
+        return 0
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if what == "retried-payments":
+        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)
+    return sum(1 for r in records if r.get("doubleTap"))

@@ -28,6 +28,9 @@ class ProbeNames(Protocol):
     @property
     def invariants(self) -> Mapping[str, object]: ...
 
+    @property
+    def exercises(self) -> Mapping[str, object]: ...
+
 
 def normalize(key: str) -> str:
     return key.replace("_", "").replace("-", "").lower()
@@ -132,4 +135,7 @@ def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]
     for i, stop in enumerate(exp.spec.stop_when):
         if stop.slo is not None:
             slo(("spec", "stopWhen", i, "slo", "name"), stop.slo.name)
+    for name in exp.spec.exercise:
+        if name not in probes.exercises:
+            out.append((("spec", "exercise", name), _one_of("exercise", name, probes.exercises)))
     return out

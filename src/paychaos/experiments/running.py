@@ -53,6 +53,8 @@ class _Timeline(RunEventHandler):  # type: ignore[misc]
         if not name.startswith(("inject-", "revert-")):
             return
         output = run.get("output") or {}
+        if name.startswith("inject-") and run.get("status") != "succeeded":
+            return  # refused or failed: the action recorded that itself (fault-refused, fault-failed)
         if name.startswith("revert-") and not output.get("reverted"):
             return  # interrupted before acting, or nothing left to revert: not an event
         event = "fault-injected" if name.startswith("inject-") else "fault-reverted"

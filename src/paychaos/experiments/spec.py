@@ -49,6 +49,9 @@ class Load(_Spec):
     duration: Duration
     trace: str | None = None  # replay only: CSV of second,multiplier
     users: int | None = Field(default=None, ge=1)
+    # Share of the app's requests that are payments (default 1/12: ten status checks a payment).
+    # Raise it so a fault window holds enough payments for its checks to judge.
+    payment_share: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _trace_for_replay(self) -> Load:
@@ -69,6 +72,9 @@ class PodKill(_Spec):
     count: int | None = Field(default=None, ge=1)
     percent: int | None = Field(default=None, ge=1, le=100)
     zone: str | None = None
+    # Kill at a moment the replica is serving a request (waiting up to 10 s for one), so the
+    # run always cuts a request in half: what retries, leases and takeovers exist for.
+    in_flight: bool = False
 
     @model_validator(mode="after")
     def _count_or_percent(self) -> PodKill:
@@ -350,6 +356,9 @@ class ExperimentSpec(_Spec):
     expect: list[Check] = []
     after: list[Check] = []
     stop_when: list[StopCondition] = []
+    # What the run must provoke for its checks to mean anything, and how often at least
+    # (names from probes/exercises.yaml): `{retried-payments: 5, takeovers: 1}`. Fewer is inconclusive.
+    exercise: dict[Name, Annotated[int, Field(ge=1)]] = {}
     runbook: Runbook | None = None
     limits: Limits = Limits()
 

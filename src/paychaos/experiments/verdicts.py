@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
-Verdict = Literal["passed", "failed", "error"]
-FinalVerdict = Literal["passed", "failed", "aborted", "error"]
+Verdict = Literal["passed", "failed", "inconclusive", "error"]
+FinalVerdict = Literal["passed", "failed", "inconclusive", "aborted", "error"]
+
+# `paychaos run` exits by verdict; the gate reads a run's verdict back from its exit code.
+EXIT_CODES: dict[str, int] = {"passed": 0, "failed": 1, "aborted": 2, "error": 3, "inconclusive": 4}
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class CheckResult:
     threshold: str
     detail: str = ""
     evidence: dict[str, object] = field(default_factory=dict)
+    # Headroom in the threshold's unit: positive passed with room, negative failed by that much.
+    margin: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -50,6 +55,17 @@ def bounds(spec: _Bounded) -> tuple[float | None, float | None, str]:
     and how to print it."""
     below, above = _number(spec.below), _number(spec.above)
     return below, above, (f"< {below:g}" if below is not None else f"> {above:g}")
+
+
+def margin(observed: float | None, below: float | None = None, above: float | None = None) -> float | None:
+    """How far ``observed`` sits inside its bound (negative: outside), in the bound's unit."""
+    if observed is None:
+        return None
+    if below is not None:
+        return round(below - observed, 4)
+    if above is not None:
+        return round(observed - above, 4)
+    return None
 
 
 def _values(samples: list[Sample], key: str, start: float, end: float) -> list[tuple[float, float]]:
@@ -202,23 +218,35 @@ def final_verdict(
     """One verdict for the run, and why. ``paychaos run`` exits 0 only on ``passed``.
 
     chaostoolkit-lib ends a run whose steady state failed *before* the method as ``completed``
-    (exit 0); we read the journal ourselves so that such a run is ``failed``.
+    (exit 0), and goes on after a fault action that raised; we read the journal ourselves so
+    that the first is ``failed`` and the second ``error``: a fault that never happened tested
+    nothing, whatever the checks said. A check that saw too little to judge makes the run
+    ``inconclusive``, never ``passed`` (Jepsen's ``unknown``); a check that failed still fails it.
     """
+    not_injected = [r for r in results if r.kind == "fault" and r.verdict != "passed"]
+    if not_injected:
+        first = not_injected[0]
+        return "error", f"{first.name} {first.detail}; the stack was not faulted as the spec says, so nothing was tested"
     if stop_reason:
         return "aborted", f"stop condition met: {stop_reason}"
     if errors:
         return "error", errors[0]
     if journal_status == "interrupted":
         return "aborted", "interrupted (Ctrl-C or SIGTERM); every fault was reverted"
-    if steady_state_before_met is False:
-        before = [r for r in results if r.phase == "steadyState.before" and r.verdict != "passed"]
+    before = [r for r in results if r.phase == "steadyState.before" and r.verdict != "passed"]
+    if steady_state_before_met is False and not all(r.verdict == "inconclusive" for r in before):
         reason = "; ".join(f"{r.name}: {r.detail}" for r in before) or "see the journal"
         return "failed", f"steady state did not hold before the faults ({reason})"
-    failed = [r for r in results if r.verdict != "passed"]
-    if failed:
-        first = failed[0]
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        return "failed", f"{first.phase} {first.kind} {first.name}: observed {first.observed}, expected {first.threshold}{more}"
+    for verdict, outcome in (("failed", "failed"), ("error", "error"), ("inconclusive", "inconclusive")):
+        found = [r for r in results if r.verdict == verdict]
+        if found:
+            first = found[0]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            if verdict == "failed":
+                return "failed", f"{first.phase} {first.kind} {first.name}: observed {first.observed}, expected {first.threshold}{more}"
+            return outcome, f"{first.phase} {first.kind} {first.name}: {first.detail}{more}"  # type: ignore[return-value]
+    if steady_state_before_met is False:
+        return "inconclusive", "the steady state could not be judged before the faults"
     if journal_status not in ("completed",):
         return "error", f"chaostoolkit ended the run as {journal_status}"
     return "passed", f"{len(results)} checks passed"

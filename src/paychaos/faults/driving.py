@@ -7,7 +7,7 @@ record alone, so that a process that did not inject the fault (``paychaos halt``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from paychaos.faults.planning import FaultPlan, Observed, PartitionRef
 
@@ -35,8 +35,10 @@ class FaultDriver(Protocol):
         """Snapshot the target, including the leaders of ``partitions`` (see ``planning.partitions_needed``)."""
         ...
 
-    def inject(self, plan: FaultPlan) -> None:
-        """Do what the plan says. Raises ``TargetUnreachable`` or any error; the caller reverts."""
+    def inject(self, plan: FaultPlan) -> dict[str, Any]:
+        """Do what the plan says, then look: the effect it saw (the proof the fault happened).
+        Raises ``InjectionFailed`` when the effect is not there, ``TargetUnreachable`` or any
+        error otherwise; the caller reverts."""
         ...
 
     def revert(self, record: FaultRecord) -> None:

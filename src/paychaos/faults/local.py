@@ -12,6 +12,9 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
 from paychaos.faults.planning import (
@@ -29,6 +32,10 @@ from paychaos.platform.runtime.stacking import current_topology
 from paychaos.platform.runtime.state import ProcessState, StackState, alive, read_state, supervisor_alive
 from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology
+
+
+IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request (podKill inFlight)
+ISR_WAIT = 10.0  # seconds, at most, for the cluster to drop a lost broker from the in-sync replicas
 
 
 class LocalDriver:
@@ -93,34 +100,69 @@ class LocalDriver:
                         leaders=leaders, leader_errors=errors)
 
     # -- injecting ----------------------------------------------------------------------------
-    def inject(self, plan: FaultPlan) -> None:
+    def inject(self, plan: FaultPlan) -> dict[str, Any]:
         if plan.kind == "podKill":
             state = self._state()
             victims = [p for r in plan.replicas if (p := state.process(r.name)) is not None]
+            serving = {}
             for victim in victims:
+                if plan.in_flight:
+                    serving[victim.name] = self._await_in_flight(victim.name)
                 _kill(victim)
             # SIGKILL is asynchronous: return once they are dead, so that a revert right after
             # cannot mistake a dying replica for one that is back.
             self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
                        lambda: f"{', '.join(v.name for v in victims)} still alive after SIGKILL",
                        timeout=self.kill_timeout, error=InjectionFailed)
-        elif plan.kind == "zoneLoss":
+            if not victims:
+                raise InjectionFailed(f"none of {', '.join(r.name for r in plan.replicas)} is known to the supervisor")
+            killed = [{"name": v.name, "pid": v.pid, **({"inFlight": serving[v.name]} if v.name in serving else {})}
+                      for v in victims]
+            return {"killed": killed, "dead": True}
+        if plan.kind == "zoneLoss":
             assert plan.zone is not None
-            self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
-        elif plan.kind == "kafkaBrokerFailure":
+            down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
+            return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
+        if plan.kind == "kafkaBrokerFailure":
             names = {b.name for b in plan.brokers}
-            self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
-        else:
-            assert plan.proxy is not None
-            try:
-                with Toxiproxy(self._topology().toxiproxy_url) as api:
-                    for toxic in plan.toxics:
-                        api.add_toxic(plan.proxy, toxic.name, toxic.type, dict(toxic.attributes), stream=toxic.stream)  # type: ignore[arg-type]
-            except ToxiproxyError as exc:
-                raise TargetUnreachable(str(exc)) from None
+            down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
+            return {"down": down, "held": sorted(names), **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
+        assert plan.proxy is not None
+        try:
+            with Toxiproxy(self._topology().toxiproxy_url) as api:
+                for toxic in plan.toxics:
+                    api.add_toxic(plan.proxy, toxic.name, toxic.type, dict(toxic.attributes), stream=toxic.stream)  # type: ignore[arg-type]
+                present = {t["name"]: t for t in api.toxics(plan.proxy)}
+        except ToxiproxyError as exc:
+            raise TargetUnreachable(str(exc)) from None
+        missing = [t.name for t in plan.toxics if t.name not in present]
+        if missing:
+            raise InjectionFailed(f"Toxiproxy accepted but does not list {', '.join(missing)} on proxy {plan.proxy}")
+        return {"proxy": plan.proxy, "toxics": [present[t.name] for t in plan.toxics]}
 
-    def _hold_and_kill(self, markers: list[Path], targeted: Callable[[ProcessState], bool]) -> None:
-        """Hold first, then kill until the supervisor reports every target down (and so will not restart it)."""
+    def _await_in_flight(self, name: str) -> int:
+        """Poll the replica's own metrics until a worker is serving a request; how many were.
+        The metrics endpoint bypasses the worker pool, so polling it is not itself a request."""
+        replica = next((r for r in self._topology().replicas if r.name == name), None)
+        if replica is None:
+            raise InjectionFailed(f"{name} is not in the topology")
+        url = f"http://{self._topology().host}:{replica.port}/metrics"
+        deadline = time.monotonic() + IN_FLIGHT_WAIT
+        with httpx.Client(timeout=1.0) as http:
+            while time.monotonic() < deadline:
+                try:
+                    busy = _gauge(http.get(url).text, "http_server_workers_busy")
+                except httpx.HTTPError:
+                    busy = 0
+                if busy > 0:
+                    return busy
+                time.sleep(0.01)
+        raise InjectionFailed(f"{name} served no request for {IN_FLIGHT_WAIT:g}s, so killing it would cut nothing "
+                              "in half: is there traffic? (or drop inFlight)")
+
+    def _hold_and_kill(self, markers: list[Path], targeted: Callable[[ProcessState], bool]) -> list[str]:
+        """Hold first, then kill until the supervisor reports every target down (and so will not
+        restart it); the names of the processes now down."""
         self._state()
         for marker in markers:
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -128,14 +170,35 @@ class LocalDriver:
         deadline = time.monotonic() + self.kill_timeout
         while True:
             targets = [p for p in self._state().processes if targeted(p)]
+            if not targets:
+                raise InjectionFailed("the supervisor runs none of the processes this fault targets")
             if all(p.pid is None for p in targets):
-                return
+                return sorted(p.name for p in targets)
             for p in targets:
                 _kill(p)
             if time.monotonic() > deadline:
                 up = ", ".join(p.name for p in targets if p.pid)
                 raise InjectionFailed(f"still running {self.kill_timeout:.0f}s after the kill: {up}")
             time.sleep(self.poll)
+
+    def _isr_without(self, brokers: set[int], duration: float) -> dict[str, Any]:
+        """Evidence that the cluster noticed: wait (a while, within the fault window) until no
+        in-sync replica set names the lost brokers. The controller drops them once their session
+        times out; a broker still listed after that is a finding to record, not a failed kill."""
+        topology = self._topology()
+        topics = list(topology.kafka.topics)
+        waited_until = time.monotonic() + min(ISR_WAIT, duration / 2)
+        started = time.monotonic()
+        while True:
+            try:
+                isr = kafka.isr_members(topology, topics)
+            except kafka.ClusterError as exc:
+                return {"isr": None, "isrError": str(exc)}
+            still = sorted(p for p, members in isr.items() if brokers & set(members))
+            if not still or time.monotonic() >= waited_until:
+                return {"outOfIsrAfter": round(time.monotonic() - started, 2) if not still else None,
+                        "stillInIsr": still, "isr": isr}
+            time.sleep(0.5)
 
     # -- reverting ----------------------------------------------------------------------------
     def revert(self, record: FaultRecord) -> None:
@@ -220,6 +283,12 @@ class LocalDriver:
 
     def _held_marker(self, process: str) -> Path:
         return self.run_dir.held / process
+
+
+def _gauge(exposition: str, name: str) -> int:
+    """The summed value of a gauge in a Prometheus text exposition."""
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                   if line.startswith(name) and not line.startswith("#")))
 
 
 def _kill(process: ProcessState | None) -> None:

@@ -116,6 +116,7 @@ class FaultPlan:
     proxy: str | None = None
     upstream: str | None = None
     toxics: tuple[Toxic, ...] = ()
+    in_flight: bool = False  # podKill: wait for a request in flight on each victim, then kill
 
     @property
     def id(self) -> str:
@@ -125,7 +126,8 @@ class FaultPlan:
         """One line: what is hit."""
         if self.kind == "podKill":
             names = ", ".join(r.name for r in self.replicas)
-            return f"podKill {self.replicas[0].service}: kill {names}"
+            when = " while serving a request" if self.in_flight else ""
+            return f"podKill {self.replicas[0].service}: kill {names}{when}"
         if self.kind == "zoneLoss":
             brokers = "".join(f" and Kafka node {b.id}" for b in self.brokers)
             return f"zoneLoss {self.zone}: hold the zone down, kill {len(self.replicas)} replicas{brokers}"
@@ -167,6 +169,7 @@ class FaultPlan:
             "upstream": self.upstream,
             "toxics": [{"name": t.name, "type": t.type, "attributes": dict(t.attributes), "stream": t.stream}
                        for t in self.toxics],
+            "inFlight": self.in_flight,
         }
 
     @classmethod
@@ -186,6 +189,7 @@ class FaultPlan:
             upstream=data.get("upstream"),
             toxics=tuple(Toxic(t["name"], t["type"], t["attributes"], t.get("stream", "downstream"))
                          for t in data.get("toxics", [])),
+            in_flight=bool(data.get("inFlight", False)),
         )
 
 
@@ -205,7 +209,7 @@ def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, ex
             "at": fault.at.total_seconds(), "duration": fault.for_.total_seconds()}
     action = fault.action
     if isinstance(action, spec.PodKill):
-        return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits))
+        return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits), in_flight=action.in_flight)
     if isinstance(action, spec.ZoneLoss):
         return _zone_loss(action, observed, limits, base)
     if isinstance(action, spec.KafkaBrokerFailure):
@@ -265,6 +269,13 @@ def _zone_loss(action: spec.ZoneLoss, observed: Observed, limits: spec.Limits, b
     for service in observed.services:
         in_zone = sum(1 for r in hit if r.service == service)
         total = len(observed.replicas_of(service))
+        if in_zone == total and total > 0 and limits.max_percent < 100:
+            where = "its only replica runs" if total == 1 else f"all {total} of its replicas run"
+            raise BlastRadiusExceeded(
+                f"zoneLoss {action.zone} would take {service} down entirely: {where} in {action.zone}. "
+                f"{service} has no zone redundancy, so losing {action.zone} is an outage of {service}, "
+                "not a failover to rehearse: spread its replicas across zones (that is the finding), "
+                "or set spec.limits.maxPercent to 100 to rehearse the outage")
         if in_zone * 100 > limits.max_percent * total:
             raise BlastRadiusExceeded(
                 f"zoneLoss {action.zone} would hit {in_zone} of {total} {service} replicas "

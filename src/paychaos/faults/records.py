@@ -82,6 +82,8 @@ class FaultRecord(BaseModel):
     plan: dict[str, Any]
     owner: Owner
     recorded_at: float
+    # What the driver saw once it had injected: the replicas dead, the node held, the toxics present.
+    effect: dict[str, Any] = {}
 
     @property
     def fault_plan(self) -> FaultPlan:
@@ -153,13 +155,14 @@ def inject(run_dir: RunDir, driver: FaultDriver, plan: FaultPlan) -> FaultRecord
                          owner=Owner.me(), recorded_at=time.time())
     write_record(run_dir, record)
     try:
-        driver.inject(plan)
+        record = record.model_copy(update={"effect": driver.inject(plan)})
     except Exception as exc:
         _revert_after_failed_injection(run_dir, driver, record)
         raise InjectionFailed(f"injecting {plan.id} ({plan.headline()}) failed and was reverted: {exc}") from exc
     except BaseException:
         _revert_after_failed_injection(run_dir, driver, record)
         raise
+    write_record(run_dir, record)
     return record
 
 

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from paychaos.experiments import spec
 from paychaos.load import shapes
 from paychaos.load.answers import Answer, backoff, judge, parse_retry_after
+from paychaos.load.mix import app_cycle
 
 CONFIG_ENV = "PAYCHAOS_LOAD_CONFIG"
 PART_ENV = "PAYCHAOS_LOAD_PART"
@@ -45,7 +46,8 @@ def _config() -> dict[str, Any]:
 CONFIG = _config()
 PART = os.environ.get(PART_ENV, "main")
 OUT_DIR = Path(CONFIG["out_dir"]) if CONFIG else None
-SHAPE = shapes.shape_for(spec.Load.model_validate(CONFIG["load"])) if CONFIG else None
+LOAD = spec.Load.model_validate(CONFIG["load"]) if CONFIG else None
+SHAPE = shapes.shape_for(LOAD) if LOAD else None
 
 
 def acknowledged_name(part: str) -> str:
@@ -86,7 +88,7 @@ class CampaignUser(FastHttpUser):
     network_timeout = 5.0
     connection_timeout = 2.0
     pace = SHAPE.pace if SHAPE else shapes.DEFAULT_PACE
-    cycle: tuple[str, ...] = ("status",) * 10 + ("pay", "wallet")
+    cycle: tuple[str, ...] = app_cycle(LOAD.payment_share if LOAD else None)
     app_users = int(CONFIG.get("app_users", 2000))
     merchants = int(CONFIG.get("merchants", 50))
     max_attempts = 6

@@ -29,9 +29,13 @@ class Prometheus:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+    def vector(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """The query's instant vector now, or at the Unix time ``at``."""
+        params: dict[str, str] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
-            r = self._http.get(f"{self.url}/api/v1/query", params={"query": promql})
+            r = self._http.get(f"{self.url}/api/v1/query", params=params)
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(f"Prometheus at {self.url} is unreachable: {exc}") from None
         if r.status_code != 200:
@@ -41,7 +45,7 @@ class Prometheus:
             return [({}, float(data["result"][1]))]
         return [(s["metric"], float(s["value"][1])) for s in data["result"]]
 
-    def scalar(self, promql: str) -> float | None:
+    def scalar(self, promql: str, at: float | None = None) -> float | None:
         """The single value of a query, or None when there is no data (or it is NaN)."""
-        values = [v for _, v in self.vector(promql) if not math.isnan(v)]
+        values = [v for _, v in self.vector(promql, at) if not math.isnan(v)]
         return values[0] if values else None

@@ -44,4 +44,4 @@ def expectation(observed: object, threshold: str) -> str:
     return f"observed {number(observed)}, expected {threshold}"
 
 
-VERDICT_MARKS = {"passed": "✅", "failed": "❌", "aborted": "⛔", "error": "⚠️"}
+VERDICT_MARKS = {"passed": "✅", "failed": "❌", "inconclusive": "❔", "aborted": "⛔", "error": "⚠️"}

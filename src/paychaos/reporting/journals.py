@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import first_in
 
-Result = Literal["passed", "failed", "aborted", "error"]
+Result = Literal["passed", "failed", "inconclusive", "aborted", "error"]
 
 # What every renderer takes: (experiment name, its journal dict, or None when the run left none).
 Journals = Sequence[tuple[str, Mapping[str, Any] | None]]
@@ -52,11 +52,12 @@ class CheckRecord(_Record):
     phase: str  # steadyState.before | expect | after | steadyState.after
     kind: str
     name: str
-    verdict: Literal["passed", "failed", "error"]
+    verdict: Literal["passed", "failed", "inconclusive", "error"]
     observed: int | float | str | None = None
     threshold: str = ""
     detail: str = ""
     evidence: dict[str, Any] = {}
+    margin: float | None = None  # headroom in the threshold's unit; negative when it failed
 
     @property
     def label(self) -> str:

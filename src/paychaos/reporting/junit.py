@@ -45,7 +45,7 @@ def _verdict_case(run: Run) -> TestCase:
     result = run.verdict.result
     if result == "failed":
         case.result = [Failure(run.verdict.reason, "failed")]
-    elif result in ("error", "aborted"):
+    elif result in ("error", "aborted", "inconclusive"):
         case.result = [Error(run.verdict.reason, result)]
     else:
         case.system_out = run.verdict.reason
@@ -60,7 +60,8 @@ def _check_case(run: Run, check: CheckRecord) -> TestCase:
             case.system_out = text
         return case
     outcome = Failure if check.verdict == "failed" else Error
-    result = outcome(formatting.expectation(check.observed, check.threshold), check.kind)
+    message = f"inconclusive: {check.detail}" if check.verdict == "inconclusive" else formatting.expectation(check.observed, check.threshold)
+    result = outcome(message, check.kind)
     result.text = text
     case.result = [result]
     return case

@@ -51,7 +51,7 @@ def text_summary(journals: Journals, suite: str) -> str:
     for run in runs:
         mark = "✓" if run.passed else "✗"
         times = f"detect {formatting.seconds(run.times.time_to_detect):>7}  recover {formatting.seconds(run.times.recovery_time):>7}"
-        lines.append(f"  {mark} {run.name:<{width}}  {run.verdict.result:<7}  {times}  checks {checks_passed(run)}")
+        lines.append(f"  {mark} {run.name:<{width}}  {run.verdict.result:<12}  {times}  checks {checks_passed(run)}")
         if not run.passed:
             lines.append(f"      {run.verdict.reason}")
         for check in run.failed_checks:

@@ -262,3 +262,16 @@ def partition_leader(topology: Topology, topic: str, partition: int) -> int:
     if part.leader < 0:
         raise ClusterError(f"Kafka partition {topic}-{partition} has no leader right now")
     return int(part.leader)
+
+
+def isr_members(topology: Topology, topics: list[str]) -> dict[str, list[int]]:
+    """Each partition (``topic-n``) of ``topics`` and the node ids in its in-sync replica set."""
+    try:
+        metadata = _admin(topology).list_topics(timeout=10)
+    except KafkaException as exc:
+        raise ClusterError(f"cannot read Kafka metadata from {topology.bootstrap_servers}: {exc.args[0].str()}") from exc
+    return {
+        f"{topic}-{n}": sorted(int(i) for i in part.isrs)
+        for topic in topics if (meta := metadata.topics.get(topic)) is not None and meta.error is None
+        for n, part in sorted(meta.partitions.items())
+    }

@@ -131,6 +131,17 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     payments_total = Counter(
         "payments", "Payment sagas by method and outcome", ["service", "zone", "method", "outcome"], registry=ctx.registry
     )
+    # What the idempotency and lease machinery did: experiments count these to show that a run
+    # really walked the retry and takeover paths its money invariants guard.
+    takeovers = Counter(
+        "payment_takeovers", "Payments taken over from a dead (lease expired) or aborted owner",
+        ["service", "zone", "reason"], registry=ctx.registry,
+    )
+    for reason in ("abandoned", "aborted"):  # present from the start: increase() misses a series' first value
+        takeovers.labels(reason=reason, **labels)
+    replays = Counter(
+        "payment_idempotent_replays", "Retried keys answered with the stored response", ["service", "zone"], registry=ctx.registry
+    ).labels(**labels)
     # Latency per payment method as this service served them: where the breaker's fail-fast is
     # judged (a refused card call must not wait). What users saw, refusals of a full worker pool
     # included, is measured at the gateway (gateway_payment_requests_seconds).
@@ -160,7 +171,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             )
             return await cur.fetchone()
 
-    async def take_over(payment_id: str, owner: str) -> dict[str, Any] | None:
+    async def take_over(payment_id: str, owner: str, reason: str) -> dict[str, Any] | None:
         async with pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -170,7 +181,10 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 f" RETURNING {_COLUMNS}",  # type: ignore[arg-type]
                 [owner, LEASE_SECONDS, payment_id],
             )
-            return await cur.fetchone()
+            row = await cur.fetchone()
+        if row is not None:
+            takeovers.labels(reason=reason, **labels).inc()
+        return row
 
     async def finish(p: PaymentFacts, key: str, owner: str, ending: Ending) -> tuple[int, str]:
         completed_at = datetime.now(UTC) if ending.status == "completed" else None
@@ -257,9 +271,10 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             if decision is Claim.REUSED:
                 return problem(409, "IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was used for a different payment.")
             if decision is Claim.REPLAY:
+                replays.inc()
                 return stored_response(row)
             if decision is Claim.TAKE_OVER:
-                mine = await take_over(row["id"], owner)
+                mine = await take_over(row["id"], owner, "aborted" if row["status"] == "aborted" else "abandoned")
                 answer = await run_owned(mine, key, owner) if mine is not None else None
                 if answer is not None:
                     return answer
@@ -296,7 +311,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                     abandoned = await cur.fetchall()
                 for payment_id, key in abandoned:
                     owner = f"{ctx.replica.name}:recovery:{uuid.uuid4().hex[:8]}"
-                    mine = await take_over(payment_id, owner)
+                    mine = await take_over(payment_id, owner, "abandoned")
                     if mine is not None:
                         await run_owned(mine, key, owner)
             except (PoolTimeout, OperationalError):
