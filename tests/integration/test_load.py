@@ -14,15 +14,17 @@ import pytest
 
 from paychaos.experiments.spec import Load
 from paychaos.load.running import LoadRunner, read_records
+from paychaos.probes.invariants import check_invariants, engine_for
 
-from .conftest import Stack
+from .conftest import CATALOGUE, Stack
 
 pytestmark = pytest.mark.integration
 
 
-def run(stack: Stack, out: Path, seconds: int, rps: int, workers: int = 0, during: Any = None) -> tuple[LoadRunner, dict[str, Any]]:
+def run(stack: Stack, out: Path, seconds: int, rps: int, workers: int = 0, during: Any = None,
+        **load: Any) -> tuple[LoadRunner, dict[str, Any]]:
     seed = stack.topology.seed
-    runner = LoadRunner(stack.edge, Load(profile="steady", baseline_rps=rps, duration=f"{seconds}s"), out,
+    runner = LoadRunner(stack.edge, Load(profile="steady", baseline_rps=rps, duration=f"{seconds}s", **load), out,
                         workers=workers, app_users=seed.users, merchants=seed.merchants)
     runner.start()
     if during is not None:
@@ -31,8 +33,13 @@ def run(stack: Stack, out: Path, seconds: int, rps: int, workers: int = 0, durin
 
 
 def assert_every_acknowledged_payment_is_in_the_ledger_once(stack: Stack, records: list[dict[str, Any]]) -> None:
-    keys = Counter(r["key"] for r in records)
+    # Both taps of a double tap may be answered: the same payment, told twice.
+    keys = Counter(r["key"] for r in records if not r.get("doubleTap"))
     assert not [k for k, n in keys.items() if n > 1], "a payment was acknowledged twice"
+    taps: dict[str, set[str]] = {}
+    for r in records:
+        taps.setdefault(r["key"], set()).add(r["payment_id"])
+    assert all(len(ids) == 1 for ids in taps.values()), "one key was answered with two payments"
     completed = [r["payment_id"] for r in records if r["status"] == "completed"]
     assert completed, "no payment completed during the run"
     settled = dict(stack.sql(
@@ -65,6 +72,23 @@ def test_a_steady_run_writes_per_second_stats_and_an_acknowledged_record(stack: 
     assert by_name["GET /v1/campaign/status"]["count"] > 4 * by_name["POST /v1/payments"]["count"]
     assert {"key", "payment_id", "user", "amount", "method", "status", "at"} <= set(records[0])
     assert_every_acknowledged_payment_is_in_the_ledger_once(stack, records)
+
+
+def test_double_taps_send_one_key_twice_at_once_and_are_charged_once(stack: Stack, tmp_path: Path) -> None:
+    runner, summary = run(stack, tmp_path, seconds=10, rps=20, payment_share=0.5, double_tap_share=1.0)
+    records = read_records(runner.acknowledged_path)
+    tapped = [r for r in records if r["doubleTap"]]
+    assert tapped and len(tapped) == len(records), "every payment of this run is double-tapped"
+    assert summary["by_name"]["POST /v1/payments (double tap)"]["count"] > 0
+    assert_every_acknowledged_payment_is_in_the_ledger_once(stack, records)
+    engine = engine_for(stack.topology.postgres_dsn)
+    try:
+        acknowledged = {(r["key"], r["payment_id"], r["user"], r["amount"]) for r in records if r["status"] == "completed"}
+        (charged,) = check_invariants(engine, {"acknowledged-charged-once": CATALOGUE.invariant("acknowledged-charged-once")},
+                                      sorted(acknowledged))
+    finally:
+        engine.dispose()
+    assert charged.holds, charged
 
 
 def test_acknowledged_payments_survive_a_payment_replica_killed_mid_run(stack: Stack, tmp_path: Path) -> None:

@@ -61,6 +61,9 @@ PLANTED: dict[str, tuple[list[str], list[str]]] = {
         [],
     ),
     "acknowledged-payments-durable": ([], [":ghost"]),
+    # The platform lost the client's key (stored another, as a retry under a fresh key would):
+    # no-double-charge, grouping by the stored key, sees nothing wrong.
+    "acknowledged-charged-once": (["UPDATE payment.payments SET idempotency_key = 'planted-other-key' WHERE id = :paid"], []),
     "acknowledged-events-consumed": (
         [
             "DELETE FROM campaign.processed_events WHERE payment_id = :paid",

@@ -131,6 +131,15 @@ def test_zone_loss_of_one_of_two_zones_exceeds_the_percent_limit() -> None:
         plan(fault(zoneLoss={"zone": "az-a"}), observed(zones=("az-a", "az-b")))
 
 
+def test_zone_loss_that_would_take_a_whole_service_says_it_has_no_zone_redundancy() -> None:
+    # Only one zone left: every replica of every service lives in it. The refusal is the finding.
+    with pytest.raises(BlastRadiusExceeded, match=r"take acquirer down entirely: its only replica runs in az-a\. "
+                                                  r"acquirer has no zone redundancy"):
+        plan(fault(zoneLoss={"zone": "az-a"}), observed(zones=("az-a",)))
+    # Rehearsing the outage on purpose is allowed.
+    assert plan(fault(zoneLoss={"zone": "az-a"}), observed(zones=("az-a",)), Limits(max_percent=100)).zone == "az-a"
+
+
 # -- zoneLoss, kafkaBrokerFailure, slowDownstream ---------------------------------------------
 
 
@@ -192,6 +201,7 @@ def test_unknown_names_are_refused_naming_what_exists(kind: dict[str, Any], mess
     "kind",
     [
         {"podKill": {"service": "payment"}},
+        {"podKill": {"service": "payment", "inFlight": True}},
         {"zoneLoss": {"zone": "az-c"}},
         {"kafkaBrokerFailure": {"leaderOf": {"topic": "payments", "partition": 0}}},
         {"slowDownstream": {"proxy": "acquirer", "latency": "300ms"}},

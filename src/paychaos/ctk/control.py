@@ -100,7 +100,8 @@ def after_experiment_control(context: dict[str, Any], state: Any = None, **_: An
     ctx = _ctx()
     if ctx is None:
         return
-    stop_load()
+    # An interrupted run (a stop condition, a fault that did not happen, Ctrl-C) stops its load now.
+    stop_load(wait=not (isinstance(state, dict) and state.get("status") == "interrupted"))
     if ctx.sampler is not None:
         ctx.sampler.stop()
         ctx.sampler.prometheus.close()
@@ -115,15 +116,16 @@ def after_experiment_control(context: dict[str, Any], state: Any = None, **_: An
     ctx.record("experiment-ended")
 
 
-def stop_load() -> dict[str, Any]:
-    """An action: stop the load (idempotent) so its acknowledged record is complete."""
+def stop_load(wait: bool = True) -> dict[str, Any]:
+    """An action: stop the load (idempotent) so its acknowledged record is complete; ``wait``
+    first lets it run its whole duration."""
     ctx = _ctx()
     if ctx is None or ctx.load is None or getattr(ctx, "_load_stopped", False):
         return {"stopped": False}
     # The load runs its whole duration: the final steady state is judged on its tail.
     started = next((e.wall for e in ctx.timeline if e.event == "load-started"), time.time())
     ends = started + ctx.experiment.spec.load.duration.total_seconds()  # type: ignore[union-attr]
-    while time.time() < ends and ctx.stop_reason is None:
+    while wait and time.time() < ends and ctx.stop_reason is None:
         time.sleep(0.2)
     ctx.load.stop()
     ctx._load_stopped = True  # type: ignore[attr-defined]

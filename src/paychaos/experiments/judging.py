@@ -24,7 +24,7 @@ from paychaos.experiments.verdicts import (
     weighted_ratio,
 )
 from paychaos.probes.catalogue import CatalogueError, Slo
-from paychaos.probes.invariants import LedgerUnavailable, check_invariants, engine_for, ledger_dsn
+from paychaos.probes.invariants import Acknowledged, LedgerUnavailable, check_invariants, engine_for, ledger_dsn
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 STEADY_WINDOW = "30s"
@@ -305,18 +305,23 @@ def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: s
     return [result]
 
 
-def _acknowledged(ctx: RunContext) -> list[tuple[str, str]]:
+def _client_records(ctx: RunContext) -> list[dict[str, object]]:
+    """The load's record of what the app was told is final, one dict per answer."""
     path = getattr(ctx.load, "acknowledged_path", None)
     if path is None or not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _acknowledged(ctx: RunContext) -> list[Acknowledged]:
+    """Completed payments as the invariants join them; both taps of a double tap answered with
+    the same payment are one row (two payments for one key are two rows, and a violation)."""
+    rows: dict[tuple[str, str], Acknowledged] = {}
+    for record in _client_records(ctx):
         if record.get("status") == "completed" and record.get("payment_id"):
-            rows.append((str(record.get("key", "")), str(record["payment_id"])))
-    return rows
+            key, payment = str(record.get("key", "")), str(record["payment_id"])
+            rows[(key, payment)] = (key, payment, str(record.get("user", "")), int(record.get("amount", 0)))  # type: ignore[call-overload]
+    return list(rows.values())
 
 
 def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list[CheckResult]:
@@ -351,11 +356,9 @@ def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list
 
 
 def _client_count(ctx: RunContext, what: str) -> int:
-    """Counted from the load's acknowledged record: payments the app retried with the same key."""
-    path = getattr(ctx.load, "acknowledged_path", None)
-    if path is None or not path.exists():
-        return 0
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Counted from the load's record: payments the app retried with the same key, or
+    double-tapped (sent twice at once with the same key; both taps count once)."""
+    records = _client_records(ctx)
     if what == "retried-payments":
-        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)
-    return sum(1 for r in records if r.get("doubleTap"))
+        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)  # type: ignore[call-overload]
+    return len({r.get("key") for r in records if r.get("doubleTap")})

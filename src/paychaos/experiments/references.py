@@ -92,8 +92,12 @@ def _topology_problems(fault: Any, topology: Topology) -> list[Reference]:
         out.append((("zone",), _one_of("zone", fault.zone_loss.zone, topology.zones)))
     if fault.slow_downstream is not None and fault.slow_downstream.proxy not in topology.proxies:
         out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, topology.proxies)))
+    if fault.event_redelivery is not None and fault.event_redelivery.topic not in topology.kafka.topics:
+        out.append((("topic",), _one_of("topic", fault.event_redelivery.topic, topology.kafka.topics)))
     if fault.kafka_broker_failure is not None:
         kafka = fault.kafka_broker_failure
+        if kafka.count > len(topology.kafka_nodes):
+            out.append((("count",), f"the cluster has {len(topology.kafka_nodes)} brokers, got count {kafka.count}"))
         if kafka.broker is not None and kafka.broker not in topology.kafka_nodes:
             out.append((("broker",), _one_of("Kafka broker", kafka.broker, topology.kafka_nodes)))
         if kafka.leader_of is not None:

@@ -52,6 +52,9 @@ class Load(_Spec):
     # Share of the app's requests that are payments (default 1/12: ten status checks a payment).
     # Raise it so a fault window holds enough payments for its checks to judge.
     payment_share: float | None = Field(default=None, gt=0, le=1)
+    # Share of payments the user double-taps: the same request, same key, sent twice at once.
+    # What idempotency under concurrency is for; counted by the `double-taps` exercise.
+    double_tap_share: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _trace_for_replay(self) -> Load:
@@ -95,10 +98,12 @@ class LeaderOf(_Spec):
 
 
 class KafkaBrokerFailure(_Spec):
-    """One Kafka node down for the window: by id, or whichever node leads a topic-partition."""
+    """Kafka nodes down for the window: by id, or whichever node leads a topic-partition, and with
+    ``count`` that many (the named one first, then the others by id): two of three is a majority."""
 
     broker: int | None = Field(default=None, ge=1)
     leader_of: LeaderOf | None = None
+    count: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> KafkaBrokerFailure:
@@ -124,9 +129,17 @@ class SlowDownstream(_Spec):
         return self
 
 
-FaultKind = Literal["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream")
-_FAULT_KEYS = ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream")
+class EventRedelivery(_Spec):
+    """The last ``last`` events of every partition of ``topic`` delivered again, as a producer
+    that retried after a lost acknowledgement leaves them: consumers must recognise each one."""
+
+    topic: str = "payments"
+    last: int = Field(default=20, ge=1, le=10_000)
+
+
+FaultKind = Literal["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery")
+_FAULT_KEYS = ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream", "event_redelivery")
 
 
 class Fault(_Spec):
@@ -138,6 +151,7 @@ class Fault(_Spec):
     zone_loss: ZoneLoss | None = None
     kafka_broker_failure: KafkaBrokerFailure | None = None
     slow_downstream: SlowDownstream | None = None
+    event_redelivery: EventRedelivery | None = None
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Fault:
@@ -162,8 +176,8 @@ class Fault(_Spec):
         raise AssertionError("validated to have one kind")
 
     @property
-    def action(self) -> PodKill | ZoneLoss | KafkaBrokerFailure | SlowDownstream:
-        value = self.pod_kill or self.zone_loss or self.kafka_broker_failure or self.slow_downstream
+    def action(self) -> PodKill | ZoneLoss | KafkaBrokerFailure | SlowDownstream | EventRedelivery:
+        value = self.pod_kill or self.zone_loss or self.kafka_broker_failure or self.slow_downstream or self.event_redelivery
         assert value is not None
         return value
 

@@ -123,6 +123,15 @@ class LocalDriver:
             assert plan.zone is not None
             down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
             return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
+        if plan.kind == "eventRedelivery":
+            assert plan.topic is not None
+            try:
+                again = kafka.redeliver(self._topology(), plan.topic, plan.last)
+            except kafka.ClusterError as exc:
+                raise InjectionFailed(str(exc)) from None
+            if not any(again.values()):
+                raise InjectionFailed(f"{plan.topic} holds no record to deliver again: is there traffic?")
+            return {"topic": plan.topic, "redelivered": again, "total": sum(again.values())}
         if plan.kind == "kafkaBrokerFailure":
             names = {b.name for b in plan.brokers}
             down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
@@ -216,6 +225,8 @@ class LocalDriver:
         elif plan.kind == "kafkaBrokerFailure":
             for broker in plan.brokers:
                 self._held_marker(broker.name).unlink(missing_ok=True)
+        elif plan.kind == "eventRedelivery":
+            pass  # a record delivered twice stays delivered twice: what must hold is the consumers' dedupe
         else:
             assert plan.proxy is not None
             try:
@@ -245,7 +256,7 @@ class LocalDriver:
                 return True
             state = self._state()
             return all((p := state.process(b.name)) is not None and p.ready for b in plan.brokers)
-        if not running:
+        if not running or plan.kind == "eventRedelivery":
             return True
         assert plan.proxy is not None
         try:

@@ -117,6 +117,8 @@ class FaultPlan:
     upstream: str | None = None
     toxics: tuple[Toxic, ...] = ()
     in_flight: bool = False  # podKill: wait for a request in flight on each victim, then kill
+    topic: str | None = None  # eventRedelivery
+    last: int = 0  # eventRedelivery: records of each partition delivered again
 
     @property
     def id(self) -> str:
@@ -134,7 +136,10 @@ class FaultPlan:
         if self.kind == "kafkaBrokerFailure":
             b = self.brokers[0]
             why = f" (leader of {self.leader_of[0]}-{self.leader_of[1]})" if self.leader_of else ""
-            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone} down{why}"
+            more = "".join(f" and {o.id} in {o.zone}" for o in self.brokers[1:])
+            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down"
+        if self.kind == "eventRedelivery":
+            return f"eventRedelivery: the last {self.last} events of every {self.topic} partition delivered again"
         toxics = ", ".join(_toxic_text(t) for t in self.toxics)
         return f"slowDownstream on proxy {self.proxy}: {toxics}"
 
@@ -150,6 +155,8 @@ class FaultPlan:
             lines.append(f"  broker    {b.id} ({b.name})  zone {b.zone}  pid {_pid(b.pid)}{lead}")
         if self.proxy is not None:
             lines.append(f"  proxy     {self.proxy} (in front of {self.upstream})")
+        if self.topic is not None:
+            lines.append(f"  topic     {self.topic}: the last {self.last} records of each partition, produced again")
         for t in self.toxics:
             lines.append(f"  toxic     {t.name}: {_toxic_text(t)}")
         return "\n".join(lines)
@@ -170,6 +177,8 @@ class FaultPlan:
             "toxics": [{"name": t.name, "type": t.type, "attributes": dict(t.attributes), "stream": t.stream}
                        for t in self.toxics],
             "inFlight": self.in_flight,
+            "topic": self.topic,
+            "last": self.last,
         }
 
     @classmethod
@@ -190,6 +199,8 @@ class FaultPlan:
             toxics=tuple(Toxic(t["name"], t["type"], t["attributes"], t.get("stream", "downstream"))
                          for t in data.get("toxics", [])),
             in_flight=bool(data.get("inFlight", False)),
+            topic=data.get("topic"),
+            last=int(data.get("last", 0)),
         )
 
 
@@ -214,6 +225,8 @@ def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, ex
         return _zone_loss(action, observed, limits, base)
     if isinstance(action, spec.KafkaBrokerFailure):
         return _broker_failure(action, observed, base)
+    if isinstance(action, spec.EventRedelivery):
+        return FaultPlan(**base, topic=action.topic, last=action.last)
     return _slow_downstream(action, observed, base)
 
 
@@ -296,11 +309,15 @@ def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, base: d
         if leader_of not in observed.leaders:
             raise PlanError(f"kafkaBrokerFailure: the leader of {leader_of[0]}-{leader_of[1]} was not observed")
         broker_id = observed.leaders[leader_of]
-    broker = next((b for b in observed.brokers if b.id == broker_id), None)
+    by_id = sorted(observed.brokers, key=lambda b: b.id)
+    broker = next((b for b in by_id if b.id == broker_id), None)
     if broker is None:
-        known = ", ".join(str(b.id) for b in sorted(observed.brokers, key=lambda b: b.id)) or "none"
+        known = ", ".join(str(b.id) for b in by_id) or "none"
         raise PlanError(f"kafkaBrokerFailure: no Kafka broker {broker_id}; brokers: {known}")
-    return FaultPlan(**base, brokers=(broker,), zone=None, leader_of=leader_of)
+    if action.count > len(by_id):
+        raise PlanError(f"kafkaBrokerFailure: count {action.count}, but the cluster has {len(by_id)} brokers")
+    others = [b for b in by_id if b.id != broker.id][: action.count - 1]
+    return FaultPlan(**base, brokers=(broker, *others), zone=None, leader_of=leader_of)
 
 
 def _slow_downstream(action: spec.SlowDownstream, observed: Observed, base: dict[str, Any]) -> FaultPlan:

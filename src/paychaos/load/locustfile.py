@@ -155,25 +155,40 @@ class CampaignUser(FastHttpUser):
             "amount": self.rng.randint(100, 3000),
             "method": "card" if self.rng.random() < 0.3 else "balance",
         }
+        headers = {"Idempotency-Key": key}
+        double_tap = LOAD is not None and self.rng.random() < LOAD.double_tap_share
+        # The second tap goes out at the same moment as the first, with the same key; it is
+        # answered on its own (a replay, or "in progress"), and recorded when final.
+        twin = gevent.spawn(self.call, "POST", "/v1/payments", "POST /v1/payments (double tap)", headers, body) if double_tap else None
         for attempt in range(1, self.max_attempts + 1):
-            answer = self.call("POST", "/v1/payments", "POST /v1/payments", {"Idempotency-Key": key}, body)
+            answer = self.call("POST", "/v1/payments", "POST /v1/payments", headers, body)
             verdict = judge(answer)
+            if twin is not None:
+                twin.join()
+                if judge(twin.value) in ("completed", "declined"):
+                    self.acknowledge(key, body, twin.value, judge(twin.value), 1, double_tap)
+                twin = None
             if verdict in ("completed", "declined"):
-                ACKS.write({
-                    "key": key,
-                    "payment_id": (answer.body or {}).get("payment_id") or answer.error.get("payment_id"),
-                    "user": self.user_id,
-                    "amount": body["amount"],
-                    "method": body["method"],
-                    "status": verdict,
-                    "code": answer.error.get("code"),
-                    "attempts": attempt,
-                    "at": time.time(),
-                })
+                self.acknowledge(key, body, answer, verdict, attempt, double_tap)
                 return
             if verdict == "final" or attempt == self.max_attempts:
                 return  # the app shows "try again later": nothing was promised
             gevent.sleep(backoff(attempt, answer.retry_after, self.rng))
+
+
+    def acknowledge(self, key: str, body: dict[str, Any], answer: Answer, verdict: str, attempts: int, double_tap: bool) -> None:
+        ACKS.write({
+            "key": key,
+            "payment_id": (answer.body or {}).get("payment_id") or answer.error.get("payment_id"),
+            "user": self.user_id,
+            "amount": body["amount"],
+            "method": body["method"],
+            "status": verdict,
+            "code": answer.error.get("code"),
+            "attempts": attempts,
+            "doubleTap": double_tap,
+            "at": time.time(),
+        })
 
 
 class CampaignShape(LoadTestShape):

@@ -61,10 +61,15 @@ def engine_for(dsn: str) -> Engine:
         raise LedgerUnavailable(f"ledger DSN {shown(dsn)}: {exc}") from None
 
 
+# What the app was told is final, from the load's record: (client's idempotency key, payment id,
+# and optionally the user and the amount in yen it asked for).
+Acknowledged = tuple[str, str] | tuple[str, str, str, int]
+
+
 def check_invariants(
     engine: Engine,
     queries: dict[str, str],
-    acknowledged: Iterable[tuple[str, str]] = (),
+    acknowledged: Iterable[Acknowledged] = (),
 ) -> list[InvariantResult]:
     """Run each invariant in one read transaction; ``acknowledged`` fills the temp table some need."""
     try:
@@ -81,14 +86,16 @@ def check_invariants(
 def run_invariants(
     conn: Connection,
     queries: dict[str, str],
-    acknowledged: Iterable[tuple[str, str]] = (),
+    acknowledged: Iterable[Acknowledged] = (),
 ) -> list[InvariantResult]:
     """The same, inside the caller's transaction (which also sees what it has written)."""
-    conn.execute(text("CREATE TEMPORARY TABLE IF NOT EXISTS acknowledged (idempotency_key text, payment_id text)"))
+    conn.execute(text("CREATE TEMPORARY TABLE IF NOT EXISTS acknowledged"
+                      " (idempotency_key text, payment_id text, user_id text, amount bigint)"))
     conn.execute(text("DELETE FROM acknowledged"))
-    rows = [{"k": k, "p": p} for k, p in acknowledged]
+    rows = [{"k": a[0], "p": a[1], "u": a[2] if len(a) > 2 else None, "a": a[3] if len(a) > 3 else None}
+            for a in acknowledged]
     if rows:
-        conn.execute(text("INSERT INTO acknowledged VALUES (:k, :p)"), rows)
+        conn.execute(text("INSERT INTO acknowledged VALUES (:k, :p, :u, :a)"), rows)
     results = []
     for name, sql in queries.items():
         found = [dict(r._mapping) for r in conn.execute(text(sql))]

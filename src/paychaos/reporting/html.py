@@ -33,6 +33,7 @@ class _CheckView:
     verdict: str
     observed: str
     threshold: str
+    margin: str  # headroom inside the threshold; negative when it failed
     detail: str
     evidence: str
 
@@ -107,6 +108,7 @@ def _check(check: CheckRecord) -> _CheckView:
         verdict=check.verdict,
         observed=formatting.number(check.observed),
         threshold=check.threshold,
+        margin=formatting.number(check.margin),
         detail=check.detail,
         evidence=formatting.evidence(check.evidence),
     )

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from paychaos.platform.runtime.installing import Tools
@@ -275,3 +275,44 @@ def isr_members(topology: Topology, topics: list[str]) -> dict[str, list[int]]:
         for topic in topics if (meta := metadata.topics.get(topic)) is not None and meta.error is None
         for n, part in sorted(meta.partitions.items())
     }
+
+
+def redeliver(topology: Topology, topic: str, last: int, timeout: float = 20.0) -> dict[str, int]:
+    """Deliver the last ``last`` records of every partition of ``topic`` again: read them back
+    (outside any consumer group) and produce them unchanged, key, value and headers, as a
+    producer that retried after a lost acknowledgement does. Consumers see each event twice.
+    Returns how many records each partition (``topic-n``) got again."""
+    metadata = _admin(topology).list_topics(topic, timeout=10)
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise ClusterError(f"Kafka topic {topic!r} does not exist")
+    reader = Consumer({"bootstrap.servers": topology.bootstrap_servers, "group.id": f"paychaos-redeliver-{uuid.uuid4().hex[:8]}",
+                       "enable.auto.commit": False, "log_level": 2})
+    writer = Producer({"bootstrap.servers": topology.bootstrap_servers, "acks": "all", "enable.idempotence": True, "log_level": 2})
+    counts: dict[str, int] = {}
+    try:
+        wanted: list[TopicPartition] = []
+        ends: dict[int, int] = {}
+        for partition in sorted(meta.partitions):
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            if high > low:
+                wanted.append(TopicPartition(topic, partition, max(low, high - last)))
+                ends[partition] = high
+            counts[f"{topic}-{partition}"] = 0
+        reader.assign(wanted)
+        deadline = time.monotonic() + timeout
+        while any(reader.position([TopicPartition(topic, p)])[0].offset < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"reading back the last {last} records of {topic} took over {timeout:g}s")
+            message = reader.poll(0.5)
+            if message is None or message.error() is not None or message.offset() >= ends[message.partition()]:
+                continue
+            writer.produce(topic, message.value(), message.key(), partition=message.partition(), headers=message.headers())
+            counts[f"{topic}-{message.partition()}"] += 1
+        if writer.flush(timeout) > 0:
+            raise ClusterError(f"Kafka did not acknowledge every redelivered record of {topic} within {timeout:g}s")
+    except KafkaException as exc:
+        raise ClusterError(f"cannot redeliver {topic} through {topology.bootstrap_servers}: {exc.args[0].str()}") from exc
+    finally:
+        reader.close()
+    return counts
