@@ -140,7 +140,22 @@ def test_zone_loss_that_would_take_a_whole_service_says_it_has_no_zone_redundanc
     assert plan(fault(zoneLoss={"zone": "az-a"}), observed(zones=("az-a",)), Limits(max_percent=100)).zone == "az-a"
 
 
-# -- zoneLoss, kafkaBrokerFailure, slowDownstream ---------------------------------------------
+# -- zoneLoss, kafkaBrokerFailure, slowDownstream, eventRedelivery -----------------------------
+
+
+def test_broker_failure_with_a_count_takes_the_named_broker_then_the_others_by_id() -> None:
+    p = plan(fault(kafkaBrokerFailure={"broker": 2, "count": 2}))
+    assert [b.id for b in p.brokers] == [2, 1]
+    assert "hold Kafka node 2 in az-b and 1 in az-a down" in p.headline()
+    with pytest.raises(PlanError, match="count 4, but the cluster has 3 brokers"):
+        plan(fault(kafkaBrokerFailure={"broker": 1, "count": 4}))
+
+
+def test_event_redelivery_names_the_topic_and_how_far_back() -> None:
+    p = plan(fault(eventRedelivery={"topic": "payments", "last": 30}))
+    assert (p.topic, p.last) == ("payments", 30)
+    assert FaultPlan.from_dict(p.to_dict()) == p
+    assert "the last 30 events of every payments partition delivered again" in p.headline()
 
 
 def test_zone_loss_hits_every_replica_and_the_kafka_node_of_the_zone() -> None:

@@ -62,7 +62,8 @@ def test_an_experiment_with_its_journal(tmp_path: Path, journal_args: list[Path 
     result = invoke("runbook", EXPERIMENTS, *journal_args, "-o", tmp_path)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "acquirer-slowdown.md", "index.md", "kafka-broker-failure.md", "pod-kill-payment.md", "zone-loss-az-a.md"
+        "acquirer-brownout.md", "acquirer-hang.md", "acquirer-slowdown.md", "campaign-redelivery.md", "index.md",
+        "kafka-broker-failure.md", "kafka-majority-loss.md", "pod-kill-payment.md", "zone-loss-az-a.md",
     ]
     assert "verdict **passed**" in (tmp_path / "acquirer-slowdown.md").read_text(encoding="utf-8")
     assert "not rehearsed yet" in (tmp_path / "pod-kill-payment.md").read_text(encoding="utf-8")
@@ -114,7 +115,7 @@ def test_alerts_with_a_runbook_base_url(tmp_path: Path) -> None:
     base = "https://git.example.com/payments/paychaos/blob/main/runbooks"
     result = invoke("alerts", "--slo", ROOT / "probes" / "slo.yaml", "--experiments", EXPERIMENTS, "--out", out, "--runbook-url", base)
     assert result.exit_code == 0, result.output
-    assert f"runbook_url: {base}/acquirer-slowdown.md" in out.read_text(encoding="utf-8")
+    assert f"runbook_url: {base}/index.md#paymentsavailabilitybreached" in out.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from paychaos.cli.app import app
 from paychaos.cli.experiments import experiment_schema
 from paychaos.experiments.loading import SpecError, load_experiment, load_experiments, parse_experiment
-from paychaos.experiments.spec import ChaosExperiment
+from paychaos.experiments.spec import FAULT_KINDS, ChaosExperiment
 from paychaos.platform.topology import load_topology
 from paychaos.probes.catalogue import load_catalogue
 
@@ -80,7 +80,7 @@ def test_the_catalogue_loads_together_with_unique_names() -> None:
 
 def test_the_catalogue_covers_every_fault_kind() -> None:
     kinds = {f.kind for e in load_experiments(CATALOGUE) for f in e.spec.faults}
-    assert kinds == {"podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream"}
+    assert kinds == set(FAULT_KINDS)
 
 
 def test_the_shipped_schema_is_up_to_date() -> None:
@@ -276,6 +276,18 @@ def test_an_eventual_invariant_has_a_bound_and_a_known_name() -> None:
     with pytest.raises(SpecError) as caught:
         parse_experiment(typo, "x.yaml", probes=load_catalogue(ROOT / "probes"))
     assert str(caught.value).startswith("x.yaml:19: spec.after[1].invariant.name: unknown invariant 'acknowledged-event-consumed'")
+
+
+def test_exercises_are_named_from_the_catalogue_with_a_count_of_at_least_one() -> None:
+    declared = VALID.replace("spec:\n", "spec:\n  exercise: {retried-payments: 3, breaker-refusals: 20}\n")
+    experiment = parse_experiment(declared, "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    assert experiment.spec.exercise == {"retried-payments": 3, "breaker-refusals": 20}
+    typo = VALID.replace("spec:\n", "spec:\n  exercise: {retried-payment: 3}\n")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(typo, "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    assert "spec.exercise.retried-payment: unknown exercise 'retried-payment' (did you mean 'retried-payments'?)" in str(caught.value)
+    zero = VALID.replace("spec:\n", "spec:\n  exercise: {takeovers: 0}\n")
+    assert problems(zero) == ["experiments/x.yaml:7: spec.exercise.takeovers: expected a number at least 1, got 0"]
 
 
 def test_blast_radius_limits_are_checked() -> None:

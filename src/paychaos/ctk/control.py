@@ -63,7 +63,7 @@ def before_experiment_control(context: dict[str, Any], **_: Any) -> None:
     if load is not None:
         from paychaos.load.running import LoadRunner  # the runner starts Locust in a child process
 
-        ctx.load = LoadRunner(ctx.topology.edge_url, load, ctx.out_dir / "load")
+        ctx.load = LoadRunner(ctx.topology.edge_url, load, ctx.out_dir / "load", held=True)
         ctx.load.start()
         ctx.record("load-started", profile=load.profile, baselineRps=load.baseline_rps, peakMultiplier=load.peak_multiplier)
     prometheus = Prometheus(ctx.topology.prometheus_url)
@@ -87,6 +87,8 @@ def before_method_control(context: dict[str, Any], **_: Any) -> None:
     from paychaos.ctk import timeline
 
     timeline.mark_method_started(ctx.method_started)
+    if ctx.load is not None:
+        ctx.load.release(ctx.method_started)  # the load's profile and end count from here, as the faults do
     ctx.record("method-started")
 
 
@@ -122,9 +124,9 @@ def stop_load(wait: bool = True) -> dict[str, Any]:
     ctx = _ctx()
     if ctx is None or ctx.load is None or getattr(ctx, "_load_stopped", False):
         return {"stopped": False}
-    # The load runs its whole duration: the final steady state is judged on its tail.
-    started = next((e.wall for e in ctx.timeline if e.event == "load-started"), time.time())
-    ends = started + ctx.experiment.spec.load.duration.total_seconds()  # type: ignore[union-attr]
+    # The load runs its whole duration, counted from the method start like the faults (it was
+    # released then): the final steady state is judged on its tail.
+    ends = (ctx.method_started or 0.0) + ctx.experiment.spec.load.duration.total_seconds()  # type: ignore[union-attr]
     while wait and time.time() < ends and ctx.stop_reason is None:
         time.sleep(0.2)
     ctx.load.stop()

@@ -29,6 +29,7 @@ from paychaos.experiments import spec
 from paychaos.load import shapes
 from paychaos.load.answers import Answer, backoff, judge, parse_retry_after
 from paychaos.load.mix import app_cycle
+from paychaos.load.running import RELEASE_FILE
 
 CONFIG_ENV = "PAYCHAOS_LOAD_CONFIG"
 PART_ENV = "PAYCHAOS_LOAD_PART"
@@ -191,13 +192,34 @@ class CampaignUser(FastHttpUser):
         })
 
 
+class Release:
+    """When a held load's shape starts: the run time at which the engine released it (the
+    method start), read from the release file the engine writes. Until then the shape holds at
+    its first second: the baseline warm-up."""
+
+    def __init__(self) -> None:
+        self.offset: float | None = None if CONFIG.get("held") else 0.0
+
+    def shape_time(self, run_time: float) -> float:
+        if self.offset is None and OUT_DIR is not None:
+            try:
+                at = float(json.loads((OUT_DIR / RELEASE_FILE).read_text(encoding="utf-8"))["at"])
+            except (OSError, ValueError, KeyError):
+                return 0.0
+            self.offset = run_time - (time.time() - at)
+        return 0.0 if self.offset is None else max(0.0, run_time - self.offset)
+
+
+RELEASE = Release()
+
+
 class CampaignShape(LoadTestShape):
     """Locust's view of the pure shape: it keeps the clock, the shape decides."""
 
     def tick(self) -> tuple[int, float] | None:
         if SHAPE is None:
             return None
-        target = SHAPE.target(self.get_run_time())
+        target = SHAPE.target(RELEASE.shape_time(self.get_run_time()))
         return None if target is None else (target.users, target.spawn_rate)
 
 
@@ -246,7 +268,7 @@ class StatsLines:
         requests = sum(v["count"] for v in per_name.values())
         failures = sum(v["failures"] for v in per_name.values())
         dt = max(t - self.last_t, 1e-6)
-        target = SHAPE.rate(self.env.shape_class.get_run_time()) if SHAPE and self.env.shape_class else None
+        target = SHAPE.rate(RELEASE.shape_time(self.env.shape_class.get_run_time())) if SHAPE and self.env.shape_class else None
         out = {
             "t": round(t, 2),
             "at": time.time(),
@@ -305,7 +327,7 @@ class StatsCollector:
         yield failures
         yield latency
         yield GaugeMetricFamily("paychaos_load_users", "Simulated users running", value=self.env.runner.user_count)
-        target = SHAPE.rate(self.env.shape_class.get_run_time()) if SHAPE and self.env.shape_class else None
+        target = SHAPE.rate(RELEASE.shape_time(self.env.shape_class.get_run_time())) if SHAPE and self.env.shape_class else None
         yield GaugeMetricFamily("paychaos_load_target_rps", "Request rate the load shape asks for", value=target or 0.0)
         acked = CounterMetricFamily("paychaos_load_acknowledged_payments", "Payments users were told are final")
         acked.add_metric([], self.lines.acknowledged + (ACKS.count if PART == "main" else 0))

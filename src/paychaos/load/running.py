@@ -23,6 +23,9 @@ from paychaos.load import shapes
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 
 
+RELEASE_FILE = "release.json"
+
+
 class LoadError(Exception):
     """The load generator could not start or died; the message says why and where its log is."""
 
@@ -44,6 +47,7 @@ class LoadRunner:
         metrics_port: int | None = None,
         app_users: int = 2000,
         merchants: int = 50,
+        held: bool = False,
     ) -> None:
         self.edge_url = edge_url
         self.load = load
@@ -52,6 +56,10 @@ class LoadRunner:
         self.metrics_port = metrics_port
         self.app_users = app_users
         self.merchants = merchants
+        # Held: the load warms up at its baseline and its shape's clock starts at `release()`, so
+        # an experiment's times (faults `at`, the spike, the load's end) all count from the method
+        # start, however long the steady state took to gather its evidence.
+        self.held = held
         self._master: subprocess.Popen[bytes] | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -75,11 +83,22 @@ class LoadRunner:
     def config_path(self) -> Path:
         return self.out_dir / "load.json"
 
+    @property
+    def release_path(self) -> Path:
+        return self.out_dir / RELEASE_FILE
+
+    def release(self, at: float | None = None) -> None:
+        """Start the shape's clock now (or at the wall-clock time ``at``): a held load begins its profile."""
+        tmp = self.out_dir / f".{RELEASE_FILE}"
+        tmp.write_text(json.dumps({"at": time.time() if at is None else at}), encoding="utf-8")
+        tmp.replace(self.release_path)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.stats_path, self.acknowledged_path, self.summary_path, *self._parts("acknowledged.*.jsonl"), *self._parts("totals.*.json")):
+        for stale in (self.stats_path, self.acknowledged_path, self.summary_path, self.release_path,
+                      *self._parts("acknowledged.*.jsonl"), *self._parts("totals.*.json")):
             stale.unlink(missing_ok=True)
         load = self.load
         if load.trace:  # the child runs elsewhere: pin the trace to an absolute path, and fail here if unreadable
@@ -92,6 +111,7 @@ class LoadRunner:
                 "metrics_port": self.metrics_port,
                 "app_users": self.app_users,
                 "merchants": self.merchants,
+                "held": self.held,
             }),
             encoding="utf-8",
         )
