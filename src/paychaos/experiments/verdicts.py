@@ -237,14 +237,15 @@ def final_verdict(
     if steady_state_before_met is False and not all(r.verdict == "inconclusive" for r in before):
         reason = "; ".join(f"{r.name}: {r.detail}" for r in before) or "see the journal"
         return "failed", f"steady state did not hold before the faults ({reason})"
-    for verdict, outcome in (("failed", "failed"), ("error", "error"), ("inconclusive", "inconclusive")):
+    # A failure is a finding even beside checks that could not judge; then errors, then thin evidence.
+    verdicts: tuple[Literal["failed", "error", "inconclusive"], ...] = ("failed", "error", "inconclusive")
+    for verdict in verdicts:
         found = [r for r in results if r.verdict == verdict]
         if found:
             first = found[0]
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            if verdict == "failed":
-                return "failed", f"{first.phase} {first.kind} {first.name}: observed {first.observed}, expected {first.threshold}{more}"
-            return outcome, f"{first.phase} {first.kind} {first.name}: {first.detail}{more}"  # type: ignore[return-value]
+            said = f"observed {first.observed}, expected {first.threshold}" if verdict == "failed" else first.detail
+            return verdict, f"{first.phase} {first.kind} {first.name}: {said}{more}"
     if steady_state_before_met is False:
         return "inconclusive", "the steady state could not be judged before the faults"
     if journal_status not in ("completed",):
