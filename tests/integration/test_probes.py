@@ -29,7 +29,7 @@ from .conftest import CATALOGUE
 
 pytestmark = pytest.mark.integration
 
-EVENTUAL = {"acknowledged-events-consumed", "campaign-aggregates-converged"}
+EVENTUAL = {"acknowledged-events-consumed", "campaign-aggregates-converged", "no-payment-left-pending"}
 
 # What a broken stack would leave behind, one per invariant: SQL run before the invariant in the
 # same transaction, and payment ids to add to the acknowledged record. ":paid" is a completed
@@ -61,6 +61,11 @@ PLANTED: dict[str, tuple[list[str], list[str]]] = {
         [],
     ),
     "acknowledged-payments-durable": ([], [":ghost"]),
+    # Its replica died mid-saga a minute ago and nobody took it over.
+    "no-payment-left-pending": (
+        ["UPDATE payment.payments SET status = 'pending', lease_until = now() - interval '1 minute' WHERE id = :paid"],
+        [],
+    ),
     # The platform lost the client's key (stored another, as a retry under a fresh key would):
     # no-double-charge, grouping by the stored key, sees nothing wrong.
     "acknowledged-charged-once": (["UPDATE payment.payments SET idempotency_key = 'planted-other-key' WHERE id = :paid"], []),

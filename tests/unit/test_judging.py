@@ -70,3 +70,43 @@ def test_the_ledger_dsn_is_the_secret_file_then_the_variable_then_the_platform_s
         ledger_dsn(default, {LEDGER_DSN_FILE_ENV: str(tmp_path / "missing")})  # an error, not the default ledger
     assert shown("mysql+pymysql://app:pw@tidb:4000/ledger") == "mysql+pymysql://app:***@tidb:4000/ledger"
     assert "pw" not in shown("not a url pw")
+
+
+def test_an_exercise_seen_fewer_times_than_asked_is_inconclusive_with_a_negative_margin() -> None:
+    from paychaos.experiments.judging import judge_exercised
+
+    short = judge_exercised("after", "takeovers", 2, 1, "payments taken over", {"query": "q"})
+    assert (short.verdict, short.observed, short.margin) == ("inconclusive", 1, -1.0)
+    assert "only 1 of the 2" in short.detail
+    met = judge_exercised("after", "takeovers", 2, 5, "payments taken over", {})
+    assert (met.verdict, met.margin) == ("passed", 3.0)
+
+
+class _Prometheus:
+    """Our own PromQL client's seam: answers the volume query with a fixed count."""
+
+    def __init__(self, requests: float | None) -> None:
+        self.requests = requests
+        self.asked: list[tuple[str, float | None]] = []
+
+    def scalar(self, promql: str, at: float | None = None) -> float | None:
+        self.asked.append((promql, at))
+        return self.requests
+
+
+def test_an_slo_window_withtoo_few_requests_for_its_bound_says_why_and_how_many() -> None:
+    from paychaos.experiments.judging import too_few_requests
+    from paychaos.probes.catalogue import Slo
+
+    p99 = Slo.model_validate({"description": "d", "query": "q[$window]", "objective": {"below": "1s"}, "unit": "seconds",
+                              "volume": "sum(increase(c[$window]))", "quantile": 0.99})
+    evidence: dict[str, object] = {}
+    why = too_few_requests(_Prometheus(34), p99, "20s", 123.0, 2.0, None, evidence)  # type: ignore[arg-type]
+    assert why is not None and "only 34 requests in the 20s window" in why and "a p99 needs at least 100" in why
+    assert evidence == {"requests": 34, "requestsNeeded": 100, "volumeQuery": "sum(increase(c[20s]))"}
+    assert too_few_requests(_Prometheus(150), p99, "20s", None, 2.0, None, {}) is None  # type: ignore[arg-type]
+    assert too_few_requests(_Prometheus(None), p99, "20s", None, 2.0, None, {}) is not None  # type: ignore[arg-type]
+    unknown = Slo.model_validate({"description": "d", "query": "q", "objective": {"above": 0.99}, "unit": "ratio"})
+    evidence = {}
+    assert too_few_requests(_Prometheus(0), unknown, "20s", None, None, 0.99, evidence) is None  # type: ignore[arg-type]
+    assert "no volume query" in str(evidence["requests"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
+from typing import Any
 
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.sampling import SAMPLE_WINDOW, series_query
@@ -135,7 +135,7 @@ def judge_slo_window(
     at = ctx.started_at() + end
     evidence: dict[str, object] = {"window": [start, end]}
     with Prometheus(ctx.topology.prometheus_url) as prom:
-        thin = _too_few_requests(prom, slo, span, at, below, above, evidence)
+        thin = too_few_requests(prom, slo, span, at, below, above, evidence)
         if thin is not None:
             return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
         if hold:
@@ -154,7 +154,7 @@ def judge_slo_window(
     return CheckResult(phase, "slo", name, verdict, observed, threshold, detail, evidence, margin(observed, below, above))
 
 
-def _too_few_requests(
+def too_few_requests(
     prom: Prometheus, slo: Slo, window: str, at: float | None, below: float | None, above: float | None,
     evidence: dict[str, object],
 ) -> str | None:
@@ -237,7 +237,7 @@ def judge_slo_over(
     query = slo.promql(window)
     evidence: dict[str, object] = {"query": query, **({"at": round(at, 3)} if at is not None else {})}
     with Prometheus(prometheus_url) as prom:
-        thin = _too_few_requests(prom, slo, window, at, below, above, evidence)
+        thin = too_few_requests(prom, slo, window, at, below, above, evidence)
         value = prom.scalar(query, at=at) if thin is None else None
     if thin is not None:
         return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
@@ -305,7 +305,7 @@ def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: s
     return [result]
 
 
-def _client_records(ctx: RunContext) -> list[dict[str, object]]:
+def _client_records(ctx: RunContext) -> list[dict[str, Any]]:
     """The load's record of what the app was told is final, one dict per answer."""
     path = getattr(ctx.load, "acknowledged_path", None)
     if path is None or not path.exists():
@@ -320,7 +320,7 @@ def _acknowledged(ctx: RunContext) -> list[Acknowledged]:
     for record in _client_records(ctx):
         if record.get("status") == "completed" and record.get("payment_id"):
             key, payment = str(record.get("key", "")), str(record["payment_id"])
-            rows[(key, payment)] = (key, payment, str(record.get("user", "")), int(record.get("amount", 0)))  # type: ignore[call-overload]
+            rows[(key, payment)] = (key, payment, str(record.get("user", "")), int(record.get("amount", 0)))
     return list(rows.values())
 
 
@@ -343,16 +343,19 @@ def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list
             except (CatalogueError, PrometheusUnavailable) as exc:
                 out.append(CheckResult(phase, "exercise", name, "error", None, f">= {needed}", str(exc)))
                 continue
-            seen = round(count or 0.0)
-            if seen >= needed:
-                verdict, detail = "passed", f"{seen} seen: {exercise.description}"
-            else:
-                verdict, detail = "inconclusive", (
-                    f"only {seen} of the {needed} this experiment must provoke ({exercise.description}); the checks "
-                    "that guard this path had too little to see: drive more traffic or a longer fault")
-            out.append(CheckResult(phase, "exercise", name, verdict, seen, f">= {needed}", detail, evidence,
-                                   float(seen - needed)))
+            out.append(judge_exercised(phase, name, needed, round(count or 0.0), exercise.description, evidence))
     return out
+
+
+def judge_exercised(phase: str, name: str, needed: int, seen: int, description: str, evidence: dict[str, object]) -> CheckResult:
+    """Seen at least ``needed`` times, or inconclusive: what guards this path saw nothing to judge."""
+    if seen >= needed:
+        verdict, detail = "passed", f"{seen} seen: {description}"
+    else:
+        verdict, detail = "inconclusive", (
+            f"only {seen} of the {needed} this experiment must provoke ({description}); the checks "
+            "that guard this path had too little to see: drive more traffic or a longer fault")
+    return CheckResult(phase, "exercise", name, verdict, seen, f">= {needed}", detail, evidence, float(seen - needed))
 
 
 def _client_count(ctx: RunContext, what: str) -> int:
@@ -360,5 +363,5 @@ def _client_count(ctx: RunContext, what: str) -> int:
     double-tapped (sent twice at once with the same key; both taps count once)."""
     records = _client_records(ctx)
     if what == "retried-payments":
-        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)  # type: ignore[call-overload]
+        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)
     return len({r.get("key") for r in records if r.get("doubleTap")})
