@@ -259,6 +259,11 @@ def judge_steady_slo(
     for at most 30 s; after them, it is the load's last 30 s (the checks after the revert may
     have outlasted the load)."""
     stopped = next((e.wall for e in ctx.timeline if e.event == "load-stopped"), None)
+    load = ctx.experiment.spec.load
+    if stopped is not None and load is not None and ctx.method_started is not None:
+        # The load's profile ends on its own at its duration (counted from the method start);
+        # the stop-load step may come later, after checks that waited for the recovery.
+        stopped = min(stopped, ctx.method_started + load.duration.total_seconds())
     waited_until = time.monotonic() + STEADY_EVIDENCE_WAIT
     while True:
         result = judge_slo_over(ctx.topology.prometheus_url, name, slo, bound, STEADY_WINDOW, phase, at=stopped)
