@@ -71,8 +71,7 @@ def _not_injected(name: str, how: str, reason: str) -> FaultNotInjected:
 def _judged(result: CheckResult) -> None:
     ctx = _context()
     if ctx is not None:
-        with ctx.lock:
-            ctx.results.append(result)
+        ctx.judged([result])
 
 
 def _context() -> RunContext | None:

@@ -65,6 +65,12 @@ class RunContext:
             self.timeline.append(entry)
         return entry
 
+    def judged(self, results: list[CheckResult]) -> list[CheckResult]:
+        """Add judged checks to the run's results (activities run on several threads); returns them."""
+        with self.lock:
+            self.results.extend(results)
+        return results
+
     def samples(self) -> list[Sample]:
         """Samples so far, stamped with seconds since the method started."""
         if self.sampler is None:
