@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,11 +93,21 @@ class Stack:
             headers={"Idempotency-Key": key or uuid.uuid4().hex, "X-Device-Id": f"device-{user}", "X-User-Id": user},
         )
 
-    def slo(self, name: str, seconds: float) -> CheckResult:
+    def slo(self, name: str, seconds: float, ended: float | None = None) -> CheckResult:
         """The catalogue's SLO ``name`` over the last ``seconds``, judged against its objective as
-        steadyState judges it."""
+        steadyState judges it. With ``ended`` (the Unix time the traffic ended), first wait until
+        Prometheus has scraped the gateways after it, and reach ``seconds`` back from it: on a busy
+        machine a scrape can come late, and a window judged before it misses the last answers."""
+        if ended is not None:
+            self.wait_for("Prometheus to scrape the gateways after the traffic ended", lambda: self.scraped_after(ended), timeout=30)
+            seconds += time.time() - ended
         slo = CATALOGUE.slo(name)
         return judge_slo_over(self.topology.prometheus_url, name, slo, bounds(slo.objective), f"{round(seconds)}s", "test")
+
+    def scraped_after(self, t: float) -> bool:
+        """Has Prometheus a sample of every gateway's request counters taken after the Unix time ``t``?"""
+        result = self.prometheus('min(timestamp(http_server_requests_seconds_count{service="gateway"}))')
+        return bool(result) and float(result[0]["value"][1]) > t
 
     def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout
@@ -140,6 +151,19 @@ def running_stack(env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def stack(stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
-    with running_stack(stack_env, run_dir) as s:
-        yield s
+def stack(request: pytest.FixtureRequest, stack_env: dict[str, str], run_dir: Path) -> Iterator[Stack]:
+    try:
+        with running_stack(stack_env, run_dir) as s:
+            yield s
+    finally:
+        keep_logs_if_failed(request, run_dir)
+
+
+KEPT_LOGS = Path(__file__).resolve().parents[2] / "out" / "test-logs"
+
+
+def keep_logs_if_failed(request: pytest.FixtureRequest, run_dir: Path) -> None:
+    """A session with failures keeps its stacks' process logs (in out/test-logs/): the run dir
+    goes, and a failure such as a replica not coming back is read in its log."""
+    if request.session.testsfailed and (run_dir / "logs").is_dir():
+        shutil.copytree(run_dir / "logs", KEPT_LOGS / run_dir.name, dirs_exist_ok=True)

@@ -39,7 +39,7 @@ from paychaos.probes.invariants import InvariantResult, check_invariants, engine
 from paychaos.probes.prometheus import Prometheus
 from paychaos.runbooks.render import read_index_entry
 
-from .conftest import CATALOGUE, Stack, running_stack
+from .conftest import CATALOGUE, Stack, keep_logs_if_failed, running_stack
 from .traffic import mixed_load
 
 pytestmark = pytest.mark.integration
@@ -48,13 +48,14 @@ DEFECTS_PORT_OFFSET = int(os.environ.get("PAYCHAOS_TEST_PORT_OFFSET", "5000")) +
 
 
 @pytest.fixture(scope="module")
-def defects() -> Iterator[Stack]:
+def defects(request: pytest.FixtureRequest) -> Iterator[Stack]:
     run_dir = Path(tempfile.mkdtemp(prefix="paychaos-test-defects-"))
     env = {"PAYCHAOS_RUN_DIR": str(run_dir), "PAYCHAOS_PORT_OFFSET": str(DEFECTS_PORT_OFFSET)}
     try:
         with running_stack(env, run_dir) as stack:
             yield stack
     finally:
+        keep_logs_if_failed(request, run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -327,8 +328,8 @@ def admission_tuned(topology: Topology, *, enabled: bool) -> Topology:
 def spike(stack: Stack) -> tuple[Counter, dict[str, CheckResult]]:
     """The spike's answers as the app saw them, and the payment SLOs over its window."""
     outcomes = asyncio.run(mixed_load(stack, card_rate=SPIKE_RATE, warmup=0.0, seconds=SPIKE_SECONDS, balance_clients=0))
-    time.sleep(2)  # one more scrape lands the last answers
-    return outcomes["card"], {name: stack.slo(name, SPIKE_SECONDS + 2) for name in SPIKE_SLOS}
+    ended = time.time()
+    return outcomes["card"], {name: stack.slo(name, SPIKE_SECONDS, ended=ended) for name in SPIKE_SLOS}
 
 
 def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None:
