@@ -47,8 +47,8 @@ SWITCHES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "fallback": ({"fallback": False}, ["acquirer-slowdown"]),
     "timeouts": ({"timeouts": {"enabled": False}}, ["acquirer-hang"]),
     "producerAcks": ({"producerAcks": "1"}, ["kafka-broker-failure"]),
-    "skipPoison": ({"skipPoison": False}, []),
-    "admission": ({"admission": {"enabled": False}}, []),
+    "skipPoison": ({"skipPoison": False}, ["campaign-redelivery"]),
+    "admission": ({"admission": {"enabled": False}}, ["noon-admission"]),
 }
 
 

@@ -3,10 +3,13 @@
 A gate that fails a healthy stack at random is worse than none. This runs an experiment
 (`acquirer-slowdown` by default) N times through `paychaos run`, one after the other on one
 stack that settles in between (as the gate does), and prints each verdict with its time to
-detect and recovery time, then how they spread. The baseline is the experiment's own bounds:
-the ratio printed is each time's median over the bound the experiment judges it against.
+detect and recovery time, then how they spread, and every check's smallest margin over the runs
+(observed against its threshold: the thinnest a healthy run came to failing it). The baseline
+is the experiment's own bounds: the ratio printed is each time's median over the bound the
+experiment judges it against. Several experiments run one after the other, each N times.
 
-    python benchmarks/verdict_stability.py [--runs 10] [--experiment experiments/acquirer-slowdown.yaml]
+    python benchmarks/verdict_stability.py [--runs 10] [--experiment experiments/a.yaml experiments/b.yaml ...]
+        [--json out/stability.json]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _stack import running_stack  # the benchmarks folder is on sys.path when run as a script
 
@@ -32,9 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "acquirer-slowdown.yaml")
+    parser.add_argument("--experiment", type=Path, nargs="+", default=[ROOT / "experiments" / "acquirer-slowdown.yaml"])
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's verdict and margins here")
     args = parser.parse_args()
-    experiment = load_experiment(args.experiment)
+    results = {}
+    with running_stack() as topology, tempfile.TemporaryDirectory(prefix="paychaos-stability-") as tmp:
+        for path in args.experiment:
+            results[path.stem] = stability(path, args.runs, topology, Path(tmp))
+            if args.json is not None:  # after each experiment: a long run stopped halfway keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0 if all(r["passed"] == r["runs"] for r in results.values()) else 1
+
+
+def stability(path: Path, runs: int, topology: Any, tmp: Path) -> dict[str, Any]:
+    experiment = load_experiment(path)
     bounds = {}
     for check in experiment.spec.expect:
         if check.breaker is not None and check.breaker.opens_within is not None:
@@ -44,24 +60,32 @@ def main() -> int:
             bounds["recoveryTime"] = check.recovery.within.total_seconds()
 
     rows = []
-    with running_stack() as topology, tempfile.TemporaryDirectory(prefix="paychaos-stability-") as tmp:
-        run_dir = RunDir.default()
-        for n in range(1, args.runs + 1):
-            left = settle(run_dir, topology, 120, lambda m: print(f"  {m}", file=sys.stderr))
-            if left:
-                print(f"error: the stack did not settle: {'; '.join(left)}", file=sys.stderr)
-                return 1
-            journal = Path(tmp) / f"run-{n}.json"
-            started = time.monotonic()
-            subprocess.run(
-                [sys.executable, "-m", "paychaos.cli", "run", str(args.experiment), "--journal", str(journal)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-            )
+    margins: dict[str, list[tuple[float | None, Any, str]]] = {}
+    run_dir = RunDir.default()
+    print(f"== {experiment.name}: {runs} runs", flush=True)
+    for n in range(1, runs + 1):
+        left = settle(run_dir, topology, 120, lambda m: print(f"  {m}", file=sys.stderr))
+        if left:
+            raise SystemExit(f"error: the stack did not settle: {'; '.join(left)}")
+        journal = tmp / f"{experiment.name}-{n}.json"
+        started = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "paychaos.cli", "run", str(path), "--journal", str(journal)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+        )
+        try:
             section = json.loads(journal.read_text(encoding="utf-8"))["paychaos"]
-            times = section["times"]
-            rows.append((section["verdict"]["result"], times["timeToDetect"], times["recoveryTime"], section["verdict"]["reason"]))
-            print(f"run {n:2d}: {rows[-1][0]:<7} detect {fmt(times['timeToDetect'])}  recover {fmt(times['recoveryTime'])}"
-                  f"  ({time.monotonic() - started:.0f}s) {rows[-1][3] if rows[-1][0] != 'passed' else ''}", flush=True)
+        except (OSError, ValueError, KeyError):
+            rows.append(("error", None, None, "no journal written"))
+            print(f"run {n:2d}: error   no journal written", flush=True)
+            continue
+        times = section["times"]
+        rows.append((section["verdict"]["result"], times["timeToDetect"], times["recoveryTime"], section["verdict"]["reason"]))
+        for c in section["checks"]:
+            label = f"{c['phase']}/{c['kind']}/{c['name']}"
+            margins.setdefault(label, []).append((c.get("margin"), c.get("observed"), c.get("threshold") or ""))
+        print(f"run {n:2d}: {rows[-1][0]:<7} detect {fmt(times['timeToDetect'])}  recover {fmt(times['recoveryTime'])}"
+              f"  ({time.monotonic() - started:.0f}s) {rows[-1][3] if rows[-1][0] != 'passed' else ''}", flush=True)
 
     passed = sum(r[0] == "passed" for r in rows)
     print(f"\n{experiment.name}: {passed}/{len(rows)} passed")
@@ -73,7 +97,17 @@ def main() -> int:
         median = statistics.median(values)
         ratio = f"  median/bound {median / bounds[key]:.2f} (bound {bounds[key]:g}s)" if key in bounds else ""
         print(f"{key}: min {min(values):.2f}s  median {median:.2f}s  max {max(values):.2f}s{ratio}")
-    return 0 if passed == len(rows) else 1
+    smallest = {}
+    print("smallest margin of each check (observed at that run, threshold):")
+    for label, seen in margins.items():
+        measured = [m for m in seen if m[0] is not None]
+        if not measured:
+            continue
+        low = min(measured, key=lambda m: m[0])
+        smallest[label] = {"margin": low[0], "observed": low[1], "threshold": low[2], "runs": len(seen)}
+        print(f"  {label:<58} {low[0]:>10.4g}   observed {low[1]}  {low[2]}")
+    return {"runs": len(rows), "passed": passed, "verdicts": [r[0] for r in rows],
+            "reasons": [r[3] for r in rows if r[0] != "passed"], "smallestMargins": smallest}
 
 
 def fmt(value: float | None) -> str:

@@ -155,6 +155,56 @@ def test_slow_downstream_adds_latency_through_the_proxy_until_reverted(stack) ->
     driver.revert(record)  # the toxic is gone already: fine
 
 
+def admission_of(stack) -> dict[str, dict[str, Any]]:
+    with httpx.Client(timeout=5) as client:
+        return {r.name: client.get(f"http://{stack.topology.host}:{r.port}/admin/admission").json()
+                for r in stack.topology.replicas_of("gateway")}
+
+
+def refusal_reasons(stack, devices: int) -> list[str | None]:
+    """One status read for each of ``devices`` phones never seen before: why each was refused."""
+    reasons = []
+    with httpx.Client(base_url=stack.topology.edge_url, timeout=10) as client:
+        for _ in range(devices):
+            r = client.get("/v1/campaign/status", params={"user_id": "u00001"}, headers={"X-Device-Id": os.urandom(8).hex()})
+            reasons.append(r.json()["error"].get("reason") if r.status_code == 429 else None)
+    return reasons
+
+
+def test_admission_restriction_restricts_every_gateway_until_reverted(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    assert refusal_reasons(stack, 20) == [None] * 20  # the topology admits every group
+    p = plan(stack, fault(admissionRestriction={"allowedPercent": 30, "rotation": "10s", "flowTtl": "20s"}), 6)
+    assert sorted(r.name for r in p.replicas) == sorted(r.name for r in stack.topology.replicas_of("gateway"))
+    record = records.inject(stack.run_dir, driver, p)
+    try:
+        assert {a["restricted"] for a in record.effect["replicas"].values()} == {True}
+        assert {(a["allowedPercent"], a["rotation"], a["flowTtl"]) for a in admission_of(stack).values()} == {(30, 10.0, 20.0)}
+        reasons = refusal_reasons(stack, 60)
+        # About 70 % of new phones are out of turn; each refusal says which rule refused it.
+        assert 20 <= reasons.count("rotated_out") <= 58 and set(reasons) <= {None, "rotated_out"}, reasons
+        # Operators' endpoints are not reachable through the edge.
+        assert httpx.get(f"{stack.topology.edge_url}/admin/admission", timeout=5).status_code == 404
+    finally:
+        records.revert(stack.run_dir, driver, record.id)
+    assert {a["restricted"] for a in admission_of(stack).values()} == {False}
+    assert driver.verify_reverted(record)
+    assert refusal_reasons(stack, 20) == [None] * 20
+
+
+def test_poison_events_land_in_every_partition_and_are_skipped(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    record = records.inject(stack.run_dir, driver, plan(stack, fault(poisonEvents={"topic": "payments", "count": 2}), 7))
+    assert record.effect["total"] == 2 * stack.topology.kafka.topics["payments"].partitions
+    records.revert(stack.run_dir, driver, record.id)
+    def skipped() -> float:
+        result = stack.prometheus("sum(campaign_poison_skipped_total)")
+        return float(result[0]["value"][1]) if result else 0.0
+
+    # Each record is skipped once: the consumer goes on past it (a stalled partition never gets there).
+    stack.wait_for("the consumer to skip every poison record", lambda: skipped() >= record.effect["total"], timeout=60)
+
+
 # -- the safety net ---------------------------------------------------------------------------
 
 
@@ -190,6 +240,7 @@ def test_halt_reverts_what_runs_killed_with_sigkill_left_behind(stack) -> None:
         fault(zoneLoss={"zone": "az-c"}),
         fault(kafkaBrokerFailure={"broker": 3}),  # in the lost zone too: two holds on one node
         fault(slowDownstream={"proxy": "acquirer", "latency": "300ms", "timeout": "20s"}),
+        fault(admissionRestriction={"allowedPercent": 10, "rotation": "10s", "flowTtl": "20s"}),
     ]
     for index, f in enumerate(faults):
         child = subprocess.Popen(
@@ -208,11 +259,15 @@ def test_halt_reverts_what_runs_killed_with_sigkill_left_behind(stack) -> None:
     state = stack.state()
     assert state.zones_down == ["az-c"] and marker_names(stack.run_dir.held) == ["kafka-3"]
     assert len(toxics(stack)["acquirer"]) == 2
-    assert [r.id for r in records.active_records(stack.run_dir)] == [f"killed-run-{i}" for i in range(4)]
+    with httpx.Client(timeout=5) as client:
+        port = next(r.port for r in stack.topology.replicas_of("gateway", "az-a"))
+        assert client.get(f"http://{stack.topology.host}:{port}/admin/admission").json()["restricted"]
+    assert [r.id for r in records.active_records(stack.run_dir)] == [f"killed-run-{i}" for i in range(5)]
 
     halted = stack.cli("halt", timeout=300)
     assert halted.returncode == 0, halted.stderr
-    for i in range(4):
+    assert {a["restricted"] for a in admission_of(stack).values()} == {False}
+    for i in range(5):
         assert f"reverted killed-run-{i}" in halted.stderr
     assert "stack whole again" in halted.stderr
     wait_whole(stack, timeout=30)

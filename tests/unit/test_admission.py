@@ -8,10 +8,12 @@ import pytest
 
 from paychaos.platform.services.admission import (
     Admission,
+    Restriction,
     TokenBucket,
     device_group,
     in_rotation,
     issue_pass,
+    pass_expires,
     pass_valid,
     seconds_until_admitted,
 )
@@ -159,3 +161,38 @@ class TestAdmission:
     def test_everyone_admitted_at_100_percent(self) -> None:
         admission = Admission(spec(allowed_percent=100), SECRET, now=0.0)
         assert all(admission.decide(d, None, now=500.0).decision == "admitted" for d in DEVICES[:500])
+
+
+class TestRestriction:
+    """What operators switch on at noon: fewer groups, faster rotation, shorter passes, for a while."""
+
+    def test_restricts_until_it_lapses(self) -> None:
+        admission = Admission(spec(allowed_percent=100), SECRET, now=0.0)
+        admission.restriction = Restriction(allowed_percent=30, rotation=10.0, flow_ttl=20.0, until=100.0)
+        assert admission.rules(50.0) == (30, 10.0, 20.0)
+        decisions = [admission.decide(d, None, now=50.0).decision for d in DEVICES[:1000]]
+        assert 200 < decisions.count("admitted") < 400 and decisions.count("rotated_out") > 600
+        # Lapsed: the topology's own rules again, without anyone lifting it.
+        assert admission.rules(100.0) == (100, 180.0, 300.0)
+        assert all(admission.decide(d, None, now=100.0).decision == "admitted" for d in DEVICES[:200])
+
+    def test_a_pass_issued_before_the_restriction_still_carries_its_flow(self) -> None:
+        admission = Admission(spec(allowed_percent=100), SECRET, now=0.0)
+        device = next(d for d in DEVICES if not in_rotation(device_group(d), 5, 30))
+        token = admission.decide(device, None, now=40.0).new_pass
+        assert token is not None and pass_expires(token) == 340
+        admission.restriction = Restriction(allowed_percent=30, rotation=10.0, flow_ttl=20.0, until=1000.0)
+        assert admission.decide(device, None, now=55.0).decision == "rotated_out"
+        assert admission.decide(device, token, now=55.0).decision == "pass"
+
+    def test_passes_issued_under_the_restriction_last_its_flow_ttl(self) -> None:
+        admission = Admission(spec(), SECRET, now=0.0)
+        admission.restriction = Restriction(allowed_percent=30, rotation=10.0, flow_ttl=20.0, until=1000.0)
+        device = next(d for d in DEVICES if in_rotation(device_group(d), 5, 30))
+        assert pass_expires(admission.decide(device, None, now=55.0).new_pass or "") == 75
+
+    @pytest.mark.parametrize("bad", [{"allowed_percent": 101}, {"rotation": 0.0}, {"flow_ttl": -1.0}])
+    def test_nonsense_is_refused(self, bad: dict[str, float]) -> None:
+        values: dict[str, float] = {"allowed_percent": 30, "rotation": 10.0, "flow_ttl": 20.0, "until": 1.0, **bad}
+        with pytest.raises(ValueError):
+            Restriction(**values)  # type: ignore[arg-type]

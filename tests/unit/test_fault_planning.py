@@ -140,7 +140,7 @@ def test_zone_loss_that_would_take_a_whole_service_says_it_has_no_zone_redundanc
     assert plan(fault(zoneLoss={"zone": "az-a"}), observed(zones=("az-a",)), Limits(max_percent=100)).zone == "az-a"
 
 
-# -- zoneLoss, kafkaBrokerFailure, slowDownstream, eventRedelivery -----------------------------
+# -- zoneLoss, kafkaBrokerFailure, slowDownstream, eventRedelivery, poisonEvents ---------------
 
 
 def test_broker_failure_with_a_count_takes_the_named_broker_then_the_others_by_id() -> None:
@@ -156,6 +156,14 @@ def test_event_redelivery_names_the_topic_and_how_far_back() -> None:
     assert (p.topic, p.last) == ("payments", 30)
     assert FaultPlan.from_dict(p.to_dict()) == p
     assert "the last 30 events of every payments partition delivered again" in p.headline()
+
+
+def test_poison_events_name_the_topic_and_how_many_per_partition() -> None:
+    p = plan(fault(poisonEvents={"topic": "payments", "count": 5}))
+    assert (p.kind, p.topic, p.poison, p.last) == ("poisonEvents", "payments", 5, 0)
+    assert FaultPlan.from_dict(p.to_dict()) == p
+    assert "5 undecodable records produced to every payments partition" in p.headline()
+    assert "5 undecodable records to each partition" in p.describe()
 
 
 def test_zone_loss_hits_every_replica_and_the_kafka_node_of_the_zone() -> None:

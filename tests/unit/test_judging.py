@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_recovery
+from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_flows_cut, judge_recovery
 from paychaos.experiments.spec import Breaker, Recovery
 from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import load_catalogue
@@ -110,3 +110,33 @@ def test_an_slo_window_withtoo_few_requests_for_its_bound_says_why_and_how_many(
     evidence = {}
     assert too_few_requests(_Prometheus(0), unknown, "20s", None, None, 0.99, evidence) is None  # type: ignore[arg-type]
     assert "no volume query" in str(evidence["requests"])
+
+
+# -- flow continuity, from the phone's side ---------------------------------------------------
+
+
+def refusal(at: float, reason: str = "rotated_out", pass_expires: float | None = None, device: str = "d1") -> dict[str, object]:
+    return {"device": device, "route": "POST /v1/payments", "status": 429, "reason": reason, "passExpires": pass_expires, "at": at}
+
+
+def test_a_refusal_of_a_phone_holding_a_valid_pass_is_a_cut_flow() -> None:
+    result = judge_flows_cut([refusal(100.0, pass_expires=130.0), refusal(101.0, device="d2")], 0, "expect")
+    assert (result.verdict, result.observed, result.margin) == ("failed", 1, -1.0)
+    assert result.evidence["cut"] == [{"device": "d1", "route": "POST /v1/payments", "at": 100.0, "passExpires": 130.0}]
+
+
+def test_refusals_after_the_pass_lapsed_or_without_one_are_not_cuts() -> None:
+    # A pass that lapses within the clock slack is as good as lapsed: the phone and the platform
+    # read different clocks.
+    refusals = [refusal(100.0, pass_expires=95.0), refusal(100.0), refusal(100.0, pass_expires=100.5),
+                refusal(100.0, reason="rate_limited", pass_expires=200.0)]
+    result = judge_flows_cut(refusals, 0, "expect")
+    assert (result.verdict, result.observed, result.margin) == ("passed", 0, 0.0)
+    assert result.evidence["refusals"] == {"rotated_out": 3, "rate_limited": 1}
+
+
+def test_no_rotation_refusal_at_all_is_inconclusive() -> None:
+    # Rate limiting alone says nothing about flows: admission never restricted a group.
+    result = judge_flows_cut([refusal(100.0, reason="rate_limited", pass_expires=200.0)], 0, "expect")
+    assert result.verdict == "inconclusive" and "no flow met a restriction" in result.detail
+    assert judge_flows_cut([], 0, "expect").verdict == "inconclusive"

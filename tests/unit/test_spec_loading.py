@@ -183,6 +183,21 @@ def test_the_valid_example_is_valid() -> None:
             id="slo-not-a-name",
         ),
         pytest.param(
+            "    - breaker: {name: acquirer, opensWithin: 5s}", "    - traffic: {}",
+            "experiments/x.yaml:16: spec.expect[0].traffic: give successRatioAbove, flowsCutAtMost or both",
+            id="traffic-check-without-a-bound",
+        ),
+        pytest.param(
+            SLOW, "admissionRestriction: {allowedPercent: 100, rotation: 10s, flowTtl: 20s}",
+            "experiments/x.yaml:14: spec.faults[0].admissionRestriction.allowedPercent: expected a number at most 99, got 100",
+            id="restriction-that-restricts-nothing",
+        ),
+        pytest.param(
+            SLOW, "poisonEvents: {topic: refunds}",
+            "experiments/x.yaml:14: spec.faults[0].poisonEvents.topic: unknown topic 'refunds': expected one of payments",
+            id="poison-on-an-unknown-topic",
+        ),
+        pytest.param(
             "  stopWhen:", "  stopWhen:\n    - {}\n  ",
             "experiments/x.yaml:20: spec.stopWhen[0]: a stop condition needs slo: {name, above or below, for} or traffic: {successRatioBelow, for}",
             id="empty-stop-condition",

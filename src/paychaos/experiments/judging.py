@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from paychaos.experiments.context import RunContext
@@ -29,6 +30,7 @@ from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 
 STEADY_WINDOW = "30s"
 GRACE = 2.0  # seconds of samples allowed past a deadline: Prometheus scrapes once a second
+CLOCK_SLACK = 1.0  # seconds a pass must still have had when refused to count as a cut flow
 
 
 def faults_window(ctx: RunContext) -> tuple[float, float]:
@@ -107,17 +109,70 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
         return [judge_lag(ctx.samples(), end, check.kafka, phase)]
 
     assert check.traffic is not None
+    results = []
+    if check.traffic.flows_cut_at_most is not None:
+        results.append(judge_flows_cut(_refusals(ctx), check.traffic.flows_cut_at_most, phase))
     bound = check.traffic.success_ratio_above
+    if bound is None:
+        return results
     # Over every request of the window, not the worst second: at 20 requests a second one failed
     # request is a 95 % second. A burst that matters moves the whole window's ratio too.
     share = weighted_ratio(samples, "client_rps", "client_fail_ratio", window[0], window[1])
     evidence: dict[str, object] = {"source": "the load generator's per-second stats", "window": [window[0], window[1]]}
     if share is None:
-        return [CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data", evidence)]
+        return [*results, CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data", evidence)]
     failed_share, seconds = share
     ratio = 1 - failed_share
-    return [CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
-                        f"> {bound:g}", f"over every request of {seconds} seconds", evidence, margin(ratio, above=bound))]
+    return [*results, CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
+                                  f"> {bound:g}", f"over every request of {seconds} seconds", evidence, margin(ratio, above=bound))]
+
+
+def judge_flows_cut(refusals: list[dict[str, Any]], at_most: int, phase: str) -> CheckResult:
+    """Flow continuity from the phone's side: a refusal for rotation while the phone held a pass
+    the platform said was still valid cut a flow halfway. With no rotation refusal at all,
+    admission never restricted anyone and continuity was not tested: inconclusive."""
+    rotated = [r for r in refusals if r.get("reason") == "rotated_out"]
+    cut = [r for r in rotated if r.get("passExpires") is not None and float(r["passExpires"]) > float(r["at"]) + CLOCK_SLACK]
+    by_reason: dict[str, int] = {}
+    for r in refusals:
+        by_reason[str(r.get("reason"))] = by_reason.get(str(r.get("reason")), 0) + 1
+    evidence: dict[str, object] = {"source": "the load's refusal record", "refusals": by_reason,
+                                   "devicesRotatedOut": len({r.get("device") for r in rotated}),
+                                   "cut": [{k: r.get(k) for k in ("device", "route", "at", "passExpires")} for r in cut[:5]]}
+    threshold = f"<= {at_most}"
+    if not rotated:
+        return CheckResult(phase, "traffic", "flows-cut", "inconclusive", 0, threshold,
+                           "admission refused no phone for rotation, so no flow met a restriction: restrict "
+                           "admission (admissionRestriction) under enough new arrivals", evidence)
+    verdict = "passed" if len(cut) <= at_most else "failed"
+    detail = (f"{len(cut)} refusals of phones holding a valid pass, of {len(rotated)} rotation refusals "
+              f"({len({r.get('device') for r in cut})} phones cut mid-flow)")
+    return CheckResult(phase, "traffic", "flows-cut", verdict, len(cut), threshold, detail, evidence, float(at_most - len(cut)))
+
+
+def _refusals(ctx: RunContext) -> list[dict[str, Any]]:
+    """The load's refusal record so far: the workers' parts while a distributed load runs (the
+    merged file appears only when it stops), else the single process's file."""
+    path = getattr(ctx.load, "refusals_path", None)
+    if path is None:
+        return []
+    parts = sorted(path.parent.glob("refusals.*.jsonl"))
+    return [r for p in (parts or [path]) for r in _read_jsonl(p)]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a file still being written: a line not finished yet is left for the next read."""
+    out = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def judge_slo_window(
@@ -313,9 +368,7 @@ def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: s
 def _client_records(ctx: RunContext) -> list[dict[str, Any]]:
     """The load's record of what the app was told is final, one dict per answer."""
     path = getattr(ctx.load, "acknowledged_path", None)
-    if path is None or not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _read_jsonl(path) if path is not None else []
 
 
 def _acknowledged(ctx: RunContext) -> list[Acknowledged]:

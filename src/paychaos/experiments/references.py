@@ -92,8 +92,11 @@ def _topology_problems(fault: Any, topology: Topology) -> list[Reference]:
         out.append((("zone",), _one_of("zone", fault.zone_loss.zone, topology.zones)))
     if fault.slow_downstream is not None and fault.slow_downstream.proxy not in topology.proxies:
         out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, topology.proxies)))
-    if fault.event_redelivery is not None and fault.event_redelivery.topic not in topology.kafka.topics:
-        out.append((("topic",), _one_of("topic", fault.event_redelivery.topic, topology.kafka.topics)))
+    if fault.admission_restriction is not None and fault.admission_restriction.service not in topology.services:
+        out.append((("service",), _one_of("service", fault.admission_restriction.service, topology.services)))
+    for on_topic in (fault.event_redelivery, fault.poison_events):
+        if on_topic is not None and on_topic.topic not in topology.kafka.topics:
+            out.append((("topic",), _one_of("topic", on_topic.topic, topology.kafka.topics)))
     if fault.kafka_broker_failure is not None:
         kafka = fault.kafka_broker_failure
         if kafka.count > len(topology.kafka_nodes):

@@ -137,9 +137,39 @@ class EventRedelivery(_Spec):
     last: int = Field(default=20, ge=1, le=10_000)
 
 
-FaultKind = Literal["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery")
-_FAULT_KEYS = ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream", "event_redelivery")
+class PoisonEvents(_Spec):
+    """``count`` records no consumer can decode produced to every partition of ``topic``, as a
+    producer with a bug or a schema change leaves them: consumers must skip them and go on."""
+
+    topic: str = "payments"
+    count: int = Field(default=5, ge=1, le=1_000)
+
+
+class AdmissionRestriction(_Spec):
+    """The gateway admits only ``allowedPercent`` of device groups, rotating every ``rotation``,
+    with flow passes lasting ``flowTtl``: what operators switch on for a campaign's noon rush.
+    Not a failure but a condition to rehearse: admitted users must still finish their flows."""
+
+    service: Name = "gateway"
+    allowed_percent: int = Field(ge=1, le=99)
+    rotation: Duration
+    flow_ttl: Duration
+
+    @model_validator(mode="after")
+    def _positive(self) -> AdmissionRestriction:
+        if self.rotation <= timedelta(0) or self.flow_ttl <= timedelta(0):
+            raise ValueError("rotation and flowTtl: expected durations longer than 0s")
+        return self
+
+
+FaultKind = Literal["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery", "poisonEvents",
+                    "admissionRestriction"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream", "eventRedelivery",
+                                      "poisonEvents", "admissionRestriction")
+_FAULT_KEYS = ("pod_kill", "zone_loss", "kafka_broker_failure", "slow_downstream", "event_redelivery", "poison_events",
+               "admission_restriction")
+FaultAction = (PodKill | ZoneLoss | KafkaBrokerFailure | SlowDownstream | EventRedelivery | PoisonEvents
+               | AdmissionRestriction)
 
 
 class Fault(_Spec):
@@ -152,6 +182,8 @@ class Fault(_Spec):
     kafka_broker_failure: KafkaBrokerFailure | None = None
     slow_downstream: SlowDownstream | None = None
     event_redelivery: EventRedelivery | None = None
+    poison_events: PoisonEvents | None = None
+    admission_restriction: AdmissionRestriction | None = None
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Fault:
@@ -176,10 +208,10 @@ class Fault(_Spec):
         raise AssertionError("validated to have one kind")
 
     @property
-    def action(self) -> PodKill | ZoneLoss | KafkaBrokerFailure | SlowDownstream | EventRedelivery:
-        value = self.pod_kill or self.zone_loss or self.kafka_broker_failure or self.slow_downstream or self.event_redelivery
+    def action(self) -> FaultAction:
+        value = next((v for key in _FAULT_KEYS if (v := getattr(self, key)) is not None), None)
         assert value is not None
-        return value
+        return value  # type: ignore[no-any-return]
 
     @property
     def ends_at(self) -> timedelta:
@@ -265,9 +297,17 @@ class KafkaLag(_Spec):
 
 
 class Traffic(_Spec):
-    """The built-in client-side check: the share of requests that succeeded."""
+    """The built-in client-side checks: the share of requests that succeeded; how many phones
+    admission refused while they held an unexpired flow pass (a flow cut halfway)."""
 
-    success_ratio_above: float = Field(gt=0, le=1)
+    success_ratio_above: float | None = Field(default=None, gt=0, le=1)
+    flows_cut_at_most: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> Traffic:
+        if self.success_ratio_above is None and self.flows_cut_at_most is None:
+            raise ValueError("give successRatioAbove, flowsCutAtMost or both")
+        return self
 
 
 class TrafficStop(_Spec):

@@ -36,6 +36,7 @@ from paychaos.platform.topology import Topology
 
 IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request (podKill inFlight)
 ISR_WAIT = 10.0  # seconds, at most, for the cluster to drop a lost broker from the in-sync replicas
+RESTRICTION_SLACK = 30.0  # seconds an admission restriction outlives its window unless reverted
 
 
 class LocalDriver:
@@ -123,15 +124,21 @@ class LocalDriver:
             assert plan.zone is not None
             down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
             return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
-        if plan.kind == "eventRedelivery":
+        if plan.kind in ("eventRedelivery", "poisonEvents"):
             assert plan.topic is not None
+            topology = self._topology()
             try:
-                again = kafka.redeliver(self._topology(), plan.topic, plan.last)
+                if plan.kind == "poisonEvents":
+                    produced = kafka.produce_poison(topology, plan.topic, plan.poison)
+                    return {"topic": plan.topic, "poisonProduced": produced, "total": sum(produced.values())}
+                again = kafka.redeliver(topology, plan.topic, plan.last)
             except kafka.ClusterError as exc:
                 raise InjectionFailed(str(exc)) from None
             if not any(again.values()):
                 raise InjectionFailed(f"{plan.topic} holds no record to deliver again: is there traffic?")
             return {"topic": plan.topic, "redelivered": again, "total": sum(again.values())}
+        if plan.kind == "admissionRestriction":
+            return self._restrict(plan)
         if plan.kind == "kafkaBrokerFailure":
             names = {b.name for b in plan.brokers}
             down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
@@ -148,6 +155,37 @@ class LocalDriver:
         if missing:
             raise InjectionFailed(f"Toxiproxy accepted but does not list {', '.join(missing)} on proxy {plan.proxy}")
         return {"proxy": plan.proxy, "toxics": [present[t.name] for t in plan.toxics]}
+
+    def _admission_urls(self, plan: FaultPlan) -> dict[str, str]:
+        topology = self._topology()
+        ports = {r.name: r.port for r in topology.replicas}
+        return {r.name: f"http://{topology.host}:{ports[r.name]}/admin/admission" for r in plan.replicas if r.name in ports}
+
+    def _restrict(self, plan: FaultPlan) -> dict[str, Any]:
+        """Set the restriction on every replica, lapsing by itself shortly after the window (so a
+        run that dies cannot leave it for ever), and read back what each now enforces."""
+        assert plan.restriction is not None
+        allowed, rotation, flow_ttl = plan.restriction
+        body = {"allowedPercent": allowed, "rotation": rotation, "flowTtl": flow_ttl,
+                "until": time.time() + plan.duration + RESTRICTION_SLACK}
+        answers: dict[str, Any] = {}
+        with httpx.Client(timeout=5.0) as http:
+            for name, url in self._admission_urls(plan).items():
+                try:
+                    response = http.put(url, json=body)
+                    response.raise_for_status()
+                    answers[name] = response.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    raise InjectionFailed(f"{name} did not take the admission restriction: {exc}") from None
+        if not answers:
+            raise InjectionFailed("no replica of the plan is in the topology")
+        off = [n for n, a in answers.items() if not a.get("enabled")]
+        if off:
+            raise InjectionFailed(f"admission is switched off on {', '.join(off)}: the restriction has no effect there")
+        lax = [n for n, a in answers.items() if not a.get("restricted") or a.get("allowedPercent") != allowed]
+        if lax:
+            raise InjectionFailed(f"{', '.join(lax)} took the restriction but does not enforce it: {answers}")
+        return {"replicas": answers}
 
     def _await_in_flight(self, name: str) -> int:
         """Poll the replica's own metrics until a worker is serving a request; how many were.
@@ -218,15 +256,27 @@ class LocalDriver:
             if self._running():
                 self._wait(lambda: self._replicas_back(plan),
                            lambda: f"{', '.join(r.name for r in plan.replicas)} not ready again within "
-                                   f"{self.ready_timeout:.0f}s after the kill (see `paychaos stack logs`)")
+                                   f"{self.ready_timeout:.0f}s after the kill: {self._why_not_back(plan)}")
         elif plan.kind == "zoneLoss":
             assert plan.zone is not None
             self._zone_marker(plan.zone).unlink(missing_ok=True)
         elif plan.kind == "kafkaBrokerFailure":
             for broker in plan.brokers:
                 self._held_marker(broker.name).unlink(missing_ok=True)
-        elif plan.kind == "eventRedelivery":
-            pass  # a record delivered twice stays delivered twice: what must hold is the consumers' dedupe
+        elif plan.kind in ("eventRedelivery", "poisonEvents"):
+            pass  # a record in the log stays there: what must hold is how consumers treat it
+        elif plan.kind == "admissionRestriction":
+            failed = []
+            with httpx.Client(timeout=5.0) as http:
+                for name, url in self._admission_urls(plan).items():
+                    try:
+                        http.delete(url).raise_for_status()
+                    except httpx.HTTPError as exc:
+                        # A replica that is not there holds no restriction: it dies with the process.
+                        if self._replica_running(name):
+                            failed.append(f"{name}: {exc}")
+            if failed:
+                raise RevertFailed(f"could not lift the admission restriction on {'; '.join(failed)}")
         else:
             assert plan.proxy is not None
             try:
@@ -256,7 +306,9 @@ class LocalDriver:
                 return True
             state = self._state()
             return all((p := state.process(b.name)) is not None and p.ready for b in plan.brokers)
-        if not running or plan.kind == "eventRedelivery":
+        if plan.kind == "admissionRestriction":
+            return not running or self._unrestricted(plan)
+        if not running or plan.kind in ("eventRedelivery", "poisonEvents"):
             return True
         assert plan.proxy is not None
         try:
@@ -265,6 +317,41 @@ class LocalDriver:
         except ToxiproxyError:
             return False
         return not present & {t.name for t in plan.toxics}
+
+    def _why_not_back(self, plan: FaultPlan) -> str:
+        """What the supervisor says of each replica still down, and the last lines it logged."""
+        state = read_state(self.run_dir)
+        out = []
+        for replica in plan.replicas:
+            now = state.process(replica.name) if state is not None else None
+            if now is None:
+                out.append(f"{replica.name} unknown to the supervisor")
+                continue
+            if now.ready and alive(now.pid, now.create_time):
+                continue
+            try:
+                tail = self.run_dir.log_file(replica.name).read_text(encoding="utf-8", errors="replace").splitlines()[-3:]
+            except OSError:
+                tail = []
+            out.append(f"{replica.name} pid {now.pid} ready {now.ready} restarts {now.restarts} last exit {now.last_exit}"
+                       + (f"; its log ends: {' | '.join(line.strip() for line in tail)}" if tail else ""))
+        return "; ".join(out) + " (more in `paychaos stack logs`)"
+
+    def _replica_running(self, name: str) -> bool:
+        state = read_state(self.run_dir) if self._running() else None
+        process = state.process(name) if state is not None else None
+        return process is not None and alive(process.pid, process.create_time)
+
+    def _unrestricted(self, plan: FaultPlan) -> bool:
+        with httpx.Client(timeout=5.0) as http:
+            for name, url in self._admission_urls(plan).items():
+                try:
+                    if http.get(url).json().get("restricted"):
+                        return False
+                except (httpx.HTTPError, ValueError):
+                    if self._replica_running(name):
+                        return False
+        return True
 
     def _replicas_back(self, plan: FaultPlan) -> bool:
         state = read_state(self.run_dir)

@@ -117,8 +117,11 @@ class FaultPlan:
     upstream: str | None = None
     toxics: tuple[Toxic, ...] = ()
     in_flight: bool = False  # podKill: wait for a request in flight on each victim, then kill
-    topic: str | None = None  # eventRedelivery
+    topic: str | None = None  # eventRedelivery, poisonEvents
     last: int = 0  # eventRedelivery: records of each partition delivered again
+    poison: int = 0  # poisonEvents: undecodable records produced to each partition
+    # admissionRestriction: (allowed percent, rotation seconds, flow TTL seconds) on the replicas
+    restriction: tuple[int, float, float] | None = None
 
     @property
     def id(self) -> str:
@@ -140,6 +143,13 @@ class FaultPlan:
             return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down"
         if self.kind == "eventRedelivery":
             return f"eventRedelivery: the last {self.last} events of every {self.topic} partition delivered again"
+        if self.kind == "poisonEvents":
+            return f"poisonEvents: {self.poison} undecodable records produced to every {self.topic} partition"
+        if self.kind == "admissionRestriction":
+            assert self.restriction is not None
+            allowed, rotation, ttl = self.restriction
+            return (f"admissionRestriction on {len(self.replicas)} {self.replicas[0].service} replicas: admit "
+                    f"{allowed}% of devices, rotating every {_secs(rotation)}, passes for {_secs(ttl)}")
         toxics = ", ".join(_toxic_text(t) for t in self.toxics)
         return f"slowDownstream on proxy {self.proxy}: {toxics}"
 
@@ -150,12 +160,17 @@ class FaultPlan:
             lines.append(f"  zone      {self.zone} (held down for the window)")
         for r in self.replicas:
             lines.append(f"  replica   {r.name}  zone {r.zone}  pid {_pid(r.pid)}{'' if r.ready else '  (not ready)'}")
+        if self.restriction is not None:
+            allowed, rotation, ttl = self.restriction
+            lines.append(f"  admission {allowed}% of device groups, rotating every {_secs(rotation)}, passes for {_secs(ttl)}")
         for b in self.brokers:
             lead = f"  leader of {self.leader_of[0]}-{self.leader_of[1]}" if self.leader_of else ""
             lines.append(f"  broker    {b.id} ({b.name})  zone {b.zone}  pid {_pid(b.pid)}{lead}")
         if self.proxy is not None:
             lines.append(f"  proxy     {self.proxy} (in front of {self.upstream})")
-        if self.topic is not None:
+        if self.topic is not None and self.kind == "poisonEvents":
+            lines.append(f"  topic     {self.topic}: {self.poison} undecodable records to each partition")
+        elif self.topic is not None:
             lines.append(f"  topic     {self.topic}: the last {self.last} records of each partition, produced again")
         for t in self.toxics:
             lines.append(f"  toxic     {t.name}: {_toxic_text(t)}")
@@ -179,6 +194,8 @@ class FaultPlan:
             "inFlight": self.in_flight,
             "topic": self.topic,
             "last": self.last,
+            "poison": self.poison,
+            "restriction": list(self.restriction) if self.restriction is not None else None,
         }
 
     @classmethod
@@ -201,6 +218,8 @@ class FaultPlan:
             in_flight=bool(data.get("inFlight", False)),
             topic=data.get("topic"),
             last=int(data.get("last", 0)),
+            poison=int(data.get("poison", 0)),
+            restriction=(int(r[0]), float(r[1]), float(r[2])) if (r := data.get("restriction")) else None,
         )
 
 
@@ -227,6 +246,17 @@ def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, ex
         return _broker_failure(action, observed, base)
     if isinstance(action, spec.EventRedelivery):
         return FaultPlan(**base, topic=action.topic, last=action.last)
+    if isinstance(action, spec.PoisonEvents):
+        return FaultPlan(**base, topic=action.topic, poison=action.count)
+    if isinstance(action, spec.AdmissionRestriction):
+        if not observed.replicas_of(action.service):
+            raise PlanError(f"admissionRestriction: no service {action.service!r}; services: {', '.join(observed.services) or 'none'}")
+        # The replicas serving now; one restarted during the window comes back unrestricted.
+        replicas = [r for r in observed.replicas_of(action.service) if r.ready]
+        if not replicas:
+            raise PlanError(f"admissionRestriction: no replica of {action.service} is ready")
+        restriction = (action.allowed_percent, action.rotation.total_seconds(), action.flow_ttl.total_seconds())
+        return FaultPlan(**base, replicas=tuple(replicas), restriction=restriction)
     return _slow_downstream(action, observed, base)
 
 

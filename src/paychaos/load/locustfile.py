@@ -34,6 +34,7 @@ from paychaos.load.running import RELEASE_FILE
 CONFIG_ENV = "PAYCHAOS_LOAD_CONFIG"
 PART_ENV = "PAYCHAOS_LOAD_PART"
 PASS_HEADER = "X-Admission-Pass"
+PASS_EXPIRES_HEADER = "X-Admission-Pass-Expires"
 
 # Per-second lines on the master need per-second worker reports (Locust's default is 3 s).
 locust.runners.WORKER_REPORT_INTERVAL = 1.0
@@ -51,12 +52,14 @@ LOAD = spec.Load.model_validate(CONFIG["load"]) if CONFIG else None
 SHAPE = shapes.shape_for(LOAD) if LOAD else None
 
 
-def acknowledged_name(part: str) -> str:
-    return "acknowledged.jsonl" if part == "main" else f"acknowledged.{part}.jsonl"
+def record_name(kind: str, part: str) -> str:
+    """``acknowledged`` or ``refusals``: ``<kind>.jsonl``, or a worker's ``<kind>.<part>.jsonl``."""
+    return f"{kind}.jsonl" if part == "main" else f"{kind}.{part}.jsonl"
 
 
-class AcknowledgedRecord:
-    """The client-side truth: one JSON line per payment the user was told is final, flushed at once."""
+class ClientRecord:
+    """The client-side truth, one JSON line per event flushed at once: every payment the user was
+    told is final (``acknowledged``), every request the gateway's admission refused (``refusals``)."""
 
     def __init__(self, path: Path | None) -> None:
         self.count = 0
@@ -77,7 +80,8 @@ class AcknowledgedRecord:
             self._fh = None
 
 
-ACKS = AcknowledgedRecord(OUT_DIR / acknowledged_name(PART) if OUT_DIR and PART != "master" else None)
+ACKS = ClientRecord(OUT_DIR / record_name("acknowledged", PART) if OUT_DIR and PART != "master" else None)
+REFUSALS = ClientRecord(OUT_DIR / record_name("refusals", PART) if OUT_DIR and PART != "master" else None)
 
 
 class CampaignUser(FastHttpUser):
@@ -99,6 +103,7 @@ class CampaignUser(FastHttpUser):
         self.user_id = f"u{self.rng.randint(1, self.app_users):05d}"
         self.device_id = f"device-{uuid.uuid4().hex[:16]}"  # one phone, stable for the user's life
         self.admission_pass: str | None = None
+        self.pass_expires: float | None = None  # when the platform said the pass lapses
         self.not_before = 0.0
         self.step_index = self.rng.randrange(len(self.cycle))  # spread payments across users
         self.next_slot = time.monotonic()
@@ -132,6 +137,7 @@ class CampaignUser(FastHttpUser):
             got = r.headers or {}
             if got.get(PASS_HEADER):
                 self.admission_pass = got[PASS_HEADER]
+                self.pass_expires = _epoch(got.get(PASS_EXPIRES_HEADER))
             retry_after = parse_retry_after(got.get("Retry-After"))
             if retry_after and status in (429, 503):
                 self.not_before = time.monotonic() + retry_after
@@ -140,6 +146,10 @@ class CampaignUser(FastHttpUser):
             except ValueError:
                 parsed = None
             answer = Answer(status, parsed if isinstance(parsed, dict) else None, retry_after, got.get("Idempotency-Replayed") == "true")
+            if status in (429, 503) and answer.error.get("reason"):
+                # Admission refused this phone: recorded with the pass it held, for flow continuity.
+                REFUSALS.write({"device": self.device_id, "user": self.user_id, "route": name, "status": status,
+                                "reason": answer.error["reason"], "passExpires": self.pass_expires, "at": time.time()})
             # A decline is a correct answer; refusals, errors and timeouts are failures users saw.
             if 200 <= status < 300 or status == 402:
                 r.success()
@@ -190,6 +200,13 @@ class CampaignUser(FastHttpUser):
             "doubleTap": double_tap,
             "at": time.time(),
         })
+
+
+def _epoch(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 class Release:
@@ -430,3 +447,4 @@ def _on_quit(**_: Any) -> None:
     if LINES is not None:
         LINES.write(final=True)
     ACKS.close()
+    REFUSALS.close()

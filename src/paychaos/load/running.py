@@ -34,7 +34,8 @@ class LoadRunner:
     """Locust in a child process (or a master and ``workers`` local worker processes).
 
     Files in ``out_dir``: ``stats.jsonl`` (one line per second), ``acknowledged.jsonl`` (every
-    payment users were told is final), ``summary.json`` (totals, written when the run ends) and
+    payment users were told is final), ``refusals.jsonl`` (every request admission refused),
+    ``summary.json`` (totals, written when the run ends) and
     one ``locust-<part>.log`` per process.
     """
 
@@ -76,6 +77,11 @@ class LoadRunner:
         return self.out_dir / "acknowledged.jsonl"
 
     @property
+    def refusals_path(self) -> Path:
+        """Every request admission refused, with the pass the phone held (merged like the record)."""
+        return self.out_dir / "refusals.jsonl"
+
+    @property
     def summary_path(self) -> Path:
         return self.out_dir / "summary.json"
 
@@ -97,8 +103,8 @@ class LoadRunner:
 
     def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.stats_path, self.acknowledged_path, self.summary_path, self.release_path,
-                      *self._parts("acknowledged.*.jsonl"), *self._parts("totals.*.json")):
+        for stale in (self.stats_path, self.acknowledged_path, self.refusals_path, self.summary_path, self.release_path,
+                      *self._parts("acknowledged.*.jsonl"), *self._parts("refusals.*.jsonl"), *self._parts("totals.*.json")):
             stale.unlink(missing_ok=True)
         load = self.load
         if load.trace:  # the child runs elsewhere: pin the trace to an absolute path, and fail here if unreadable
@@ -186,7 +192,8 @@ class LoadRunner:
         for log in self._logs:
             log.close()
         if self._workers:
-            merge_acknowledged(sorted(self._parts("acknowledged.*.jsonl")), self.acknowledged_path)
+            merge_records(sorted(self._parts("acknowledged.*.jsonl")), self.acknowledged_path)
+            merge_records(sorted(self._parts("refusals.*.jsonl")), self.refusals_path)
         self._summary = summarize(
             [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self._parts("totals.*.json"))],
             read_records(self.acknowledged_path),
@@ -255,7 +262,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def merge_acknowledged(parts: list[Path], into: Path) -> int:
+def merge_records(parts: list[Path], into: Path) -> int:
+    """The workers' parts of a client record as one file, in time order."""
     records = [r for p in parts for r in read_records(p)]
     records.sort(key=lambda r: r.get("at", 0))
     tmp = into.with_name(f".{into.name}.tmp")

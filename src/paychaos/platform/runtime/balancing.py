@@ -33,6 +33,8 @@ def haproxy_config(topology: Topology) -> str:
         "",
         "frontend edge",
         f"    bind {host}:{topology.ports.edge}",
+        # Operators' endpoints (admission restrictions) answer on each replica's own port only.
+        "    http-request deny deny_status 404 if { path_beg /admin }",
         "    default_backend gateway",
         "",
         "frontend stats",

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -316,3 +317,37 @@ def redeliver(topology: Topology, topic: str, last: int, timeout: float = 20.0) 
     finally:
         reader.close()
     return counts
+
+
+#: What a buggy producer leaves in a topic: bytes that are not JSON, and JSON that names the event
+#: type but not in its schema (an amount as text, no ids), so that both decoders' paths are hit.
+POISON_VALUES = (b"\x00\xffnot json at all", b'{"type": "payment.completed", "amount": "1,000 yen"}')
+
+
+def produce_poison(topology: Topology, topic: str, per_partition: int, timeout: float = 20.0) -> dict[str, int]:
+    """Produce ``per_partition`` undecodable records to every partition of ``topic`` (keyed
+    ``paychaos-poison-<n>``, alternating :data:`POISON_VALUES`); how many each partition got."""
+    metadata = _admin(topology).list_topics(topic, timeout=10)
+    meta = metadata.topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise ClusterError(f"Kafka topic {topic!r} does not exist")
+    writer = Producer({"bootstrap.servers": topology.bootstrap_servers, "acks": "all", "enable.idempotence": True, "log_level": 2})
+    delivered: dict[str, int] = {f"{topic}-{p}": 0 for p in sorted(meta.partitions)}
+
+    def acked(error: Any, message: Any) -> None:
+        if error is None:
+            delivered[f"{topic}-{message.partition()}"] += 1
+
+    try:
+        for partition in sorted(meta.partitions):
+            for n in range(per_partition):
+                writer.produce(topic, POISON_VALUES[n % len(POISON_VALUES)], f"paychaos-poison-{n}".encode(),
+                               partition=partition, on_delivery=acked)
+        if writer.flush(timeout) > 0:
+            raise ClusterError(f"Kafka did not acknowledge every poison record for {topic} within {timeout:g}s")
+        short = {p: n for p, n in delivered.items() if n < per_partition}
+        if short:
+            raise ClusterError(f"Kafka refused poison records for {topic}: acknowledged only {short} of {per_partition} each")
+    except KafkaException as exc:
+        raise ClusterError(f"cannot produce to {topic} through {topology.bootstrap_servers}: {exc.args[0].str()}") from exc
+    return delivered

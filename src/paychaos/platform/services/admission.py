@@ -81,6 +81,11 @@ def issue_pass(secret: bytes, device_id: str, expires: int) -> str:
     return f"{expires}.{_signature(secret, device_id, expires)}"
 
 
+def pass_expires(token: str) -> int:
+    """When a pass issued by :func:`issue_pass` lapses (epoch seconds)."""
+    return int(token.partition(".")[0])
+
+
 def pass_valid(secret: bytes, device_id: str, token: str | None, now: float) -> bool:
     if not token:
         return False
@@ -91,6 +96,23 @@ def pass_valid(secret: bytes, device_id: str, token: str | None, now: float) -> 
     if now >= expires:
         return False
     return hmac.compare_digest(signature, _signature(secret, device_id, expires))
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Rotation rules an operator sets for a while (the noon rush), over the topology's own.
+    It lapses by itself at ``until``, so one set by a run that then died does not outlive it."""
+
+    allowed_percent: int
+    rotation: float  # seconds
+    flow_ttl: float  # seconds
+    until: float  # epoch seconds
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.allowed_percent <= 100:
+            raise ValueError(f"allowedPercent: expected 0 to 100, got {self.allowed_percent}")
+        if self.rotation <= 0 or self.flow_ttl <= 0:
+            raise ValueError("rotation and flowTtl: expected more than 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -113,17 +135,26 @@ class Admission:
         self.rotation = spec.rotation.total_seconds()
         self.flow_ttl = spec.flow_ttl.total_seconds()
         self.bucket = TokenBucket(spec.tokens_per_second, spec.burst, now)
+        self.restriction: Restriction | None = None
+
+    def rules(self, now: float) -> tuple[int, float, float]:
+        """(allowed percent, rotation seconds, flow TTL seconds) in force at ``now``."""
+        r = self.restriction
+        if r is not None and now < r.until:
+            return r.allowed_percent, r.rotation, r.flow_ttl
+        return self.spec.allowed_percent, self.rotation, self.flow_ttl
 
     def decide(self, device_id: str, token: str | None, now: float) -> Verdict:
         if not self.bucket.try_take(now):
             return Verdict("rate_limited", _whole_seconds(self.bucket.seconds_until_token(now)))
+        allowed, rotation, flow_ttl = self.rules(now)
         group = device_group(device_id)
-        if in_rotation(group, int(now // self.rotation), self.spec.allowed_percent):
+        if in_rotation(group, int(now // rotation), allowed):
             # Renewed on each admitted request: the pass lasts flowTtl past the last in-window request.
-            return Verdict("admitted", new_pass=issue_pass(self.secret, device_id, math.ceil(now + self.flow_ttl)))
+            return Verdict("admitted", new_pass=issue_pass(self.secret, device_id, math.ceil(now + flow_ttl)))
         if pass_valid(self.secret, device_id, token, now):
             return Verdict("pass")
-        wait = seconds_until_admitted(group, now, self.rotation, self.spec.allowed_percent)
+        wait = seconds_until_admitted(group, now, rotation, allowed)
         return Verdict("rotated_out", _whole_seconds(wait))
 
 

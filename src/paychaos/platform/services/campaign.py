@@ -109,6 +109,7 @@ class Metrics:
     granted_yen: Counter
     lag: Gauge
     duplicates: Counter
+    poison: Counter
 
     @classmethod
     def register(cls, ctx: ReplicaContext) -> Metrics:
@@ -126,6 +127,7 @@ class Metrics:
             granted_yen=counter("campaign_cashback_granted_yen", "Cashback yen booked in the ledger by this replica"),
             lag=lag.labels(**ctx.labels()),
             duplicates=counter("campaign_duplicates_skipped", "Redelivered events recognised and skipped"),
+            poison=counter("campaign_poison_skipped", "Undecodable events logged and skipped (skipPoison)"),
         )
 
 
@@ -197,7 +199,11 @@ class CampaignService:
     async def handle_batch(self, messages: list[Message]) -> None:
         grants: list[store.Grant] = []
         for message in messages:
-            event = _decode(message, skip_poison=self.skip_poison)
+            try:
+                event = _decode(message, skip_poison=self.skip_poison)
+            except Undecodable:
+                self.metrics.poison.inc()
+                continue
             if event is not None:
                 recorded = await self.record(event)
                 if recorded.grant is not None:
@@ -252,7 +258,13 @@ class PoisonMessage(Exception):
     """An event that cannot be decoded, with skipPoison switched off: the batch fails, for ever."""
 
 
+class Undecodable(Exception):
+    """An event that cannot be decoded, with skipPoison on: logged, counted and skipped."""
+
+
 def _decode(message: Message, *, skip_poison: bool = True) -> PaymentEvent | None:
+    """The payment event in ``message``; None for another event type. Undecodable bytes raise
+    :class:`Undecodable` (to skip and count) or, with skipPoison off, :class:`PoisonMessage`."""
     try:
         data = json.loads(message.value() or b"")
         if not isinstance(data, dict) or data.get("type") != "payment.completed":
@@ -264,7 +276,7 @@ def _decode(message: Message, *, skip_poison: bool = True) -> PaymentEvent | Non
             raise PoisonMessage(f"undecodable event at {where}: {exc}") from None
         # A poison message must not stall the partition; it is logged and skipped.
         log.error("skipping undecodable event at %s: %s", where, exc)
-        return None
+        raise Undecodable(where) from None
 
 
 def _error_code(response: httpx.Response) -> str | None:

@@ -14,13 +14,15 @@ from typing import Literal
 import httpx
 from prometheus_client import Counter, Histogram
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from paychaos.platform.services.admission import Admission, Decision, stack_secret
+from paychaos.platform.services.admission import Admission, Decision, Restriction, pass_expires, stack_secret
 from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, problem
 
 PASS_HEADER = "X-Admission-Pass"
+# When the pass lapses (epoch seconds): the app, and a client-side probe, know the flow it covers.
+PASS_EXPIRES_HEADER = "X-Admission-Pass-Expires"
 DEVICE_HEADER = "X-Device-Id"
 FORWARDED_HEADERS = ("idempotency-key", "x-device-id", "x-user-id", "content-type", "accept")
 # Downstream statuses that mean "the service is not there" (HAProxy answers these with HTML).
@@ -80,12 +82,12 @@ class Gateway:
                 return problem(400, "DEVICE_ID_REQUIRED", f"The {DEVICE_HEADER} header is required.")
             if self.in_flight >= self.spec.max_in_flight:
                 self._count("shed")
-                return _try_again(503, 1)
+                return _try_again(503, 1, "shed")
             token = request.headers.get(PASS_HEADER) or request.cookies.get(PASS_HEADER)
             verdict = self.admission.decide(device_id, token, time.time())
             self._count(verdict.decision)
             if not verdict.admitted:
-                return _try_again(429, verdict.retry_after)
+                return _try_again(429, verdict.retry_after, verdict.decision)
             self.in_flight += 1
             try:
                 response = await handler(request)
@@ -93,12 +95,33 @@ class Gateway:
                 self.in_flight -= 1
             if verdict.new_pass is not None:
                 response.headers[PASS_HEADER] = verdict.new_pass
+                response.headers[PASS_EXPIRES_HEADER] = str(pass_expires(verdict.new_pass))
                 response.set_cookie(
                     PASS_HEADER, verdict.new_pass, max_age=int(self.spec.flow_ttl.total_seconds()), httponly=True
                 )
             return response
 
         return guarded
+
+    async def restriction(self, request: Request) -> Response:
+        """The rotation rules in force. PUT {allowedPercent, rotation, flowTtl (seconds), until
+        (epoch seconds)} restricts admission until then, as an operator does for the noon rush;
+        DELETE lifts it. Served on the replica's own port: the edge does not route /admin."""
+        if request.method == "PUT":
+            try:
+                body = json.loads(await request.body())
+                self.admission.restriction = Restriction(int(body["allowedPercent"]), float(body["rotation"]),
+                                                         float(body["flowTtl"]), float(body["until"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                return problem(422, "INVALID_RESTRICTION", f"expected {{allowedPercent, rotation, flowTtl, until}}: {exc}")
+        elif request.method == "DELETE":
+            self.admission.restriction = None
+        now = time.time()
+        allowed, rotation, flow_ttl = self.admission.rules(now)
+        r = self.admission.restriction
+        return JSONResponse({"enabled": self.spec.enabled, "allowedPercent": allowed, "rotation": rotation,
+                             "flowTtl": flow_ttl, "restricted": r is not None and now < r.until,
+                             "until": r.until if r is not None else None})
 
     async def forward(self, request: Request, dependency: str, path: str) -> Response:
         headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
@@ -134,6 +157,7 @@ class Gateway:
             return await self.forward(request, "ledger", f"/v1/wallets/{request.path_params['user_id']}")
 
         return [
+            Route("/admin/admission", self.restriction, methods=["GET", "PUT", "DELETE"]),
             Route("/v1/payments", self.admitted(payments), methods=["POST"]),
             Route("/v1/campaign/status", self.admitted(campaign_status), methods=["GET"]),
             Route("/v1/wallets/{user_id}", self.admitted(wallet), methods=["GET"]),
@@ -153,8 +177,10 @@ def _is_json(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").startswith("application/json")
 
 
-def _try_again(status: int, retry_after: int) -> Response:
-    return problem(status, "TRY_AGAIN_SHORTLY", TRY_AGAIN, headers={"Retry-After": str(retry_after)})
+def _try_again(status: int, retry_after: int, reason: str) -> Response:
+    """A refusal the app shows as "try again shortly"; ``reason`` (rotated_out, rate_limited,
+    shed) tells operators and client-side probes which rule refused."""
+    return problem(status, "TRY_AGAIN_SHORTLY", TRY_AGAIN, headers={"Retry-After": str(retry_after)}, reason=reason)
 
 
 def _unavailable(dependency: str, what: str) -> Response:
