@@ -95,10 +95,10 @@ class Gateway:
                 self.in_flight -= 1
             if verdict.new_pass is not None:
                 response.headers[PASS_HEADER] = verdict.new_pass
-                response.headers[PASS_EXPIRES_HEADER] = str(pass_expires(verdict.new_pass))
-                response.set_cookie(
-                    PASS_HEADER, verdict.new_pass, max_age=int(self.spec.flow_ttl.total_seconds()), httponly=True
-                )
+                expires = pass_expires(verdict.new_pass)
+                response.headers[PASS_EXPIRES_HEADER] = str(expires)
+                # The pass's own lifetime: under a restriction it is that restriction's flowTtl.
+                response.set_cookie(PASS_HEADER, verdict.new_pass, max_age=max(1, expires - int(time.time())), httponly=True)
             return response
 
         return guarded
