@@ -310,8 +310,11 @@ def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stac
 
 # A spike the payment replicas cannot take: card payments held 200 ms each by a slow (not broken:
 # under the breaker's 1 s slow-call bar) acquirer, on 3 replicas of 2 workers and 2 queued, serve
-# about 25 a second; 60 arrive. Admission lets 3 gateways x 5 a second through and asks the rest
-# to come back later (429 with Retry-After), which is not a server error.
+# at most 30 a second (fewer on a busy machine); 60 arrive. Admission lets 3 gateways x 3 a second
+# through, a third of that, and asks the rest to come back later (429 with Retry-After), which is
+# not a server error. (At 3 x 5 a second, a full test session on 2 cores once saw the admitted
+# payments' p99 over its bound: the client, starved, sent the spike over twice its 8 s and the
+# buckets let through 283 payments, near what the loaded replicas could serve.)
 SPIKE_RATE, SPIKE_SECONDS = 60, 8.0
 SPIKE_ACQUIRER = {"latency": 200, "jitter": 0}
 SPIKE_SLOS = ("payments-availability", "payments-latency-p99")
@@ -320,16 +323,17 @@ SPIKE_SLOS = ("payments-availability", "payments-latency-p99")
 def admission_tuned(topology: Topology, *, enabled: bool) -> Topology:
     services = dict(topology.services)
     services["payment"] = services["payment"].model_copy(update={"workers": 2, "accept_queue": 2})
-    admission = topology.resilience.admission.model_copy(update={"enabled": enabled, "tokens_per_second": 5, "burst": 2})
+    admission = topology.resilience.admission.model_copy(update={"enabled": enabled, "tokens_per_second": 3, "burst": 2})
     resilience = topology.resilience.model_copy(update={"admission": admission})
     return topology.model_copy(update={"services": services, "resilience": resilience})
 
 
 def spike(stack: Stack) -> tuple[Counter, dict[str, CheckResult]]:
     """The spike's answers as the app saw them, and the payment SLOs over its window."""
+    started = time.time()
     outcomes = asyncio.run(mixed_load(stack, card_rate=SPIKE_RATE, warmup=0.0, seconds=SPIKE_SECONDS, balance_clients=0))
-    ended = time.time()
-    return outcomes["card"], {name: stack.slo(name, SPIKE_SECONDS, ended=ended) for name in SPIKE_SLOS}
+    ended = time.time()  # the last answer: a starved client may take longer than SPIKE_SECONDS
+    return outcomes["card"], {name: stack.slo(name, ended - started, ended=ended) for name in SPIKE_SLOS}
 
 
 def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None:
@@ -344,7 +348,8 @@ def test_admission_off_a_spike_breaches_the_payment_slos(defects: Stack) -> None
         finally:
             toxiproxy.remove_toxic("acquirer", "spike-latency")
             stacking.reconfigure(defects.run_dir, healthy, ["gateway", "payment"])
-    outcomes = {"admission on": (admitted, guarded), "admission off": (flooded, breached)}
+    outcomes = {phase: (dict(answers), {n: (r.verdict, r.observed, r.threshold, r.detail) for n, r in slos.items()})
+                for phase, answers, slos in (("admission on", admitted, guarded), ("admission off", flooded, breached))}
     # On: the excess is told to come back later, and what is let in is served within the SLOs.
     assert admitted["429 TRY_AGAIN_SHORTLY"] > 0, outcomes
     assert all(r.verdict == "passed" for r in guarded.values()), outcomes
