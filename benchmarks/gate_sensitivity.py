@@ -148,6 +148,12 @@ def main() -> int:
     if args.only is not None:
         defects = [d for d in defects if d[0].name in args.only]
 
+    def write_json() -> None:  # after each defect: a long run stopped halfway keeps what it measured
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([{"defect": d.name, "caught": d.caught, "note": d.note,
+                                          "outcomes": [vars(o) for o in d.outcomes]} for d, _, _ in defects if d.outcomes or d.note],
+                                        indent=2), encoding="utf-8")
+
     for defect, changes, patch in defects:
         print(f"== {defect.name}: {', '.join(defect.experiments) or 'no experiment rehearses it'}", flush=True)
         if not defect.experiments:
@@ -163,12 +169,10 @@ def main() -> int:
             finally:
                 if patch is not None:
                     git_apply(patch, reverse=True)
+                write_json()
 
     print_matrix([d for d, _, _ in defects])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([{"defect": d.name, "caught": d.caught, "note": d.note,
-                                      "outcomes": [vars(o) for o in d.outcomes]} for d, _, _ in defects], indent=2),
-                         encoding="utf-8")
+    write_json()
     healthy = next((d for d, _, _ in defects if d.name == "healthy"), None)
     broken = [d for d, _, _ in defects if d.name != "healthy"]
     return 0 if (healthy is None or not healthy.caught) and all(d.caught for d in broken if d.experiments) else 1
