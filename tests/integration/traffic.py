@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -19,6 +20,7 @@ CARD_ARRIVALS_PER_S = 60  # open loop: the noon herd does not wait for earlier p
 BALANCE_CLIENTS = 10
 WARMUP, MEASURE = 3.0, 10.0
 APP_PATIENCE = 3.0  # the app shows "try again" after this long; a user who waited that long saw a failure
+READY_WITHIN = 30.0  # seconds after the warm-up for ``ready`` to say so before the test fails
 
 
 async def mixed_load(
@@ -27,10 +29,19 @@ async def mixed_load(
     warmup: float = WARMUP,
     seconds: float = MEASURE,
     balance_clients: int = BALANCE_CLIENTS,
+    ready: Callable[[httpx.AsyncClient], Awaitable[bool]] | None = None,
 ) -> dict[str, Counter]:
-    """Card payments arrive at a fixed rate; after ``warmup`` s balance users join; outcomes per method."""
+    """Card payments arrive at a fixed rate; after ``warmup`` s (and once ``ready`` says so, if
+    given) balance users join for ``seconds``; outcomes per method.
+
+    ``ready`` starts the measurement on what the test is about (e.g. every breaker open) rather
+    than on a guess of how long that takes: on a busy machine it takes longer, and balance users
+    who joined early would measure the warm-up instead.
+    """
     outcomes: dict[str, Counter] = {"card": Counter(), "balance": Counter()}
-    deadline = time.monotonic() + warmup + seconds
+    measuring = asyncio.Event()
+    end = [float("inf")]
+    not_ready: list[str] = []
     limits = httpx.Limits(max_connections=400)
     async with httpx.AsyncClient(timeout=APP_PATIENCE, limits=limits) as client:
 
@@ -44,27 +55,58 @@ async def mixed_load(
             except httpx.TransportError as exc:
                 outcomes[method][type(exc).__name__] += 1
 
+        async def start_measuring() -> None:
+            await asyncio.sleep(warmup)
+            give_up = time.monotonic() + READY_WITHIN
+            while ready is not None and not await ready(client):
+                if time.monotonic() > give_up:
+                    not_ready.append(f"not ready {warmup + READY_WITHIN:.0f}s into the card traffic")
+                    break
+                await asyncio.sleep(0.1)
+            end[0] = time.monotonic() + (seconds if not not_ready else 0.0)
+            measuring.set()
+
         async def card_arrivals() -> None:
             # Paced against the clock, not by sleeping a fixed gap, so a busy event loop still
             # offers the full rate (it catches up instead of drifting).
             tasks, n, start = [], 0, time.monotonic()
-            while time.monotonic() < deadline:
+            while time.monotonic() < end[0]:
                 due = start + n / card_rate
                 while due <= time.monotonic():
                     tasks.append(asyncio.create_task(pay(f"u{1300 + n % 200:05d}", "card")))
                     n += 1
                     due = start + n / card_rate
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await asyncio.sleep(max(0.0, min(due, end[0]) - time.monotonic()))
             await asyncio.gather(*tasks)
 
         async def balance_user(n: int) -> None:
-            await asyncio.sleep(warmup)
-            while time.monotonic() < deadline:
+            await measuring.wait()
+            while time.monotonic() < end[0]:
                 await pay(f"u{1500 + n:05d}", "balance")
                 await asyncio.sleep(0.2)  # think time
 
-        await asyncio.gather(card_arrivals(), *(balance_user(i) for i in range(balance_clients)))
+        await asyncio.gather(start_measuring(), card_arrivals(), *(balance_user(i) for i in range(balance_clients)))
+    assert not not_ready, (not_ready, outcomes)
     return outcomes
+
+
+def breakers_open(stack: Stack) -> Callable[[httpx.AsyncClient], Awaitable[bool]]:
+    """Whether every payment replica reports its acquirer breaker OPEN, read from the replicas'
+    own metrics (no scrape interval in between)."""
+
+    async def every_breaker_open(client: httpx.AsyncClient) -> bool:
+        for replica in stack.topology.replicas_of("payment"):
+            try:
+                text = (await client.get(f"http://{stack.topology.host}:{replica.port}/metrics")).text
+            except httpx.TransportError:
+                return False
+            states = [line for line in text.splitlines()
+                      if line.startswith("resilience4j_circuitbreaker_state{") and 'state="open"' in line]
+            if not states or any(float(line.rsplit(" ", 1)[1]) != 1.0 for line in states):
+                return False
+        return True
+
+    return every_breaker_open
 
 
 def success_ratio(counter: Counter) -> float:
