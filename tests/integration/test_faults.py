@@ -135,6 +135,60 @@ def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(sta
     driver.revert(record)
 
 
+def stopped(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_leader_killed_after_its_followers_stalled_dies_while_they_are_stopped(stack) -> None:
+    wait_whole(stack)
+    driver = LocalDriver(stack.run_dir)
+    p = plan(stack, fault(kafkaBrokerFailure={"leaderOf": {"topic": "payments", "partition": 1}, "followersStalled": "2s"}), 5)
+    leader = p.brokers[0].name
+    followers = sorted(b.name for b in p.stalled)
+    assert len(followers) == 2 and leader not in followers
+    record = records.inject(stack.run_dir, driver, p)
+    try:
+        effect = record.effect
+        assert sorted(s["name"] for s in effect["stalled"]) == followers
+        assert effect["stalledSeconds"] >= 2.0, effect
+        assert effect["down"] == [leader] and stack.state().process(leader).pid is None
+        # Resumed once the leader was dead: running again, and still in the cluster.
+        state = stack.state()
+        assert not any(stopped(state.process(name).pid) for name in followers)
+        stack.wait_for("a follower to lead payments-1", lambda: f"kafka-{kafka.partition_leader(stack.topology, 'payments', 1)}" in followers,
+                       timeout=60, interval=1)
+    finally:
+        records.revert(stack.run_dir, driver, record.id)
+    stack.wait_for(f"{leader} to come back", lambda: driver.verify_reverted(record), timeout=120)
+
+
+def test_halt_resumes_the_nodes_a_run_killed_mid_stall_left_stopped(stack) -> None:
+    wait_whole(stack)
+    f = fault(kafkaBrokerFailure={"broker": 1, "followersStalled": "60s"}, **{"for": "90s"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(f.model_dump(by_alias=True, mode="json")), "11"],
+        env={**os.environ, **stack.env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        stack.wait_for("kafka-2 and kafka-3 to be stopped",
+                       lambda: child.poll() is None and all(stopped(stack.state().process(n).pid) for n in ("kafka-2", "kafka-3")),
+                       timeout=30, interval=0.2)
+    finally:
+        child.kill()  # SIGKILL mid-stall: nothing resumes them but halt
+        child.wait()
+        stderr = child.stderr.read()
+        child.stderr.close()
+    assert all(stopped(stack.state().process(n).pid) for n in ("kafka-2", "kafka-3")), stderr
+    halted = stack.cli("halt", timeout=300)
+    assert halted.returncode == 0 and "reverted killed-run-11" in halted.stderr, halted.stderr
+    assert not any(stopped(stack.state().process(n).pid) for n in ("kafka-2", "kafka-3"))
+    assert stack.state().process("kafka-1").pid is not None  # killed only at the stall's end
+    wait_whole(stack)
+
+
 def test_slow_downstream_adds_latency_through_the_proxy_until_reverted(stack) -> None:
     driver = LocalDriver(stack.run_dir)
     url = stack.topology.internal_url("acquirer")

@@ -186,6 +186,32 @@ def test_broker_failure_of_a_partition_leader_resolves_the_observed_leader() -> 
     assert "leader of payments-0" in p.describe()
 
 
+def test_broker_failure_with_followers_stalled_stops_every_other_node_before_the_kill() -> None:
+    p = plan(fault(kafkaBrokerFailure={"leaderOf": {"topic": "payments", "partition": 0}, "followersStalled": "4s"}))
+    assert [b.name for b in p.brokers] == ["kafka-2"]
+    assert ([b.name for b in p.stalled], p.stall) == (["kafka-1", "kafka-3"], 4.0)
+    assert "killed after nodes 1, 3 stalled for 4s" in p.headline()
+    assert "stalled   3 (kafka-3)  zone az-c  pid 2003  for 4s before the kill" in p.describe()
+    assert FaultPlan.from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize(
+    ("broker_failure", "obs", "message"),
+    [
+        ({"broker": 1, "followersStalled": "30s"}, None, "followersStalled 30s must end inside the fault's window of 30s"),
+        ({"broker": 1, "followersStalled": "4s"}, "kafka-3", "needs every other node running; down: kafka-3"),
+    ],
+)
+def test_followers_stalled_is_refused_when_it_cannot_happen(broker_failure: dict[str, Any], obs: str | None, message: str) -> None:
+    seen = observed()
+    if obs is not None:
+        brokers = tuple(b if b.name != obs else ObservedBroker(b.id, b.name, b.zone, False, None, None) for b in seen.brokers)
+        seen = Observed(zones=seen.zones, replicas=seen.replicas, brokers=brokers, proxies=seen.proxies,
+                        leaders=seen.leaders, leader_errors=seen.leader_errors)
+    with pytest.raises(PlanError, match=message):
+        plan(fault(kafkaBrokerFailure=broker_failure), seen)
+
+
 def test_slow_downstream_names_its_toxics_after_the_experiment_and_index() -> None:
     p = plan(fault(slowDownstream={"proxy": "acquirer", "latency": "3000ms", "jitter": "200ms", "timeout": "5s"}))
     assert p.proxy == "acquirer" and p.upstream == "acquirer"

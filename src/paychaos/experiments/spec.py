@@ -104,6 +104,9 @@ class KafkaBrokerFailure(_Spec):
     broker: int | None = Field(default=None, ge=1)
     leader_of: LeaderOf | None = None
     count: int = Field(default=1, ge=1)
+    # Every other node stalls (SIGSTOP: a long GC pause, a frozen disk) for this long just before
+    # the node dies, so its last acknowledged writes live on it alone: what acks=all exists for.
+    followers_stalled: Duration | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> KafkaBrokerFailure:
@@ -111,6 +114,11 @@ class KafkaBrokerFailure(_Spec):
             raise ValueError("leaderOf: give broker or leaderOf, not both")
         if self.broker is None and self.leader_of is None:
             raise ValueError("give a broker id, or leaderOf: {topic, partition}")
+        if self.followers_stalled is not None:
+            if self.count != 1:
+                raise ValueError("followersStalled: stalls every other node while one dies; give count 1")
+            if self.followers_stalled.total_seconds() <= 0:
+                raise ValueError("followersStalled: give a duration above zero, e.g. 4s")
         return self
 
 

@@ -7,6 +7,7 @@ Toxiproxy toxics. Everything is reverted from the ledger record alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -141,8 +142,19 @@ class LocalDriver:
             return self._restrict(plan)
         if plan.kind == "kafkaBrokerFailure":
             names = {b.name for b in plan.brokers}
-            down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
-            return {"down": down, "held": sorted(names), **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
+            stalled: dict[str, Any] = {}
+            try:
+                if plan.stalled:
+                    stalled = self._stall(plan)
+                down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
+            finally:
+                if plan.stalled:
+                    resumed_at = time.monotonic()
+                    self._resume(plan)
+                    if stalled:
+                        stalled["stalledSeconds"] = round(resumed_at - stalled.pop("since"), 2)
+            return {"down": down, "held": sorted(names), **stalled,
+                    **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
         assert plan.proxy is not None
         try:
             with Toxiproxy(self._topology().toxiproxy_url) as api:
@@ -228,6 +240,34 @@ class LocalDriver:
                 raise InjectionFailed(f"still running {self.kill_timeout:.0f}s after the kill: {up}")
             time.sleep(self.poll)
 
+    def _stall(self, plan: FaultPlan) -> dict[str, Any]:
+        """Stop every node of ``plan.stalled`` (SIGSTOP), check the kernel reports each stopped,
+        then hold them so for ``plan.stall`` seconds. Stopped nodes still accept TCP connections
+        but answer nothing: to the cluster they are a long pause, not a crash."""
+        state = self._state()
+        stopped = []
+        since = time.monotonic()
+        for broker in plan.stalled:
+            process = state.process(broker.name)
+            if process is None or process.pid is None or not alive(process.pid, process.create_time):
+                raise InjectionFailed(f"{broker.name} is not running, so it cannot be stalled")
+            os.kill(process.pid, signal.SIGSTOP)
+            stopped.append({"name": broker.name, "pid": process.pid})
+        self._wait(lambda: all(_stopped(s["pid"]) for s in stopped),
+                   lambda: f"the kernel does not report {', '.join(s['name'] for s in stopped)} stopped after SIGSTOP",
+                   timeout=5.0, error=InjectionFailed)
+        time.sleep(max(0.0, plan.stall - (time.monotonic() - since)))
+        return {"stalled": stopped, "since": since}
+
+    def _resume(self, plan: FaultPlan) -> None:
+        """SIGCONT every node the plan stalls: harmless to a running one, so revert and halt call it too."""
+        state = read_state(self.run_dir) if self._running() else None
+        for broker in plan.stalled:
+            process = state.process(broker.name) if state is not None else None
+            for pid in {p for p in (broker.pid, process.pid if process else None) if p is not None}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def _isr_without(self, brokers: set[int], duration: float) -> dict[str, Any]:
         """Evidence that the cluster noticed: wait (a while, within the fault window) until no
         in-sync replica set names the lost brokers. The controller drops them once their session
@@ -261,6 +301,7 @@ class LocalDriver:
             assert plan.zone is not None
             self._zone_marker(plan.zone).unlink(missing_ok=True)
         elif plan.kind == "kafkaBrokerFailure":
+            self._resume(plan)  # a run killed mid-stall leaves its followers stopped
             for broker in plan.brokers:
                 self._held_marker(broker.name).unlink(missing_ok=True)
         elif plan.kind in ("eventRedelivery", "poisonEvents"):
@@ -301,6 +342,8 @@ class LocalDriver:
             return not running or all(p.ready for p in self._state().processes if p.zone == plan.zone)
         if plan.kind == "kafkaBrokerFailure":
             if any(self._held_marker(b.name).exists() for b in plan.brokers):
+                return False
+            if any(b.pid is not None and _stopped(b.pid) for b in plan.stalled):
                 return False
             if not running:
                 return True
@@ -398,3 +441,12 @@ def _kill(process: ProcessState | None) -> None:
         os.kill(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the kernel reports ``pid`` stopped by a signal (state T in /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")

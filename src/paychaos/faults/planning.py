@@ -122,6 +122,10 @@ class FaultPlan:
     poison: int = 0  # poisonEvents: undecodable records produced to each partition
     # admissionRestriction: (allowed percent, rotation seconds, flow TTL seconds) on the replicas
     restriction: tuple[int, float, float] | None = None
+    # kafkaBrokerFailure followersStalled: these nodes are stopped (SIGSTOP) for ``stall`` seconds
+    # and the victims killed at its end, before the stalled nodes resume
+    stalled: tuple[ObservedBroker, ...] = ()
+    stall: float = 0.0
 
     @property
     def id(self) -> str:
@@ -140,7 +144,9 @@ class FaultPlan:
             b = self.brokers[0]
             why = f" (leader of {self.leader_of[0]}-{self.leader_of[1]})" if self.leader_of else ""
             more = "".join(f" and {o.id} in {o.zone}" for o in self.brokers[1:])
-            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down"
+            stalled = (f", killed after nodes {', '.join(str(o.id) for o in self.stalled)} stalled for {_secs(self.stall)}"
+                       if self.stalled else "")
+            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down{stalled}"
         if self.kind == "eventRedelivery":
             return f"eventRedelivery: the last {self.last} events of every {self.topic} partition delivered again"
         if self.kind == "poisonEvents":
@@ -166,6 +172,8 @@ class FaultPlan:
         for b in self.brokers:
             lead = f"  leader of {self.leader_of[0]}-{self.leader_of[1]}" if self.leader_of else ""
             lines.append(f"  broker    {b.id} ({b.name})  zone {b.zone}  pid {_pid(b.pid)}{lead}")
+        for b in self.stalled:
+            lines.append(f"  stalled   {b.id} ({b.name})  zone {b.zone}  pid {_pid(b.pid)}  for {_secs(self.stall)} before the kill")
         if self.proxy is not None:
             lines.append(f"  proxy     {self.proxy} (in front of {self.upstream})")
         if self.topic is not None and self.kind == "poisonEvents":
@@ -196,6 +204,8 @@ class FaultPlan:
             "last": self.last,
             "poison": self.poison,
             "restriction": list(self.restriction) if self.restriction is not None else None,
+            "stalled": [vars(b) for b in self.stalled],
+            "stall": self.stall,
         }
 
     @classmethod
@@ -220,6 +230,8 @@ class FaultPlan:
             last=int(data.get("last", 0)),
             poison=int(data.get("poison", 0)),
             restriction=(int(r[0]), float(r[1]), float(r[2])) if (r := data.get("restriction")) else None,
+            stalled=tuple(ObservedBroker(**b) for b in data.get("stalled", [])),
+            stall=float(data.get("stall", 0.0)),
         )
 
 
@@ -347,7 +359,20 @@ def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, base: d
     if action.count > len(by_id):
         raise PlanError(f"kafkaBrokerFailure: count {action.count}, but the cluster has {len(by_id)} brokers")
     others = [b for b in by_id if b.id != broker.id][: action.count - 1]
-    return FaultPlan(**base, brokers=(broker, *others), zone=None, leader_of=leader_of)
+    stalled: tuple[ObservedBroker, ...] = ()
+    stall = 0.0
+    if action.followers_stalled is not None:
+        stall = action.followers_stalled.total_seconds()
+        if stall >= base["duration"]:
+            raise PlanError(f"kafkaBrokerFailure: followersStalled {_secs(stall)} must end inside the fault's window "
+                            f"of {_secs(base['duration'])}")
+        stalled = tuple(b for b in by_id if b.id != broker.id)
+        if not stalled:
+            raise PlanError("kafkaBrokerFailure: followersStalled, but the cluster has no other node to stall")
+        down = [b.name for b in stalled if not b.ready or b.pid is None]
+        if down:
+            raise PlanError(f"kafkaBrokerFailure: followersStalled needs every other node running; down: {', '.join(down)}")
+    return FaultPlan(**base, brokers=(broker, *others), zone=None, leader_of=leader_of, stalled=stalled, stall=stall)
 
 
 def _slow_downstream(action: spec.SlowDownstream, observed: Observed, base: dict[str, Any]) -> FaultPlan:
