@@ -157,6 +157,12 @@ def test_the_valid_example_is_valid() -> None:
             id="partition-out-of-range",
         ),
         pytest.param(
+            SLOW, "kafkaBrokerFailure: {broker: 1, count: 2, followersStalled: 4s}",
+            "experiments/x.yaml:14: spec.faults[0].kafkaBrokerFailure.followersStalled: stalls every other node "
+            "while one dies; give count 1",
+            id="stall-with-count",
+        ),
+        pytest.param(
             "duration: 90s}", "duration: 90s",
             "experiments/x.yaml:9: invalid YAML: did not find expected ',' or '}' (while parsing a flow mapping started at line 8)",
             id="yaml-syntax",
@@ -268,7 +274,7 @@ def test_topology_references_are_checked_only_when_a_topology_is_given() -> None
     text = VALID.replace("proxy: acquirer", "proxy: ledger")
     assert parse_experiment(text).spec.faults[0].slow_downstream is not None
     assert problems(text) == [
-        "experiments/x.yaml:14: spec.faults[0].slowDownstream.proxy: unknown proxy 'ledger': expected one of acquirer"
+        "experiments/x.yaml:14: spec.faults[0].slowDownstream.proxy: unknown proxy 'ledger' (did you mean 'ledger-db'?): expected one of acquirer, ledger-db"
     ]
 
 

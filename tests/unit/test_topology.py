@@ -34,6 +34,15 @@ def test_port_offset_moves_every_port_and_proxy(monkeypatch: pytest.MonkeyPatch)
     assert shifted.internal_url("acquirer").endswith(str(shifted.proxies["acquirer"].listen))
 
 
+def test_the_ledger_reaches_its_database_through_its_own_proxy_and_the_others_directly() -> None:
+    topology = load_topology()
+    proxy = topology.proxies["ledger-db"]
+    assert proxy.upstream == "postgres" and topology.upstream_port("postgres") == topology.ports.postgres
+    assert topology.database_dsn("ledger").endswith(f":{proxy.listen}/paychaos")
+    assert topology.database_dsn("payment") == topology.postgres_dsn
+    assert topology.upstream_port("acquirer") == topology.ports.internal.acquirer
+
+
 def test_topology_round_trips_through_the_run_directory_json() -> None:
     topology = load_topology()
     again = Topology.model_validate_json(topology.model_dump_json(by_alias=True))

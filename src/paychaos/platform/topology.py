@@ -80,8 +80,12 @@ class KafkaSpec(_Model):
 
 
 class ProxySpec(_Model):
+    """A Toxiproxy listener in front of a service's internal load balancer, or of PostgreSQL.
+    A proxy named ``<service>-db`` in front of ``postgres`` carries that service's database
+    connections (so a fault can slow the ledger's database and nothing else's)."""
+
     listen: int
-    upstream: ServiceName
+    upstream: ServiceName | Literal["postgres"]
 
 
 class SupervisorSpec(_Model):
@@ -241,6 +245,18 @@ class Topology(_Model):
     @property
     def postgres_dsn(self) -> str:
         return f"postgresql://postgres@{self.host}:{self.ports.postgres}/paychaos"
+
+    def database_dsn(self, service: str) -> str:
+        """Where ``service`` connects to PostgreSQL: through its ``<service>-db`` proxy if the
+        topology has one, else directly."""
+        proxy = self.proxies.get(f"{service}-db")
+        if proxy is not None and proxy.upstream == "postgres":
+            return f"postgresql://postgres@{self.host}:{proxy.listen}/paychaos"
+        return self.postgres_dsn
+
+    def upstream_port(self, upstream: str) -> int:
+        """The port a proxy forwards to: PostgreSQL's, or a service's internal load balancer."""
+        return self.ports.postgres if upstream == "postgres" else int(getattr(self.ports.internal, upstream))
 
     @property
     def edge_url(self) -> str:

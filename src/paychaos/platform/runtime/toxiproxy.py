@@ -90,10 +90,10 @@ class Toxiproxy:
         return current
 
     def ensure_proxies(self, topology: Topology) -> None:
-        """One proxy per topology entry, in front of the upstream service's internal load balancer."""
+        """One proxy per topology entry, in front of its upstream (a service's internal load
+        balancer, or PostgreSQL)."""
         for name, spec in topology.proxies.items():
-            upstream_port = getattr(topology.ports.internal, spec.upstream)
-            self.ensure_proxy(name, f"{topology.host}:{spec.listen}", f"{topology.host}:{upstream_port}")
+            self.ensure_proxy(name, f"{topology.host}:{spec.listen}", f"{topology.host}:{topology.upstream_port(spec.upstream)}")
 
     def toxics(self, proxy: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/proxies/{proxy}/toxics") or []

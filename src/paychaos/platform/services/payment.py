@@ -125,7 +125,14 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     BreakerMetrics(breaker, ctx.registry, ctx.labels())
     ledger, acquirer = ctx.client("ledger"), ctx.client("acquirer")
     refused_retry = 0.0 if res.fallback else res.timeouts.acquirer.total_seconds()
-    saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry)
+    ledger_retries = Counter(
+        "payment_ledger_retries", "Ledger transfers sent again under their transfer id after an unknown outcome",
+        ["service", "zone", "step"], registry=ctx.registry,
+    )
+    for step in ("reserve", "settle", "refund"):  # present from the start: increase() misses a series' first value
+        ledger_retries.labels(step=step, **ctx.labels())
+    saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry,
+                on_ledger_retry=lambda step: ledger_retries.labels(step=step, **ctx.labels()).inc())
     publisher = Publisher(ctx, pool)
     labels = ctx.labels()
     payments_total = Counter(

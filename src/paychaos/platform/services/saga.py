@@ -23,7 +23,7 @@ from paychaos.platform.services.payment_rules import (
     classify_ledger,
 )
 
-SETTLE_ATTEMPTS = 3
+LEDGER_ATTEMPTS = 3
 REFUSED_RETRY_DELAY = 0.1  # seconds between two tries of a refused card call, fallback off
 
 
@@ -64,11 +64,19 @@ class Saga:
     """Runs a payment's steps against the ledger and the acquirer; ``mark_compensating`` persists intent."""
 
     def __init__(
-        self, ledger: httpx.AsyncClient, acquirer: httpx.AsyncClient, breaker: CircuitBreaker, *, retry_refused_for: float = 0.0
+        self,
+        ledger: httpx.AsyncClient,
+        acquirer: httpx.AsyncClient,
+        breaker: CircuitBreaker,
+        *,
+        retry_refused_for: float = 0.0,
+        on_ledger_retry: Callable[[str], None] = lambda step: None,
     ) -> None:
         self.ledger = ledger
         self.acquirer = acquirer
         self.breaker = breaker
+        # Told the step each time a ledger transfer whose outcome is unknown is sent again.
+        self.on_ledger_retry = on_ledger_retry
         # Seconds a call the breaker refuses is tried again before giving up: 0 is the fallback
         # (fail fast); more is the defect the failsFast probe must catch.
         self.retry_refused_for = retry_refused_for
@@ -101,17 +109,22 @@ class Saga:
 
     async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
         # Same transfer id each time, so a retry after an unknown outcome cannot apply it twice.
-        for attempt in range(SETTLE_ATTEMPTS):
+        for attempt in range(LEDGER_ATTEMPTS):
+            if attempt:
+                self.on_ledger_retry(step)
             outcome = await self._transfer(p, step, kind, postings, excludes)
             if outcome is not Ledger.UNAVAILABLE:
                 return outcome
-            await asyncio.sleep(0.05 * 2**attempt)
+            if attempt + 1 < LEDGER_ATTEMPTS:
+                await asyncio.sleep(0.05 * 2**attempt)
         return Ledger.UNAVAILABLE
 
     async def _balance(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
         wallet, merchant = f"wallet:{p.user_id}", f"merchant:{p.merchant_id}"
         if p.step != "compensating":
-            reserved = await self._transfer(p, "reserve", "payment", [(wallet, -p.amount), ("escrow", p.amount)], [])
+            # Retried like every step: a ledger replica that died mid-transfer left its outcome
+            # unknown, and the same transfer id sent again applies it at most once.
+            reserved = await self._transfer_retrying(p, "reserve", "payment", [(wallet, -p.amount), ("escrow", p.amount)], [])
             if reserved is Ledger.INSUFFICIENT_FUNDS:
                 return Ending("declined", "INSUFFICIENT_FUNDS")
             if reserved is Ledger.UNKNOWN_ACCOUNT:

@@ -71,7 +71,7 @@ class ReplicaContext:
             await conn.commit()
 
         return AsyncConnectionPool(
-            self.topology.postgres_dsn,
+            self.topology.database_dsn(self.service),
             min_size=min_size,
             max_size=max_size,
             configure=configure,
