@@ -143,7 +143,7 @@ def service(topology: Topology, run_dir: RunDir, name: str, port: int) -> Proces
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(PORT_OFFSET_ENV, "13000")  # below the ephemeral port range (32768+)
-        base = load_topology()
+        base = load_topology().without_database_proxies()  # no Toxiproxy in this smoke test
     admission = base.resilience.admission.model_copy(
         update={"allowed_percent": 50, "rotation": timedelta(seconds=ROTATION_SECONDS)}
     )

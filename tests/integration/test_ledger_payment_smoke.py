@@ -119,7 +119,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
     previous = os.environ.get(PORT_OFFSET_ENV)
     os.environ[PORT_OFFSET_ENV] = "10000"
     try:
-        topology = load_topology()
+        topology = load_topology().without_database_proxies()  # no Toxiproxy in this smoke test
     finally:
         if previous is None:
             del os.environ[PORT_OFFSET_ENV]

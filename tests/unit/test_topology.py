@@ -41,6 +41,8 @@ def test_the_ledger_reaches_its_database_through_its_own_proxy_and_the_others_di
     assert topology.database_dsn("ledger").endswith(f":{proxy.listen}/paychaos")
     assert topology.database_dsn("payment") == topology.postgres_dsn
     assert topology.upstream_port("acquirer") == topology.ports.internal.acquirer
+    direct = topology.without_database_proxies()
+    assert direct.database_dsn("ledger") == topology.postgres_dsn and "acquirer" in direct.proxies
 
 
 def test_topology_round_trips_through_the_run_directory_json() -> None:

@@ -55,6 +55,10 @@ class Load(_Spec):
     # Share of payments the user double-taps: the same request, same key, sent twice at once.
     # What idempotency under concurrency is for; counted by the `double-taps` exercise.
     double_tap_share: float = Field(default=0.0, ge=0, le=1)
+    # How many times the app sends a payment (same key) before it shows "try again later": its
+    # patience. Three tries give up before the payment service's 15 s lease runs out, so a
+    # payment cut in half is finished by the platform alone, not by the app's next retry.
+    app_attempts: int = Field(default=6, ge=1, le=20)
 
     @model_validator(mode="after")
     def _trace_for_replay(self) -> Load:

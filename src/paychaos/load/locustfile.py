@@ -96,7 +96,7 @@ class CampaignUser(FastHttpUser):
     cycle: tuple[str, ...] = app_cycle(LOAD.payment_share if LOAD else None)
     app_users = int(CONFIG.get("app_users", 2000))
     merchants = int(CONFIG.get("merchants", 50))
-    max_attempts = 6
+    max_attempts = LOAD.app_attempts if LOAD else 6
 
     def on_start(self) -> None:
         self.rng = random.Random()

@@ -254,6 +254,11 @@ class Topology(_Model):
             return f"postgresql://postgres@{self.host}:{proxy.listen}/paychaos"
         return self.postgres_dsn
 
+    def without_database_proxies(self) -> Topology:
+        """This topology with every service connecting to PostgreSQL directly: for services run
+        without Toxiproxy in front of the database."""
+        return self.model_copy(update={"proxies": {n: p for n, p in self.proxies.items() if p.upstream != "postgres"}})
+
     def upstream_port(self, upstream: str) -> int:
         """The port a proxy forwards to: PostgreSQL's, or a service's internal load balancer."""
         return self.ports.postgres if upstream == "postgres" else int(getattr(self.ports.internal, upstream))
