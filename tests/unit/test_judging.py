@@ -140,3 +140,19 @@ def test_no_rotation_refusal_at_all_is_inconclusive() -> None:
     result = judge_flows_cut([refusal(100.0, reason="rate_limited", pass_expires=200.0)], 0, "expect")
     assert result.verdict == "inconclusive" and "no flow met a restriction" in result.detail
     assert judge_flows_cut([], 0, "expect").verdict == "inconclusive"
+
+
+def test_retried_payments_count_the_ones_the_app_gave_up_on_too(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from paychaos.experiments.judging import _client_count
+
+    acks, unanswered = tmp_path / "acknowledged.jsonl", tmp_path / "unanswered.jsonl"
+    acks.write_text("".join(json.dumps(r) + "\n" for r in [{"key": "a", "attempts": 1}, {"key": "b", "attempts": 2}]))
+    # The cut payment: three tries, each "in progress", then the app showed "try again later".
+    unanswered.write_text(json.dumps({"key": "c", "attempts": 3, "status": 409}) + "\n" + json.dumps({"key": "d", "attempts": 1}) + "\n")
+    ctx = SimpleNamespace(load=SimpleNamespace(acknowledged_path=acks, unanswered_path=unanswered))
+    assert _client_count(ctx, "retried-payments") == 2  # type: ignore[arg-type]
+    unanswered.unlink()
+    assert _client_count(ctx, "retried-payments") == 1  # type: ignore[arg-type]

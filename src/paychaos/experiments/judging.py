@@ -151,12 +151,16 @@ def judge_flows_cut(refusals: list[dict[str, Any]], at_most: int, phase: str) ->
 
 
 def _refusals(ctx: RunContext) -> list[dict[str, Any]]:
-    """The load's refusal record so far: the workers' parts while a distributed load runs (the
-    merged file appears only when it stops), else the single process's file."""
-    path = getattr(ctx.load, "refusals_path", None)
+    return _load_record(ctx, "refusals")
+
+
+def _load_record(ctx: RunContext, kind: str) -> list[dict[str, Any]]:
+    """One of the load's records so far (``refusals``, ``unanswered``): the workers' parts while a
+    distributed load runs (the merged file appears only when it stops), else the single file."""
+    path = getattr(ctx.load, f"{kind}_path", None)
     if path is None:
         return []
-    parts = sorted(path.parent.glob("refusals.*.jsonl"))
+    parts = sorted(path.parent.glob(f"{kind}.*.jsonl"))
     return [r for p in (parts or [path]) for r in _read_jsonl(p)]
 
 
@@ -417,9 +421,10 @@ def judge_exercised(phase: str, name: str, needed: int, seen: int, description: 
 
 
 def _client_count(ctx: RunContext, what: str) -> int:
-    """Counted from the load's record: payments the app retried with the same key, or
-    double-tapped (sent twice at once with the same key; both taps count once)."""
+    """Counted from the load's record: payments the app retried with the same key (answered in
+    the end or given up on), or double-tapped (sent twice at once with the same key; both taps
+    count once)."""
     records = _client_records(ctx)
     if what == "retried-payments":
-        return sum(1 for r in records if int(r.get("attempts", 1)) > 1)
+        return sum(1 for r in [*records, *_load_record(ctx, "unanswered")] if int(r.get("attempts", 1)) > 1)
     return len({r.get("key") for r in records if r.get("doubleTap")})

@@ -53,13 +53,14 @@ SHAPE = shapes.shape_for(LOAD) if LOAD else None
 
 
 def record_name(kind: str, part: str) -> str:
-    """``acknowledged`` or ``refusals``: ``<kind>.jsonl``, or a worker's ``<kind>.<part>.jsonl``."""
+    """``acknowledged``, ``refusals`` or ``unanswered``: ``<kind>.jsonl``, or a worker's ``<kind>.<part>.jsonl``."""
     return f"{kind}.jsonl" if part == "main" else f"{kind}.{part}.jsonl"
 
 
 class ClientRecord:
     """The client-side truth, one JSON line per event flushed at once: every payment the user was
-    told is final (``acknowledged``), every request the gateway's admission refused (``refusals``)."""
+    told is final (``acknowledged``), every request the gateway's admission refused (``refusals``),
+    every payment the app gave up on (``unanswered``)."""
 
     def __init__(self, path: Path | None) -> None:
         self.count = 0
@@ -82,6 +83,7 @@ class ClientRecord:
 
 ACKS = ClientRecord(OUT_DIR / record_name("acknowledged", PART) if OUT_DIR and PART != "master" else None)
 REFUSALS = ClientRecord(OUT_DIR / record_name("refusals", PART) if OUT_DIR and PART != "master" else None)
+UNANSWERED = ClientRecord(OUT_DIR / record_name("unanswered", PART) if OUT_DIR and PART != "master" else None)
 
 
 class CampaignUser(FastHttpUser):
@@ -183,7 +185,11 @@ class CampaignUser(FastHttpUser):
                 self.acknowledge(key, body, answer, verdict, attempt, double_tap)
                 return
             if verdict == "final" or attempt == self.max_attempts:
-                return  # the app shows "try again later": nothing was promised
+                # The app shows "try again later": nothing was promised, but what it tried is recorded.
+                UNANSWERED.write({"key": key, "user": self.user_id, "amount": body["amount"], "method": body["method"],
+                                  "status": answer.status, "code": answer.error.get("code"), "attempts": attempt,
+                                  "at": time.time()})
+                return
             gevent.sleep(backoff(attempt, answer.retry_after, self.rng))
 
 
@@ -448,3 +454,4 @@ def _on_quit(**_: Any) -> None:
         LINES.write(final=True)
     ACKS.close()
     REFUSALS.close()
+    UNANSWERED.close()

@@ -35,6 +35,7 @@ class LoadRunner:
 
     Files in ``out_dir``: ``stats.jsonl`` (one line per second), ``acknowledged.jsonl`` (every
     payment users were told is final), ``refusals.jsonl`` (every request admission refused),
+    ``unanswered.jsonl`` (every payment the app gave up on),
     ``summary.json`` (totals, written when the run ends) and
     one ``locust-<part>.log`` per process.
     """
@@ -82,6 +83,11 @@ class LoadRunner:
         return self.out_dir / "refusals.jsonl"
 
     @property
+    def unanswered_path(self) -> Path:
+        """Every payment the app gave up on without a final answer (merged like the record)."""
+        return self.out_dir / "unanswered.jsonl"
+
+    @property
     def summary_path(self) -> Path:
         return self.out_dir / "summary.json"
 
@@ -103,8 +109,9 @@ class LoadRunner:
 
     def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.stats_path, self.acknowledged_path, self.refusals_path, self.summary_path, self.release_path,
-                      *self._parts("acknowledged.*.jsonl"), *self._parts("refusals.*.jsonl"), *self._parts("totals.*.json")):
+        for stale in (self.stats_path, self.acknowledged_path, self.refusals_path, self.unanswered_path, self.summary_path,
+                      self.release_path, *self._parts("acknowledged.*.jsonl"), *self._parts("refusals.*.jsonl"),
+                      *self._parts("unanswered.*.jsonl"), *self._parts("totals.*.json")):
             stale.unlink(missing_ok=True)
         load = self.load
         if load.trace:  # the child runs elsewhere: pin the trace to an absolute path, and fail here if unreadable
@@ -194,6 +201,7 @@ class LoadRunner:
         if self._workers:
             merge_records(sorted(self._parts("acknowledged.*.jsonl")), self.acknowledged_path)
             merge_records(sorted(self._parts("refusals.*.jsonl")), self.refusals_path)
+            merge_records(sorted(self._parts("unanswered.*.jsonl")), self.unanswered_path)
         self._summary = summarize(
             [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self._parts("totals.*.json"))],
             read_records(self.acknowledged_path),
