@@ -143,16 +143,15 @@ class LocalDriver:
         if plan.kind == "kafkaBrokerFailure":
             names = {b.name for b in plan.brokers}
             stalled: dict[str, Any] = {}
+            since = time.monotonic()
             try:
                 if plan.stalled:
-                    stalled = self._stall(plan)
+                    stalled["stalled"] = self._stall(plan)
                 down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
             finally:
                 if plan.stalled:
-                    resumed_at = time.monotonic()
+                    stalled["stalledSeconds"] = round(time.monotonic() - since, 2)
                     self._resume(plan)
-                    if stalled:
-                        stalled["stalledSeconds"] = round(resumed_at - stalled.pop("since"), 2)
             return {"down": down, "held": sorted(names), **stalled,
                     **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
         assert plan.proxy is not None
@@ -240,10 +239,10 @@ class LocalDriver:
                 raise InjectionFailed(f"still running {self.kill_timeout:.0f}s after the kill: {up}")
             time.sleep(self.poll)
 
-    def _stall(self, plan: FaultPlan) -> dict[str, Any]:
+    def _stall(self, plan: FaultPlan) -> list[dict[str, Any]]:
         """Stop every node of ``plan.stalled`` (SIGSTOP), check the kernel reports each stopped,
-        then hold them so for ``plan.stall`` seconds. Stopped nodes still accept TCP connections
-        but answer nothing: to the cluster they are a long pause, not a crash."""
+        then hold them so for ``plan.stall`` seconds; the nodes stopped. Stopped nodes still accept
+        TCP connections but answer nothing: to the cluster they are a long pause, not a crash."""
         state = self._state()
         stopped = []
         since = time.monotonic()
@@ -257,7 +256,7 @@ class LocalDriver:
                    lambda: f"the kernel does not report {', '.join(s['name'] for s in stopped)} stopped after SIGSTOP",
                    timeout=5.0, error=InjectionFailed)
         time.sleep(max(0.0, plan.stall - (time.monotonic() - since)))
-        return {"stalled": stopped, "since": since}
+        return stopped
 
     def _resume(self, plan: FaultPlan) -> None:
         """SIGCONT every node the plan stalls: harmless to a running one, so revert and halt call it too."""

@@ -81,9 +81,14 @@ class ClientRecord:
             self._fh = None
 
 
-ACKS = ClientRecord(OUT_DIR / record_name("acknowledged", PART) if OUT_DIR and PART != "master" else None)
-REFUSALS = ClientRecord(OUT_DIR / record_name("refusals", PART) if OUT_DIR and PART != "master" else None)
-UNANSWERED = ClientRecord(OUT_DIR / record_name("unanswered", PART) if OUT_DIR and PART != "master" else None)
+def _client_record(kind: str) -> ClientRecord:
+    """This process's part of a record; a master sends no requests and writes none."""
+    return ClientRecord(OUT_DIR / record_name(kind, PART) if OUT_DIR and PART != "master" else None)
+
+
+ACKS = _client_record("acknowledged")
+REFUSALS = _client_record("refusals")
+UNANSWERED = _client_record("unanswered")
 
 
 class CampaignUser(FastHttpUser):

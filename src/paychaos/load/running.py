@@ -30,6 +30,10 @@ class LoadError(Exception):
     """The load generator could not start or died; the message says why and where its log is."""
 
 
+# The client-side records the locustfile writes (one part per worker, merged when the load stops).
+CLIENT_RECORDS = ("acknowledged", "refusals", "unanswered")
+
+
 class LoadRunner:
     """Locust in a child process (or a master and ``workers`` local worker processes).
 
@@ -109,9 +113,9 @@ class LoadRunner:
 
     def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.stats_path, self.acknowledged_path, self.refusals_path, self.unanswered_path, self.summary_path,
-                      self.release_path, *self._parts("acknowledged.*.jsonl"), *self._parts("refusals.*.jsonl"),
-                      *self._parts("unanswered.*.jsonl"), *self._parts("totals.*.json")):
+        records = [self.out_dir / f"{kind}.jsonl" for kind in CLIENT_RECORDS]
+        parts = [p for kind in CLIENT_RECORDS for p in self._parts(f"{kind}.*.jsonl")]
+        for stale in (self.stats_path, *records, self.summary_path, self.release_path, *parts, *self._parts("totals.*.json")):
             stale.unlink(missing_ok=True)
         load = self.load
         if load.trace:  # the child runs elsewhere: pin the trace to an absolute path, and fail here if unreadable
@@ -199,9 +203,8 @@ class LoadRunner:
         for log in self._logs:
             log.close()
         if self._workers:
-            merge_records(sorted(self._parts("acknowledged.*.jsonl")), self.acknowledged_path)
-            merge_records(sorted(self._parts("refusals.*.jsonl")), self.refusals_path)
-            merge_records(sorted(self._parts("unanswered.*.jsonl")), self.unanswered_path)
+            for kind in CLIENT_RECORDS:
+                merge_records(sorted(self._parts(f"{kind}.*.jsonl")), self.out_dir / f"{kind}.jsonl")
         self._summary = summarize(
             [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self._parts("totals.*.json"))],
             read_records(self.acknowledged_path),

@@ -129,10 +129,9 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "payment_ledger_retries", "Ledger transfers sent again under their transfer id after an unknown outcome",
         ["service", "zone", "step"], registry=ctx.registry,
     )
-    for step in ("reserve", "settle", "refund"):  # present from the start: increase() misses a series' first value
-        ledger_retries.labels(step=step, **ctx.labels())
-    saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry,
-                on_ledger_retry=lambda step: ledger_retries.labels(step=step, **ctx.labels()).inc())
+    # Every step's series present from the start: increase() misses a series' first value.
+    retried = {step: ledger_retries.labels(step=step, **ctx.labels()) for step in ("reserve", "settle", "refund")}
+    saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry, on_ledger_retry=lambda step: retried[step].inc())
     publisher = Publisher(ctx, pool)
     labels = ctx.labels()
     payments_total = Counter(
