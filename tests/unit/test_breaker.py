@@ -196,3 +196,35 @@ def test_metrics_use_resilience4j_names(breaker: CircuitBreaker) -> None:
     assert value("resilience4j_circuitbreaker_buffered_calls", kind="failed") == 0.0
     assert value("resilience4j_circuitbreaker_slow_calls", kind="successful") == 0.0
     assert value("resilience4j_circuitbreaker_slow_call_rate") == -1.0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"slidingWindowSize": 20, "minimumNumberOfCalls": 5},
+        {"slidingWindowSize": 10, "minimumNumberOfCalls": 10, "failureRateThreshold": 30},
+        {"slidingWindowSize": 4, "minimumNumberOfCalls": 100},
+        {"slidingWindowSize": 50, "minimumNumberOfCalls": 10, "failureRateThreshold": 80, "slowCallRateThreshold": 60},
+    ],
+)
+def test_calls_to_open_trips_a_breaker_whatever_its_window_held_and_no_fewer_would(clock: FakeClock, overrides: dict) -> None:
+    # What the opensWithin check needs some replica to have seen before a closed breaker counts
+    # against it: that many failing calls trip the breaker from any window (empty, full of
+    # successes, anything between); for some window, one call fewer does not.
+    settings = spec(**overrides)
+    needed = settings.calls_to_open
+
+    def trips(successes: int, failures: int) -> bool:
+        b = CircuitBreaker("acquirer", settings, clock)
+        for _ in range(successes):
+            call(b, ok=True)
+        for _ in range(failures):
+            if b.state is State.OPEN:
+                break
+            call(b, ok=False, seconds=2.0)  # failed and slow: the lower of the two thresholds trips
+        return b.state is State.OPEN
+
+    before = range(settings.sliding_window_size + 1)
+    assert all(trips(m, needed) for m in before), (overrides, needed)
+    assert not all(trips(m, needed - 1) for m in before), (overrides, needed)

@@ -156,3 +156,18 @@ def test_retried_payments_count_the_ones_the_app_gave_up_on_too(tmp_path) -> Non
     assert _client_count(ctx, "retried-payments") == 2  # type: ignore[arg-type]
     unanswered.unlink()
     assert _client_count(ctx, "retried-payments") == 1  # type: ignore[arg-type]
+
+
+def test_a_breaker_that_stayed_closed_failed_only_if_some_replica_saw_enough_calls() -> None:
+    from paychaos.experiments.judging import why_still_closed
+
+    closed = {"payment-az-a-1": "closed", "payment-az-b-1": "closed"}
+    verdict, why = why_still_closed({"payment-az-a-1": 3, "payment-az-b-1": 4}, closed, 5, "20s")
+    assert verdict == "inconclusive" and "most: 4, payment-az-b-1" in why and "paymentShare" in why
+    verdict, why = why_still_closed({"payment-az-a-1": 3, "payment-az-b-1": 5}, closed, 5, "20s")
+    assert verdict == "failed" and "payment-az-b-1 saw 5 calls" in why
+    # No calls at all is no evidence either (a breaker without metrics says nothing)...
+    assert why_still_closed({}, {}, 5, "20s")[0] == "inconclusive"
+    # ...but a breaker switched off fails whatever the traffic: it could never open.
+    verdict, why = why_still_closed({"payment-az-a-1": 0}, {"payment-az-a-1": "disabled"}, 5, "20s")
+    assert verdict == "failed" and "payment-az-a-1 disabled" in why

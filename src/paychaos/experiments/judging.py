@@ -14,6 +14,7 @@ from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
     CheckResult,
     Sample,
+    Verdict,
     bound_holds,
     bounds,
     first_time,
@@ -83,14 +84,9 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
         b = check.breaker
         results = []
         if b.opens_within is not None:
-            within = b.opens_within.total_seconds()
             if phase == "expect":
-                _wait_until(ctx, start + within + GRACE)
-            delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
-            verdict, observed, detail = judge_within(delay, within, "breaker open")
-            results.append(CheckResult(phase, "breaker", f"{b.name}.opens", verdict, observed, f"<= {within:g}s", detail,
-                                       {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]},
-                                       margin(observed, below=within)))
+                _wait_until(ctx, start + b.opens_within.total_seconds() + GRACE)
+            results.append(judge_breaker_opens(ctx, b, start, end, phase))
         if b.closes_within is not None:
             _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
             results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
@@ -230,6 +226,59 @@ def too_few_requests(
     what = f"a p{slo.quantile * 100:g}" if slo.quantile else "this bound"
     return (f"only {seen:.0f} requests in the {window} window, and {what} needs at least {needed} to say anything: "
             "send more traffic (load.baselineRps, load.paymentShare) or judge a longer window")
+
+
+BREAKER_CALLS = ('sum without (kind) (increase(resilience4j_circuitbreaker_calls_seconds_count'
+                 '{name="$name",kind=~"successful|failed"}[$window]))')
+BREAKER_STATES = 'resilience4j_circuitbreaker_state{name="$name"} == 1'
+INERT_STATES = {"disabled", "forced_open", "metrics_only"}  # states in which failures never trip it
+
+
+def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: float, phase: str) -> CheckResult:
+    """Some replica's breaker open within ``breaker.opensWithin`` of the fault's start.
+
+    A breaker that stayed closed failed only if it had the chance: if no replica's breaker
+    recorded the calls it needs to trip (``callsToOpen``) while the fault was on, the traffic
+    never tested it, and the check is inconclusive. A breaker switched off (disabled, forced,
+    metrics only) has failed whatever the traffic."""
+    assert breaker.opens_within is not None
+    within = breaker.opens_within.total_seconds()
+    delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
+    verdict, observed, detail = judge_within(delay, within, "breaker open")
+    evidence: dict[str, object] = {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]}
+    if delay is None:
+        needed = breaker.calls_to_open or ctx.topology.resilience.breaker.calls_to_open
+        deadline = min(end, start + within)
+        span = f"{max(1, round(deadline - start))}s"
+        calls_query = BREAKER_CALLS.replace("$name", breaker.name).replace("$window", span)
+        with Prometheus(ctx.topology.prometheus_url) as prom:
+            calls = {_replica(labels): round(v) for labels, v in prom.vector(calls_query, at=ctx.started_at() + deadline)}
+            states = {_replica(labels): labels.get("state", "") for labels, _ in
+                      prom.vector(BREAKER_STATES.replace("$name", breaker.name), at=ctx.started_at() + deadline)}
+        evidence.update(callsPerReplica=calls, callsToOpen=needed, callsQuery=calls_query, states=states)
+        verdict, detail = why_still_closed(calls, states, needed, span)
+    return CheckResult(phase, "breaker", f"{breaker.name}.opens", verdict, observed, f"<= {within:g}s", detail,
+                       evidence, margin(observed, below=within))
+
+
+def why_still_closed(calls: dict[str, int], states: dict[str, str], needed: int, span: str) -> tuple[Verdict, str]:
+    """The verdict on a breaker no replica opened: failed if it was switched off or some replica
+    saw the ``needed`` calls under the fault; otherwise it never had the chance (inconclusive)."""
+    inert = sorted(f"{replica} {state}" for replica, state in states.items() if state in INERT_STATES)
+    if inert:
+        return "failed", f"breaker open not observed: it cannot open, being {', '.join(inert)}"
+    busiest, most = max(calls.items(), key=lambda kv: kv[1], default=("no replica", 0))
+    if most >= needed:
+        return "failed", f"breaker open not observed, though {busiest} saw {most} calls in the {span} after the fault began"
+    return "inconclusive", (
+        f"no replica's breaker saw the {needed} calls it needs to open in the {span} after the fault began "
+        f"(most: {most}, {busiest}): send more traffic through it (load.paymentShare, load.baselineRps), "
+        "or give callsToOpen if the breaker's settings differ")
+
+
+def _replica(labels: dict[str, str]) -> str:
+    """A replica's name from its series' labels: its replica or pod label, else the instance scraped."""
+    return labels.get("replica") or labels.get("pod") or labels.get("instance") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str) -> CheckResult:

@@ -289,6 +289,12 @@ class Breaker(_Spec):
     opens_within: Duration | None = None
     closes_within: Duration | None = None
     fails_fast_below: Duration | None = None
+    # How many calls a replica's breaker must see under the fault before staying closed counts
+    # against it: for a count-based Resilience4j breaker, max(minimumNumberOfCalls, the threshold
+    # share of the sliding window), which trips it whatever its window held. With fewer on every
+    # replica the traffic never tested it: inconclusive, not failed. Default: what the reference
+    # platform's breaker settings give.
+    calls_to_open: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _something_to_check(self) -> Breaker:

@@ -6,6 +6,7 @@ routes to or scrapes a replica derives its addresses from it, so nothing else ha
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -113,6 +114,13 @@ class BreakerSpec(_Model):
     slow_call_duration: Duration
     wait_duration_in_open_state: Duration
     permitted_calls_in_half_open_state: int = Field(ge=1)
+
+    @property
+    def calls_to_open(self) -> int:
+        """How many failing calls trip a closed breaker whatever its window held before: enough to
+        reach the threshold over a window full of successes, and the minimum over an empty one."""
+        share = min(self.failure_rate_threshold, self.slow_call_rate_threshold) / 100
+        return max(min(self.minimum_number_of_calls, self.sliding_window_size), math.ceil(share * self.sliding_window_size))
 
 
 class AdmissionSpec(_Model):
