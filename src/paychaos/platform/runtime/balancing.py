@@ -24,8 +24,9 @@ def haproxy_config(topology: Topology) -> str:
         "    timeout client 60s",
         "    timeout server 60s",
         "    timeout http-request 10s",
-        # Retry only when the connection itself failed: the request never reached a replica,
-        # so even a non-idempotent POST is safe to send to another one.
+        # Retry when the connection failed (the request never reached a replica) or the replica
+        # died without answering; payments carry the client's idempotency key, so resending one
+        # is safe. The ledger backend narrows that (below).
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response",
@@ -56,6 +57,12 @@ def haproxy_config(topology: Topology) -> str:
             "    option httpchk GET /health/ready",
             "    http-check expect status 200",
         ]
+        if service == "ledger":
+            # A transfer whose replica died mid-request may have been applied: resending it under
+            # its transfer id is the caller's job (the payment saga, the campaign's pending
+            # cashback), as behind a Kubernetes Service, which resends nothing. The load balancer
+            # still resends a read, and any request whose connection never opened.
+            lines.append("    http-request disable-l7-retry if METH_POST")
         for replica in topology.replicas_of(service):
             lines.append(f"    server {replica.name} {host}:{replica.port} check")
     return "\n".join(lines) + "\n"
