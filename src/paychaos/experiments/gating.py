@@ -87,9 +87,13 @@ def gate_passed(entries: list[GateEntry]) -> bool:
 
 # Each must be zero before an experiment starts.
 UNSETTLED_SERIES = (
-    ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1)'),
-    ("campaign consumer lag", "sum(campaign_consumer_lag)"),
-    ("events waiting in the outbox", "sum(outbox_backlog)"),
+    # A breaker leaves OPEN and HALF_OPEN only on calls: after a run whose load ended before its
+    # breakers closed, nothing closes them until traffic comes (the experiment's tail after the
+    # revert must outlast waitDurationInOpenState and the half-open trials).
+    ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1)',
+     " (they close only on calls: give the experiment's load a longer tail after the revert)"),
+    ("campaign consumer lag", "sum(campaign_consumer_lag)", ""),
+    ("events waiting in the outbox", "sum(outbox_backlog)", ""),
 )
 
 
@@ -108,10 +112,10 @@ def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
             proxies = toxiproxy.proxies()
         problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
         with Prometheus(topology.prometheus_url, timeout=2) as prometheus:
-            for what, promql in UNSETTLED_SERIES:
+            for what, promql, hint in UNSETTLED_SERIES:
                 value = prometheus.scalar(promql) or 0.0
                 if value > 0:
-                    problems.append(f"{what}: {value:g}")
+                    problems.append(f"{what}: {value:g}{hint}")
     except (ToxiproxyError, PrometheusUnavailable) as exc:
         problems.append(f"cannot read the stack's health: {exc}")
     return problems
