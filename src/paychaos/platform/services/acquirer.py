@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from paychaos.platform.services.fingerprints import per_mille
-from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, invalid_request, problem
 
 
 class AuthorizationRequest(BaseModel):
@@ -73,7 +73,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         try:
             body = AuthorizationRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            return problem(422, "INVALID_REQUEST", "The authorization request is malformed.", details=exc.errors(include_url=False, include_context=False))
+            return invalid_request("The authorization request is malformed.", exc)
         await network_delay()
         first = remember(seen, body.payment_id, body.amount)
         if first != body.amount:

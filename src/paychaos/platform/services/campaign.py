@@ -27,7 +27,7 @@ from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent,
 from paychaos.platform.services.consuming import BatchConsumer, consumer_config
 from paychaos.platform.services.reaggregating import DriftReport, reaggregate
 from paychaos.platform.services.schemas import database_ready
-from paychaos.platform.services.serving import ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import ReplicaContext, ServiceParts, invalid_identifier, problem
 from paychaos.platform.topology import CampaignSpec
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,8 @@ class CampaignService:
         user_id = request.query_params.get("user_id", "")
         if not user_id:
             return problem(400, "USER_ID_REQUIRED", "Pass the user as ?user_id=.")
+        if (invalid := invalid_identifier(user_id, "user_id")) is not None:
+            return invalid
         now = datetime.now(CAMPAIGN_TZ)
         async with self.pool.connection() as conn:
             row = await store.read_status(conn, self.spec, user_id, now)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from paychaos.platform.services.admission import Admission, Decision, Restriction, pass_expires, stack_secret
-from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_identifier, problem
 
 PASS_HEADER = "X-Admission-Pass"
 # When the pass lapses (epoch seconds): the app, and a client-side probe, know the flow it covers.
@@ -154,7 +154,10 @@ class Gateway:
             return await self.forward(request, "campaign", "/v1/campaign/status")
 
         async def wallet(request: Request) -> Response:
-            return await self.forward(request, "ledger", f"/v1/wallets/{request.path_params['user_id']}")
+            user_id = request.path_params["user_id"]
+            if (invalid := invalid_identifier(user_id, "user_id")) is not None:
+                return invalid  # before it goes into a URL: a NUL byte cannot
+            return await self.forward(request, "ledger", f"/v1/wallets/{user_id}")
 
         return [
             Route("/admin/admission", self.restriction, methods=["GET", "PUT", "DELETE"]),

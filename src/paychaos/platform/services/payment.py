@@ -28,7 +28,7 @@ from paychaos.platform.services.outbox import Publisher, enqueue
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
 from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
-from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, problem
+from paychaos.platform.services.serving import ID_PATTERN, LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_request, problem
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
 #: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
@@ -38,7 +38,6 @@ WAIT_SECONDS = 3.0
 POLL_SECONDS = 0.05
 RETRY_AFTER = "2"
 
-_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _COLUMNS = (
     "id, request_hash, status, step, authorization_id, response_status, response, user_id, merchant_id,"
     " amount, method, lease_until < now() AS lease_expired"
@@ -60,8 +59,8 @@ DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOU
 class PaymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(pattern=_ID_PATTERN)
-    merchant_id: str = Field(pattern=_ID_PATTERN)
+    user_id: str = Field(pattern=ID_PATTERN)
+    merchant_id: str = Field(pattern=ID_PATTERN)
     amount: StrictInt = Field(gt=0, le=10_000_000)
     method: Literal["balance", "card"]
 
@@ -247,7 +246,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         try:
             body = PaymentRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            return problem(422, "INVALID_REQUEST", "The payment request is malformed.", details=exc.errors(include_url=False, include_context=False))
+            return invalid_request("The payment request is malformed.", exc)
         request_hash = fingerprint(body)
         owner = f"{ctx.replica.name}:{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()

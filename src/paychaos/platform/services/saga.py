@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from paychaos.platform.services.breaker import CallNotPermitted, CircuitBreaker
+from paychaos.platform.services.ledger import escrow_of
 from paychaos.platform.services.payment_rules import (
     Card,
     Ledger,
@@ -120,11 +121,12 @@ class Saga:
         return Ledger.UNAVAILABLE
 
     async def _balance(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
-        wallet, merchant = f"wallet:{p.user_id}", f"merchant:{p.merchant_id}"
+        wallet, merchant, escrow = f"wallet:{p.user_id}", f"merchant:{p.merchant_id}", escrow_of(p.user_id)
+        undone = Ending("failed", "PAYMENT_FAILED")  # what the payment ends as once compensated
         if p.step != "compensating":
             # Retried like every step: a ledger replica that died mid-transfer left its outcome
             # unknown, and the same transfer id sent again applies it at most once.
-            reserved = await self._transfer_retrying(p, "reserve", "payment", [(wallet, -p.amount), ("escrow", p.amount)], [])
+            reserved = await self._transfer_retrying(p, "reserve", "payment", [(wallet, -p.amount), (escrow, p.amount)], [])
             if reserved is Ledger.INSUFFICIENT_FUNDS:
                 return Ending("declined", "INSUFFICIENT_FUNDS")
             if reserved is Ledger.UNKNOWN_ACCOUNT:
@@ -132,18 +134,20 @@ class Saga:
             if reserved is not Ledger.APPLIED:
                 return Ending("aborted", "LEDGER_UNAVAILABLE")
             settled = await self._transfer_retrying(
-                p, "settle", "payment", [("escrow", -p.amount), (merchant, p.amount)], [transfer_id(p.id, "refund")]
+                p, "settle", "payment", [(escrow, -p.amount), (merchant, p.amount)], [transfer_id(p.id, "refund")]
             )
             if settled is Ledger.APPLIED:
                 return Ending("completed")
             if settled is Ledger.EXCLUDED:
                 return Ending("failed", "PAYMENT_FAILED")
+            if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
+                undone = Ending("declined", "UNKNOWN_ACCOUNT")
             await mark_compensating(None)
         refunded = await self._transfer_retrying(
-            p, "refund", "refund", [("escrow", -p.amount), (wallet, p.amount)], [transfer_id(p.id, "settle")]
+            p, "refund", "refund", [(escrow, -p.amount), (wallet, p.amount)], [transfer_id(p.id, "settle")]
         )
         if refunded is Ledger.APPLIED:
-            return Ending("failed", "PAYMENT_FAILED")
+            return undone
         if refunded is Ledger.EXCLUDED:  # the settle landed after all: the payment went through
             return Ending("completed")
         return Ending("pending", "PAYMENT_IN_PROGRESS")
@@ -188,6 +192,8 @@ class Saga:
             if settled is Ledger.APPLIED:
                 return Ending("completed", authorization_id=auth)
             await mark_compensating(auth)
+            if settled is Ledger.UNKNOWN_ACCOUNT and await self._void(auth):  # no such merchant
+                return Ending("declined", "UNKNOWN_ACCOUNT")
         if auth is None or await self._void(auth):
             return Ending("failed", "PAYMENT_FAILED")
         return Ending("pending", "PAYMENT_IN_PROGRESS")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -236,3 +238,23 @@ def build_app(ctx: ReplicaContext, parts: ServiceParts) -> ASGIApp:
 def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     """An error body every service uses: a stable machine code and a sentence for people."""
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a user or a merchant
+# Any other identifier (accounts, transfers): no control characters, which PostgreSQL refuses in
+# text (a NUL byte would surface as a 500 from the driver, not as the client's mistake).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+
+
+def invalid_identifier(value: str, field: str, pattern: str = ID_PATTERN) -> Response | None:
+    """A 400 problem naming ``field`` when an identifier from a path or query string cannot name
+    anything; None when it can. Checked before the value reaches a query."""
+    if re.fullmatch(pattern, value):
+        return None
+    return problem(400, "INVALID_IDENTIFIER", f"{field} must match {pattern}.", field=field)
+
+
+def invalid_request(message: str, exc: ValidationError) -> Response:
+    """The 422 problem for a body that failed validation: where and what, never the input itself
+    (it may be megabytes, bytes, or a float JSON cannot carry back, such as 1e999)."""
+    return problem(422, "INVALID_REQUEST", message, details=exc.errors(include_url=False, include_context=False, include_input=False))
