@@ -151,7 +151,7 @@ def seeded(smoke: Smoke) -> Smoke:
     first = httpx.post(f"{smoke.ledger_url}/admin/seed", timeout=60)
     assert first.status_code == 200, first.text
     seed = smoke.topology.seed
-    assert first.json()["accounts_created"] == seed.users + seed.merchants + 4
+    assert first.json()["accounts_created"] == 2 * seed.users + seed.merchants + 3  # wallet and escrow per user; clearing, budget, funding
     again = httpx.post(f"{smoke.ledger_url}/admin/seed", timeout=60).json()
     assert (again["accounts_created"], again["transfers_created"]) == (0, 0)
     return smoke
