@@ -100,23 +100,23 @@ def breakers_open(stack: Stack) -> Callable[[httpx.AsyncClient], Awaitable[bool]
     balance p99 of 2.4 s (0.35-0.46 s here): a handful of slow payments among a few hundred
     makes a p99, and the first payment of each of ten users is ten."""
     drained = stack.topology.resilience.timeouts.acquirer.total_seconds() + 0.5
-    since: list[float] = []
+    since: float | None = None  # when every breaker was first seen open, this streak
 
     async def every_breaker_open(client: httpx.AsyncClient) -> bool:
+        nonlocal since
         for replica in stack.topology.replicas_of("payment"):
             try:
                 text = (await client.get(f"http://{stack.topology.host}:{replica.port}/metrics")).text
             except httpx.TransportError:
-                since.clear()
+                since = None
                 return False
             states = [line for line in text.splitlines()
                       if line.startswith("resilience4j_circuitbreaker_state{") and 'state="open"' in line]
             if not states or any(float(line.rsplit(" ", 1)[1]) != 1.0 for line in states):
-                since.clear()
+                since = None
                 return False
-        if not since:
-            since.append(time.monotonic())
-        return time.monotonic() - since[0] >= drained
+        since = time.monotonic() if since is None else since
+        return time.monotonic() - since >= drained
 
     return every_breaker_open
 

@@ -185,17 +185,18 @@ class Saga:
             return Ending("declined", "CARD_DECLINED")
         if outcome is Card.UNAVAILABLE:
             return Ending("aborted", "CARD_NETWORK_UNAVAILABLE")
+        undone = Ending("failed", "PAYMENT_FAILED")  # what the payment ends as once voided
         if p.step != "compensating":
             settled = await self._transfer_retrying(
                 p, "settle", "payment", [("acquirer:clearing", -p.amount), (f"merchant:{p.merchant_id}", p.amount)], []
             )
             if settled is Ledger.APPLIED:
                 return Ending("completed", authorization_id=auth)
+            if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
+                undone = Ending("declined", "UNKNOWN_ACCOUNT")
             await mark_compensating(auth)
-            if settled is Ledger.UNKNOWN_ACCOUNT and await self._void(auth):  # no such merchant
-                return Ending("declined", "UNKNOWN_ACCOUNT")
         if auth is None or await self._void(auth):
-            return Ending("failed", "PAYMENT_FAILED")
+            return undone
         return Ending("pending", "PAYMENT_IN_PROGRESS")
 
     async def _void(self, authorization_id: str) -> bool:
