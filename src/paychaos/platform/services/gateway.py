@@ -124,7 +124,9 @@ class Gateway:
                              "until": r.until if r is not None else None})
 
     async def forward(self, request: Request, dependency: str, path: str) -> Response:
-        headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+        # The bytes as received: a header value may hold any visible Latin-1 character, and httpx
+        # would refuse to encode such a value given back to it as text (a 500 before this).
+        headers = [(name, value) for name, value in request.headers.raw if name.decode("latin-1") in FORWARDED_HEADERS]
         try:
             upstream = await self.clients[dependency].request(
                 request.method, path, params=request.query_params, headers=headers, content=await request.body()

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
@@ -231,8 +232,19 @@ def build_app(ctx: ReplicaContext, parts: ServiceParts) -> ASGIApp:
         Route("/health/ready", ready),
         Route("/metrics", metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_problem})
     return RedMetrics(WorkerPool(app, ctx), ctx, parts.routes)
+
+
+ROUTING_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+async def routing_problem(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method) as problem documents too: a client
+    reads every 4xx the same way, not some as JSON and some as plain text."""
+    assert isinstance(exc, HTTPException)
+    code = ROUTING_CODES.get(exc.status_code, "HTTP_ERROR")
+    return problem(exc.status_code, code, f"{request.method} {request.url.path[:100]}: {exc.detail}", exc.headers)
 
 
 def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
