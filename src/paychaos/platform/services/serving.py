@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -232,7 +232,9 @@ def build_app(ctx: ReplicaContext, parts: ServiceParts) -> ASGIApp:
         Route("/health/ready", ready),
         Route("/metrics", metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_problem})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: routing_problem, PoolTimeout: database_busy}
+    )
     return RedMetrics(WorkerPool(app, ctx), ctx, parts.routes)
 
 
@@ -245,6 +247,12 @@ async def routing_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = ROUTING_CODES.get(exc.status_code, "HTTP_ERROR")
     return problem(exc.status_code, code, f"{request.method} {request.url.path[:100]}: {exc.detail}", exc.headers)
+
+
+async def database_busy(_: Request, exc: Exception) -> Response:
+    """No pooled database connection came free in time: the service is overloaded, not broken, and
+    says so as any overload is said (503, Retry-After), rather than with a 500 and a traceback."""
+    return problem(503, "DATABASE_BUSY", "Every database connection is busy; try again shortly.", {"Retry-After": "1"})
 
 
 def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
