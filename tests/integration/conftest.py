@@ -31,19 +31,15 @@ from paychaos.probes.catalogue import load_catalogue
 
 CATALOGUE = load_catalogue()
 
-# Modules that start infrastructure of their own (a stack, a Kafka cluster, a few services) and
-# never use the session's stack. They run first, before that stack exists: two stacks on two
-# cores starve each other. A CI run's gate test, on the defects stack with the session's stack
-# idling beside it, saw campaign status at 0.82 availability under a slow acquirer.
-OWN_INFRASTRUCTURE = frozenset({
-    "test_campaign_gateway_smoke.py", "test_defects.py", "test_infra_components.py", "test_ledger_payment_smoke.py",
-})
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules none of whose tests use the session's stack (they start a stack, a Kafka cluster or
+    a few services of their own) run first, before that stack exists: two stacks on two cores
+    starve each other. A CI run's gate test, on the defects stack with the session's stack idling
+    beside it, saw campaign status at 0.82 availability under a slow acquirer."""
     here = Path(__file__).parent
-    # A stable sort: the modules keep their order within each group, and other folders' tests stay put.
-    items.sort(key=lambda item: not (item.path.parent == here and item.path.name in OWN_INFRASTRUCTURE))
+    on_session_stack = {item.path for item in items if "stack" in item.fixturenames}
+    # A stable sort: modules keep their order within each group, and other folders' tests stay put.
+    items.sort(key=lambda item: item.path.parent != here or item.path in on_session_stack)
 
 
 def paychaos(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:

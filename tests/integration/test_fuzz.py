@@ -143,7 +143,6 @@ def test_any_read_is_answered_without_a_server_error(stack, client, user: str, d
 
 def test_after_the_fuzz_the_money_invariants_hold(stack) -> None:
     # Runs after the two above (file order): their valid payments moved real money.
-    print("fuzzed payments answered:", dict(ANSWERS))
     accepted = sum(n for answer, n in ANSWERS.items() if answer.startswith("2"))
     assert accepted and fuzz_payments_written(stack) > 0, ("the fuzz sent no payment the platform took: it tested only refusals", ANSWERS)
     engine = engine_for(stack.topology.postgres_dsn)

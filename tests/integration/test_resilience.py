@@ -22,7 +22,7 @@ from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.platform.runtime.toxiproxy import Toxiproxy
 
-from .traffic import MEASURE, breakers_open, mixed_load, success_ratio
+from .traffic import breakers_open, mixed_load, success_ratio
 
 pytestmark = pytest.mark.integration
 
@@ -176,16 +176,16 @@ CASCADE_OPEN_FOR = timedelta(seconds=120)
 
 # The collateral probes need 100 balance payments in the window before a p99 or a 0.99 says
 # anything (otherwise: inconclusive). Ten users paying for 10 s made 120-160 here with the breaker
-# open, and fewer in CI on a slower machine, where a CI run failed on it; 20 s makes 240-320 here.
+# open, too close to 100 for a slower machine such as CI's; 20 s doubles it.
 CASCADE_MEASURE = 20.0
 COLLATERAL_SLOS = ("balance-payments-availability", "balance-payments-latency-p99")
 
 
-def collateral_slos(stack, seconds: float = MEASURE) -> dict[str, CheckResult]:
+def collateral_slos(stack) -> dict[str, CheckResult]:
     """The collateral-damage probes: balance payments' SLOs at the gateway while balance users
-    were paying (the last ``seconds``), once Prometheus has scraped their end."""
+    were paying (the last CASCADE_MEASURE seconds), once Prometheus has scraped their end."""
     ended = time.time()
-    return {name: stack.slo(name, seconds, ended=ended) for name in COLLATERAL_SLOS}
+    return {name: stack.slo(name, CASCADE_MEASURE, ended=ended) for name in COLLATERAL_SLOS}
 
 
 def brief(checks: dict[str, CheckResult]) -> dict[str, tuple[object, ...]]:
@@ -203,7 +203,7 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
             protected = asyncio.run(mixed_load(
                 stack, card_rate=CASCADE_CARD_RATE, warmup=CASCADE_WARMUP, seconds=CASCADE_MEASURE, ready=breakers_open(stack)
             ))
-            spared = collateral_slos(stack, CASCADE_MEASURE)
+            spared = collateral_slos(stack)
             stacking.reconfigure(stack.run_dir, payment_tuned(healthy, breaker=False, **CASCADE_POOL), ["payment"])
             stack.wait_for(
                 "the breaker to report DISABLED", lambda: set(breaker_states(stack).values()) == {"disabled"}, timeout=15
@@ -211,7 +211,7 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
             exposed = asyncio.run(
                 mixed_load(stack, card_rate=CASCADE_CARD_RATE, warmup=CASCADE_WARMUP, seconds=CASCADE_MEASURE)
             )
-            damaged = collateral_slos(stack, CASCADE_MEASURE)
+            damaged = collateral_slos(stack)
         finally:
             toxiproxy.remove_toxic("acquirer", "test-latency")
             stacking.reconfigure(stack.run_dir, healthy, ["payment"])

@@ -95,10 +95,8 @@ def breakers_open(stack: Stack) -> Callable[[httpx.AsyncClient], Awaitable[bool]
     replicas' own metrics (no scrape interval in between), for longer than the acquirer timeout.
 
     The wait matters: card calls the breaker let through before it opened still hold their
-    workers until the acquirer timeout, and balance payments arriving at that moment queue behind
-    them. Twice a CI run that started measuring the instant the last breaker opened judged a
-    balance p99 of 2.4 s (0.35-0.46 s here): a handful of slow payments among a few hundred
-    makes a p99, and the first payment of each of ten users is ten."""
+    workers until the acquirer timeout, and balance payments arriving at that moment would queue
+    behind them and be judged as if the open breaker had not spared them."""
     drained = stack.topology.resilience.timeouts.acquirer.total_seconds() + 0.5
     since: float | None = None  # when every breaker was first seen open, this streak
 

@@ -38,8 +38,8 @@ CONSUMER_GROUP = "campaign"
 RETRY_PENDING_AFTER_SECONDS = 5.0
 # Grants are booked together (a batch, or every pending one at once), and each marks its outcome
 # on a pooled connection: at most this many at a time, so that status reads, which users wait on,
-# always find a free connection among the pool's ten. Unbounded, a batch of grants on a starved
-# machine queued status reads past the pool's timeout (500s, campaign status at 0.82 availability).
+# keep a share of the pool's ten. On a starved machine status reads did wait past the pool's
+# timeout (500s, campaign status at 0.82 availability); bookings were the one unbounded user.
 MARKING_CONNECTIONS = 4
 
 

@@ -24,7 +24,7 @@ PASS_HEADER = "X-Admission-Pass"
 # When the pass lapses (epoch seconds): the app, and a client-side probe, know the flow it covers.
 PASS_EXPIRES_HEADER = "X-Admission-Pass-Expires"
 DEVICE_HEADER = "X-Device-Id"
-FORWARDED_HEADERS = ("idempotency-key", "x-device-id", "x-user-id", "content-type", "accept")
+FORWARDED_HEADERS = frozenset({b"idempotency-key", b"x-device-id", b"x-user-id", b"content-type", b"accept"})
 # Downstream statuses that mean "the service is not there" (HAProxy answers these with HTML).
 UNAVAILABLE_STATUSES = (502, 503, 504)
 TRY_AGAIN = "Lots of people are paying right now — please try again in a few seconds."
@@ -126,7 +126,7 @@ class Gateway:
     async def forward(self, request: Request, dependency: str, path: str) -> Response:
         # The bytes as received: a header value may hold any visible Latin-1 character, and httpx
         # would refuse to encode such a value given back to it as text (a 500 before this).
-        headers = [(name, value) for name, value in request.headers.raw if name.decode("latin-1") in FORWARDED_HEADERS]
+        headers = [(name, value) for name, value in request.headers.raw if name in FORWARDED_HEADERS]
         try:
             upstream = await self.clients[dependency].request(
                 request.method, path, params=request.query_params, headers=headers, content=await request.body()
