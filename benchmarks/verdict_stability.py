@@ -104,7 +104,9 @@ def stability(path: Path, runs: int, topology: Any, tmp: Path) -> dict[str, Any]
         if not measured:
             continue
         low = min(measured, key=lambda m: m[0])
-        smallest[label] = {"margin": low[0], "observed": low[1], "threshold": low[2], "runs": len(seen)}
+        # Every run's figure too: the spread says more than the one smallest margin.
+        smallest[label] = {"margin": low[0], "observed": low[1], "threshold": low[2], "runs": len(seen),
+                           "everyRun": [m[1] for m in seen]}
         print(f"  {label:<58} {low[0]:>10.4g}   observed {low[1]}  {low[2]}")
     return {"runs": len(rows), "passed": passed, "verdicts": [r[0] for r in rows],
             "reasons": [r[3] for r in rows if r[0] != "passed"], "smallestMargins": smallest}

@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,31 @@ def paychaos(*args: str, env: dict[str, str], timeout: float = 600) -> subproces
     )
 
 
+FRESH_USER_SQL = """
+SELECT u FROM generate_series(1, %(users)s) AS n, LATERAL (SELECT 'u' || lpad(n::text, 5, '0') AS u) AS seeded
+WHERE NOT u = ANY(%(taken)s)
+  AND NOT EXISTS (SELECT 1 FROM payment.payments p WHERE p.user_id = u)
+  AND NOT EXISTS (SELECT 1 FROM campaign.flash_users f WHERE f.user_id = u)
+ORDER BY n DESC LIMIT 1
+"""
+
+
 @dataclass
 class Stack:
     run_dir: RunDir
     env: dict[str, str]
     startup_seconds: float
+    handed_out: set[str] = field(default_factory=set)
+
+    def fresh_user(self) -> str:
+        """A seeded user nobody has paid as yet, not handed to another test. Tests that count a
+        user's cashback or step progress need one: the load picks its users at random among all
+        the seeded ones, and a user it paid enough for has reached the flash campaign's per-user
+        cap and earns nothing more (a CI run waited in vain for the cashback of such a user)."""
+        user = self.scalar(FRESH_USER_SQL, {"users": self.topology.seed.users, "taken": sorted(self.handed_out)})
+        assert user is not None, "every seeded user has paid already"
+        self.handed_out.add(user)
+        return str(user)
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return paychaos(*args, env=self.env, timeout=timeout)
@@ -76,8 +96,10 @@ class Stack:
         return state
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``query``; parameters by position, or one dict of named ones."""
         with psycopg.connect(self.topology.postgres_dsn, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            named = len(params) == 1 and isinstance(params[0], dict)
+            return conn.execute(query, params[0] if named else params).fetchall()
 
     def scalar(self, query: str, *params: Any) -> Any:
         rows = self.sql(query, *params)
@@ -119,14 +141,16 @@ class Stack:
         result = self.prometheus('min(timestamp(http_server_requests_seconds_count{service="gateway"}))')
         return bool(result) and float(result[0]["value"][1]) > t
 
-    def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.5) -> Any:
+    def wait_for(self, what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.5,
+                 explain: Callable[[], str] | None = None) -> Any:
+        """Poll ``predicate`` until it is truthy; on timeout fail, with ``explain()`` if given."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {explain()}" if explain else ""))
             time.sleep(interval)
 
 

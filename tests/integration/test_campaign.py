@@ -16,7 +16,7 @@ def cashback_transfers(stack, payment_id: str) -> int:
 
 
 def test_cashback_arrives_exactly_once_and_status_shows_it(stack) -> None:
-    user = "u01001"
+    user = stack.fresh_user()
     flash = stack.topology.campaign.flash
     with httpx.Client(timeout=15) as client:
         r = stack.pay(client, user, 1000, "balance")
@@ -57,7 +57,7 @@ def test_cashback_arrives_exactly_once_and_status_shows_it(stack) -> None:
 
 def test_reaggregation_reports_no_drift_on_a_healthy_stack(stack) -> None:
     with httpx.Client(timeout=60) as client:
-        paid = stack.pay(client, "u01002", 800, "balance")  # at least one user with something to recompute
+        paid = stack.pay(client, stack.fresh_user(), 800, "balance")  # at least one user with something to recompute
         assert paid.status_code == 201, paid.text
         payment_id = paid.json()["payment_id"]
         stack.wait_for("the cashback transfer", lambda: cashback_transfers(stack, payment_id) == 1)

@@ -184,19 +184,29 @@ def test_idempotency_off_double_charge_is_caught(defects: Stack) -> None:
     assert caught.sample == [{"idempotency_key": key, "charges": 2}]
 
 
-def republish(stack: Stack, user: str) -> str:
-    """Pay once, wait for the cashback, then deliver the payment's event a second time."""
+def republish(stack: Stack) -> str:
+    """A fresh user pays once; wait for the cashback, then deliver the payment's event a second time."""
+    user = stack.fresh_user()
     with httpx.Client(timeout=15) as client:
         r = stack.pay(client, user, 1000)
     assert r.status_code == 201, r.text
     payment_id = r.json()["payment_id"]
     count = "SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s"
-    stack.wait_for("the cashback", lambda: stack.scalar(count, payment_id) == 1, timeout=30)
+    stack.wait_for("the cashback", lambda: stack.scalar(count, payment_id) == 1, timeout=30,
+                   explain=lambda: cashback_pipeline(stack, payment_id))
     payload = stack.scalar("SELECT payload FROM payment.outbox WHERE payload->>'payment_id' = %s", payment_id)
     producer = Producer({"bootstrap.servers": stack.topology.bootstrap_servers, "acks": "all"})
     producer.produce("payments", key=user, value=json.dumps(payload).encode())
     assert producer.flush(10) == 0
     return payment_id
+
+
+def cashback_pipeline(stack: Stack, payment_id: str) -> str:
+    """Where a payment's cashback is on its way: outbox, consumer, grant."""
+    sent = stack.sql("SELECT sent_at IS NOT NULL FROM payment.outbox WHERE payload->>'payment_id' = %s", payment_id)
+    grants = stack.sql("SELECT status, amount FROM campaign.grants WHERE payment_id = %s", payment_id)
+    lag = stack.prometheus("sum(campaign_consumer_lag)")
+    return f"outbox row sent: {sent}; consumer lag: {lag[0]['value'][1] if lag else None}; grants: {grants}"
 
 
 def consumed_everything(stack: Stack) -> bool:
@@ -206,14 +216,14 @@ def consumed_everything(stack: Stack) -> bool:
 
 def test_consumer_dedupe_off_duplicate_cashback_is_caught(defects: Stack) -> None:
     count = "SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s"
-    deduped = republish(defects, "u01810")
+    deduped = republish(defects)
     defects.wait_for("the redelivery to be consumed", lambda: consumed_everything(defects), timeout=30)
     assert defects.scalar(count, deduped) == 1
     assert invariant(defects, "cashback-exactly-once").holds
 
     healthy = switched(defects, ["campaign"], consumer_dedupe=False)
     try:
-        paid_twice = republish(defects, "u01811")
+        paid_twice = republish(defects)
         defects.wait_for("the second grant", lambda: defects.scalar(count, paid_twice) == 2, timeout=30)
     finally:
         stacking.reconfigure(defects.run_dir, healthy, ["campaign"])
@@ -293,14 +303,14 @@ def cashback_count(stack: Stack, payment_ids: list[str]) -> int:
 
 
 def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stack) -> None:
-    injected, samples, behind = poison_then_pay(defects, "u01840")
+    injected, samples, behind = poison_then_pay(defects, defects.fresh_user())
     healthy_lag = judge_lag(samples, injected, LAG_PROBE, "after")
     assert healthy_lag.verdict == "passed", healthy_lag
     defects.wait_for("the cashback behind the skipped poison", lambda: cashback_count(defects, behind) == 2, timeout=30)
 
     healthy = switched(defects, ["campaign"], skip_poison=False)
     try:
-        injected, samples, stuck = poison_then_pay(defects, "u01841")
+        injected, samples, stuck = poison_then_pay(defects, defects.fresh_user())
         stalled_lag = judge_lag(samples, injected, LAG_PROBE, "after")
         assert cashback_count(defects, stuck) == 0  # stuck behind the poison message
     finally:

@@ -36,6 +36,12 @@ from paychaos.platform.topology import Topology
 
 
 IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request (podKill inFlight)
+# How long a victim's workers must have been busy without a break before the kill. A request
+# seen busy once may be a 5 ms balance payment already answered when SIGKILL lands (two in ten
+# pod-kill-payment runs cut nothing in half that way); one busy for 50 ms is a long saga (a card
+# authorization) with time left to cut. Back-to-back short requests rarely fill 50 ms at a few
+# requests a second per replica, and if they do the kill still lands on a busy worker.
+IN_FLIGHT_HOLD = 0.05
 ISR_WAIT = 10.0  # seconds, at most, for the cluster to drop a lost broker from the in-sync replicas
 RESTRICTION_SLACK = 30.0  # seconds an admission restriction outlives its window unless reverted
 
@@ -106,7 +112,7 @@ class LocalDriver:
         if plan.kind == "podKill":
             state = self._state()
             victims = [p for r in plan.replicas if (p := state.process(r.name)) is not None]
-            serving = {}
+            serving: dict[str, dict[str, Any]] = {}
             for victim in victims:
                 if plan.in_flight:
                     serving[victim.name] = self._await_in_flight(victim.name)
@@ -118,7 +124,9 @@ class LocalDriver:
                        timeout=self.kill_timeout, error=InjectionFailed)
             if not victims:
                 raise InjectionFailed(f"none of {', '.join(r.name for r in plan.replicas)} is known to the supervisor")
-            killed = [{"name": v.name, "pid": v.pid, **({"inFlight": serving[v.name]} if v.name in serving else {})}
+            killed = [{"name": v.name, "pid": v.pid,
+                       **({"inFlight": serving[v.name]["busy"], "busyForMs": serving[v.name]["busyForMs"]}
+                          if v.name in serving else {})}
                       for v in victims]
             return {"killed": killed, "dead": True}
         if plan.kind == "zoneLoss":
@@ -198,25 +206,32 @@ class LocalDriver:
             raise InjectionFailed(f"{', '.join(lax)} took the restriction but does not enforce it: {answers}")
         return {"replicas": answers}
 
-    def _await_in_flight(self, name: str) -> int:
-        """Poll the replica's own metrics until a worker is serving a request; how many were.
-        The metrics endpoint bypasses the worker pool, so polling it is not itself a request."""
+    def _await_in_flight(self, name: str) -> dict[str, Any]:
+        """Poll the replica's own metrics until its workers have been serving requests for
+        ``IN_FLIGHT_HOLD`` without a break; how many were busy and for how long. The metrics
+        endpoint bypasses the worker pool, so polling it is not itself a request."""
         replica = next((r for r in self._topology().replicas if r.name == name), None)
         if replica is None:
             raise InjectionFailed(f"{name} is not in the topology")
         url = f"http://{self._topology().host}:{replica.port}/metrics"
         deadline = time.monotonic() + IN_FLIGHT_WAIT
+        busy_since: float | None = None
         with httpx.Client(timeout=1.0) as http:
             while time.monotonic() < deadline:
                 try:
                     busy = _gauge(http.get(url).text, "http_server_workers_busy")
                 except httpx.HTTPError:
                     busy = 0
-                if busy > 0:
-                    return busy
+                now = time.monotonic()
+                if busy <= 0:
+                    busy_since = None
+                elif busy_since is None:
+                    busy_since = now
+                elif now - busy_since >= IN_FLIGHT_HOLD:
+                    return {"busy": int(busy), "busyForMs": round((now - busy_since) * 1000)}
                 time.sleep(0.01)
-        raise InjectionFailed(f"{name} served no request for {IN_FLIGHT_WAIT:g}s, so killing it would cut nothing "
-                              "in half: is there traffic? (or drop inFlight)")
+        raise InjectionFailed(f"{name} served no request for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, so "
+                              "killing it would cut nothing in half: is there traffic? (or drop inFlight)")
 
     def _hold_and_kill(self, markers: list[Path], targeted: Callable[[ProcessState], bool]) -> list[str]:
         """Hold first, then kill until the supervisor reports every target down (and so will not

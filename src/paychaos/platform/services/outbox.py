@@ -24,6 +24,7 @@ log = logging.getLogger("paychaos.outbox")
 TOPIC = "payments"
 BATCH = 200
 IDLE_PAUSE = 0.2
+BACKLOG_EVERY = 0.5  # seconds between backlog counts: twice per Prometheus scrape
 DELIVERY_TIMEOUT = 10.0
 
 
@@ -78,11 +79,22 @@ class Publisher:
         while True:
             await asyncio.to_thread(self.producer.poll, 0.5)
 
+    async def measure_backlog(self) -> None:
+        """Background loop: count the unsent rows. Apart from the relay, whose round can wait out
+        delivery for 11 s while Kafka is away, and the backlog must be current exactly then.
+        (Counted between rounds, the gauge froze at whatever it was when every relay's round began
+        waiting: two kafka-broker-failure runs in ten peaked at 15 and 16, others at 64 and more.)"""
+        while True:
+            try:
+                await self._measure_backlog()
+            except Exception:
+                log.exception("counting the outbox backlog failed; retrying")
+            await asyncio.sleep(BACKLOG_EVERY)
+
     async def relay(self) -> None:
         """Background loop: move outbox rows to Kafka, oldest first, until cancelled."""
         while True:
             try:
-                await self._measure_backlog()  # first, since a round waits out delivery when Kafka is away
                 sent = await self._relay_batch()
             except Exception:
                 log.exception("outbox relay round failed; retrying")

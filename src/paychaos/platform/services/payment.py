@@ -332,7 +332,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         await asyncio.to_thread(publisher.close)
         await pool.close()
 
-    background = [recover_abandoned, publisher.relay if res.outbox else publisher.serve_delivery_reports]
+    background = [recover_abandoned, *([publisher.relay, publisher.measure_backlog] if res.outbox else [publisher.serve_delivery_reports])]
     return ServiceParts(
         routes=[
             Route("/v1/payments", create_payment, methods=["POST"]),
