@@ -23,6 +23,13 @@ APP_PATIENCE = 3.0  # the app shows "try again" after this long; a user who wait
 READY_WITHIN = 30.0  # seconds after the warm-up for ``ready`` to say so before the test fails
 
 
+class Outcomes(dict[str, Counter]):
+    """Answers per payment method (``"card"``, ``"balance"``), each counted by status and error
+    code; ``measured`` is how long the balance users paid, in seconds."""
+
+    measured: float = 0.0
+
+
 async def mixed_load(
     stack: Stack,
     card_rate: float = CARD_ARRIVALS_PER_S,
@@ -30,17 +37,21 @@ async def mixed_load(
     seconds: float = MEASURE,
     balance_clients: int = BALANCE_CLIENTS,
     ready: Callable[[httpx.AsyncClient], Awaitable[bool]] | None = None,
-) -> dict[str, Counter]:
+    enough_balance: int | None = None,
+) -> Outcomes:
     """Card payments arrive at a fixed rate; after ``warmup`` s (and once ``ready`` says so, if
     given) balance users join for ``seconds``; outcomes per method.
 
     ``ready`` starts the measurement on what the test is about (e.g. every breaker open) rather
     than on a guess of how long that takes: on a busy machine it takes longer, and balance users
-    who joined early would measure the warm-up instead.
+    who joined early would measure the warm-up instead. With ``enough_balance`` the measurement
+    ends as soon as that many balance payments were answered (``seconds`` is then the longest it
+    lasts): a probe that needs a number of requests gets them on a slow machine too.
     """
-    outcomes: dict[str, Counter] = {"card": Counter(), "balance": Counter()}
+    outcomes = Outcomes(card=Counter(), balance=Counter())
     measuring = asyncio.Event()
     end = [float("inf")]
+    began = [0.0]
     not_ready: list[str] = []
     limits = httpx.Limits(max_connections=400)
     async with httpx.AsyncClient(timeout=APP_PATIENCE, limits=limits) as client:
@@ -63,7 +74,8 @@ async def mixed_load(
                     not_ready.append(f"not ready {warmup + READY_WITHIN:.0f}s into the card traffic")
                     break
                 await asyncio.sleep(0.1)
-            end[0] = time.monotonic() + (seconds if not not_ready else 0.0)
+            began[0] = time.monotonic()
+            end[0] = began[0] + (seconds if not not_ready else 0.0)
             measuring.set()
 
         async def card_arrivals() -> None:
@@ -83,10 +95,13 @@ async def mixed_load(
             await measuring.wait()
             while time.monotonic() < end[0]:
                 await pay(f"u{1500 + n:05d}", "balance")
+                if enough_balance is not None and sum(outcomes["balance"].values()) >= enough_balance:
+                    end[0] = min(end[0], time.monotonic())
                 await asyncio.sleep(0.2)  # think time
 
         await asyncio.gather(start_measuring(), card_arrivals(), *(balance_user(i) for i in range(balance_clients)))
     assert not not_ready, (not_ready, outcomes)
+    outcomes.measured = end[0] - began[0]
     return outcomes
 
 
