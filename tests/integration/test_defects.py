@@ -205,13 +205,17 @@ def cashback_pipeline(stack: Stack, payment_id: str) -> str:
     """Where a payment's cashback is on its way: outbox, consumer, grant."""
     sent = stack.sql("SELECT sent_at IS NOT NULL FROM payment.outbox WHERE payload->>'payment_id' = %s", payment_id)
     grants = stack.sql("SELECT status, amount FROM campaign.grants WHERE payment_id = %s", payment_id)
-    lag = stack.prometheus("sum(campaign_consumer_lag)")
-    return f"outbox row sent: {sent}; consumer lag: {lag[0]['value'][1] if lag else None}; grants: {grants}"
+    return f"outbox row sent: {sent}; consumer lag: {consumer_lag(stack)}; grants: {grants}"
+
+
+def consumer_lag(stack: Stack) -> float | None:
+    """The campaign consumer's lag as Prometheus last scraped it; None before any scrape."""
+    lags = stack.prometheus("sum(campaign_consumer_lag)")
+    return float(lags[0]["value"][1]) if lags else None
 
 
 def consumed_everything(stack: Stack) -> bool:
-    lags = stack.prometheus("sum(campaign_consumer_lag)")
-    return bool(lags) and float(lags[0]["value"][1]) == 0
+    return consumer_lag(stack) == 0
 
 
 def test_consumer_dedupe_off_duplicate_cashback_is_caught(defects: Stack) -> None:

@@ -14,6 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from paychaos.faults.local import IN_FLIGHT_HOLD
+
 pytestmark = pytest.mark.integration
 
 EXIT = {"passed": 0, "failed": 1, "aborted": 2, "error": 3, "inconclusive": 4}
@@ -216,6 +218,7 @@ def test_a_fault_the_planner_refuses_makes_the_run_an_error_and_the_same_spec_ru
     check = fault_check(journal)
     (killed,) = check["evidence"]["effect"]["killed"]
     assert check["verdict"] == "passed" and killed["name"] == "payment-az-a-1" and killed["inFlight"] >= 1, check
+    assert killed["busyForMs"] >= IN_FLIGHT_HOLD * 1000, killed  # inside a long request, not after a quick one
     (retried,) = [c for c in journal["paychaos"]["checks"] if c["kind"] == "exercise"]
     assert retried["verdict"] == "passed" and retried["observed"] >= 1, retried
 

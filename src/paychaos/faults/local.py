@@ -124,10 +124,7 @@ class LocalDriver:
                        timeout=self.kill_timeout, error=InjectionFailed)
             if not victims:
                 raise InjectionFailed(f"none of {', '.join(r.name for r in plan.replicas)} is known to the supervisor")
-            killed = [{"name": v.name, "pid": v.pid,
-                       **({"inFlight": serving[v.name]["busy"], "busyForMs": serving[v.name]["busyForMs"]}
-                          if v.name in serving else {})}
-                      for v in victims]
+            killed = [{"name": v.name, "pid": v.pid, **serving.get(v.name, {})} for v in victims]
             return {"killed": killed, "dead": True}
         if plan.kind == "zoneLoss":
             assert plan.zone is not None
@@ -208,7 +205,8 @@ class LocalDriver:
 
     def _await_in_flight(self, name: str) -> dict[str, Any]:
         """Poll the replica's own metrics until its workers have been serving requests for
-        ``IN_FLIGHT_HOLD`` without a break; how many were busy and for how long. The metrics
+        ``IN_FLIGHT_HOLD`` without a break; the kill's evidence of it (how many were busy, for how
+        long). The metrics
         endpoint bypasses the worker pool, so polling it is not itself a request."""
         replica = next((r for r in self._topology().replicas if r.name == name), None)
         if replica is None:
@@ -228,7 +226,7 @@ class LocalDriver:
                 elif busy_since is None:
                     busy_since = now
                 elif now - busy_since >= IN_FLIGHT_HOLD:
-                    return {"busy": int(busy), "busyForMs": round((now - busy_since) * 1000)}
+                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000)}
                 time.sleep(0.01)
         raise InjectionFailed(f"{name} served no request for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, so "
                               "killing it would cut nothing in half: is there traffic? (or drop inFlight)")
