@@ -29,6 +29,7 @@ from _stack import running_stack  # the benchmarks folder is on sys.path when ru
 from paychaos.experiments.gating import settle
 from paychaos.experiments.loading import load_experiment
 from paychaos.platform.runtime.paths import RunDir
+from paychaos.probes.catalogue import load_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,9 +63,10 @@ def stability(path: Path, runs: int, topology: Any, tmp: Path) -> dict[str, Any]
     rows = []
     margins: dict[str, list[tuple[float | None, Any, str]]] = {}
     run_dir = RunDir.default()
+    vocabulary = load_catalogue(ROOT / "probes").vocabulary
     print(f"== {experiment.name}: {runs} runs", flush=True)
     for n in range(1, runs + 1):
-        left = settle(run_dir, topology, 120, lambda m: print(f"  {m}", file=sys.stderr))
+        left = settle(run_dir, topology, vocabulary, 120, lambda m: print(f"  {m}", file=sys.stderr))
         if left:
             raise SystemExit(f"error: the stack did not settle: {'; '.join(left)}")
         journal = tmp / f"{experiment.name}-{n}.json"

@@ -37,6 +37,7 @@ from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
 from paychaos.platform.topology import Topology
 from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
 from paychaos.probes.prometheus import Prometheus
+from paychaos.probes.series import lag_key
 from paychaos.runbooks.render import read_index_entry
 
 from .conftest import CATALOGUE, Stack, keep_logs_if_failed, running_stack
@@ -308,19 +309,19 @@ def cashback_count(stack: Stack, payment_ids: list[str]) -> int:
 
 def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stack) -> None:
     injected, samples, behind = poison_then_pay(defects, defects.fresh_user())
-    healthy_lag = judge_lag(samples, injected, LAG_PROBE, "after")
+    healthy_lag = judge_lag(samples, injected, LAG_PROBE, "after", CATALOGUE.vocabulary)
     assert healthy_lag.verdict == "passed", healthy_lag
     defects.wait_for("the cashback behind the skipped poison", lambda: cashback_count(defects, behind) == 2, timeout=30)
 
     healthy = switched(defects, ["campaign"], skip_poison=False)
     try:
         injected, samples, stuck = poison_then_pay(defects, defects.fresh_user())
-        stalled_lag = judge_lag(samples, injected, LAG_PROBE, "after")
+        stalled_lag = judge_lag(samples, injected, LAG_PROBE, "after", CATALOGUE.vocabulary)
         assert cashback_count(defects, stuck) == 0  # stuck behind the poison message
     finally:
         stacking.reconfigure(defects.run_dir, healthy, ["campaign"])
     assert stalled_lag.verdict == "failed", stalled_lag
-    lags = [v for s in samples if s.t >= injected and (v := s.values.get("consumer_lag")) is not None]
+    lags = [v for s in samples if s.t >= injected and (v := s.values.get(lag_key(LAG_PROBE.group))) is not None]
     assert lags and min(lags[-5:]) >= 1, lags  # still growing or stuck at the deadline, not drained
     # Switched back on, the consumer skips the poison and the payments behind it get their cashback.
     defects.wait_for("the stalled partition to drain", lambda: cashback_count(defects, stuck) == 2, timeout=60)
@@ -423,7 +424,7 @@ def breaker_episode(stack: Stack) -> Episode:
 
             def after() -> tuple[CheckResult, CheckResult]:
                 samples = sampler.snapshot()
-                return (judge_breaker_closes(samples, reverted, BREAKER_PROBE, "after"),
+                return (judge_breaker_closes(samples, reverted, BREAKER_PROBE, "after", CATALOGUE.vocabulary),
                         judge_recovery(samples, reverted, RECOVERY_PROBE, slo, "after"))
 
             while time.time() < deadline and not all(r.verdict == "passed" for r in after()):
@@ -431,7 +432,7 @@ def breaker_episode(stack: Stack) -> Episode:
         finally:
             sampler.stop()
     closes, recovery = after()
-    return Episode(judge_fails_fast(sampler.snapshot(), injected, reverted, BREAKER_PROBE, "expect"), closes, recovery)
+    return Episode(judge_fails_fast(sampler.snapshot(), injected, reverted, BREAKER_PROBE, "expect", CATALOGUE.vocabulary), closes, recovery)
 
 
 def test_breaker_probes_and_recovery_pass_on_the_healthy_breaker(defects: Stack) -> None:

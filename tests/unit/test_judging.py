@@ -12,38 +12,39 @@ from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.invariants import LEDGER_DSN_ENV, LEDGER_DSN_FILE_ENV, LedgerUnavailable, ledger_dsn, shown
 
+VOCABULARY = load_catalogue().vocabulary
 FAILS_FAST = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=5))
 
 
 def opened(t: float, replicas_open: int, refused_p50: float | None) -> Sample:
-    return Sample(t, {"breaker_open": replicas_open, "breaker_replicas": 3, "card_fail_fast_p50": refused_p50})
+    return Sample(t, {"breaker_open:acquirer": replicas_open, "breaker_replicas:acquirer": 3, "breaker_fails_fast:acquirer": refused_p50})
 
 
 def test_fails_fast_passes_on_quick_refusals_and_fails_on_slow_ones() -> None:
     quick = [opened(t, 3, 0.004) for t in range(12)]
-    result = judge_fails_fast(quick, 0, 12, FAILS_FAST, "expect")
+    result = judge_fails_fast(quick, 0, 12, FAILS_FAST, "expect", VOCABULARY)
     assert (result.verdict, result.observed, result.threshold) == ("passed", 0.004, "median < 0.1s")
     assert result.evidence["seconds"] == list(range(5, 12))
     # The evidence says what was queried over which window, as every check's does.
     assert result.evidence["window"] == [0, 12] and 'status="503"' in result.evidence["query"]
 
     slow = [*quick[:8], opened(8, 3, 1.49), *quick[9:]]
-    result = judge_fails_fast(slow, 0, 12, FAILS_FAST, "expect")
+    result = judge_fails_fast(slow, 0, 12, FAILS_FAST, "expect", VOCABULARY)
     assert (result.verdict, result.observed) == ("failed", 1.49)
 
 
 def test_fails_fast_without_a_breaker_open_everywhere_is_inconclusive_not_a_pass() -> None:
     # Nothing was refused while open everywhere: there is no fail-fast to judge (opensWithin says
     # whether the breaker should have opened).
-    result = judge_fails_fast([opened(t, 2, 0.004) for t in range(12)], 0, 12, FAILS_FAST, "expect")
+    result = judge_fails_fast([opened(t, 2, 0.004) for t in range(12)], 0, 12, FAILS_FAST, "expect", VOCABULARY)
     assert result.verdict == "inconclusive" and result.observed is None and "never open on every replica" in result.detail
 
 
 def test_closes_counts_from_the_revert() -> None:
     samples = [opened(t, 3 if t < 14 else 0, None) for t in range(20)]
-    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after").observed == 4
-    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after").verdict == "passed"
-    assert judge_breaker_closes(samples, 8, FAILS_FAST, "after").verdict == "failed"  # 6 s > 5 s
+    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after", VOCABULARY).observed == 4
+    assert judge_breaker_closes(samples, 10, FAILS_FAST, "after", VOCABULARY).verdict == "passed"
+    assert judge_breaker_closes(samples, 8, FAILS_FAST, "after", VOCABULARY).verdict == "failed"  # 6 s > 5 s
 
 
 def test_recovery_is_the_first_second_the_slo_meets_its_objective_after_the_revert() -> None:

@@ -90,7 +90,7 @@ def test_text_from_the_journal_is_escaped(journal: dict[str, Any]) -> None:
 
 def test_series_a_run_did_not_measure_say_so(journal: dict[str, Any]) -> None:
     for sample in journal["paychaos"]["samples"]:
-        sample["consumer_lag"] = sample["outbox_backlog"] = None
+        sample["consumer_lag:campaign"] = sample["backlog:outbox"] = None
     text = html_report([("acquirer-slowdown", journal)], "gate")
     lag = text.split(f'<svg id="{plot_id("consumer-lag", "acquirer-slowdown")}"', 1)[1].split("</svg>", 1)[0]
     assert "not measured in this run" in lag

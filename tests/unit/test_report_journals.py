@@ -89,12 +89,13 @@ def test_a_fault_never_reverted_is_active_until_its_scheduled_end(journal: dict[
 def test_the_breaker_and_the_clients_as_observed(journal: dict[str, Any]) -> None:
     seen = observe(read_run("a", journal))
     # Counted from the scheduled fault start and revert, as the engine's checks count them.
-    assert seen.breaker_opened_after == 5.77
-    assert seen.breaker_open_everywhere_after == 7.77 and seen.breaker_replicas == 3
-    assert seen.breaker_closed_after == 21.61
+    [breaker] = seen.breakers  # the breakers are read from the sample keys: one, the acquirer's
+    assert breaker.name == "acquirer" and breaker.opened_after == 5.77
+    assert breaker.open_everywhere_after == 7.77 and breaker.replicas == 3
+    assert breaker.closed_after == 21.61
     assert (seen.error_ratio_source, seen.error_ratio_before, seen.error_ratio_worst) == ("client", 0.0, 0.0781)
     assert (seen.p99_source, seen.p99_ms_before, seen.p99_ms_worst) == ("client", 170.0, 1800.0)
-    assert (seen.consumer_lag_peak, seen.outbox_backlog_peak) == (7, 6)
+    assert (seen.lag_peaks, seen.backlog_peaks) == ({"campaign": 7}, {"outbox": 6})
 
 
 def test_server_side_series_are_preferred_when_the_journal_has_them(journal: dict[str, Any]) -> None:
@@ -108,6 +109,6 @@ def test_server_side_series_are_preferred_when_the_journal_has_them(journal: dic
 
 def test_a_breaker_that_never_opened(journal: dict[str, Any]) -> None:
     for sample in journal["paychaos"]["samples"]:
-        sample["breaker_open"] = 0.0
-    seen = observe(read_run("a", journal))
-    assert seen.breaker_opened_after is None and seen.breaker_closed_after is None and seen.breaker_replicas == 3
+        sample["breaker_open:acquirer"] = 0.0
+    [breaker] = observe(read_run("a", journal)).breakers
+    assert breaker.opened_after is None and breaker.closed_after is None and breaker.replicas == 3

@@ -41,7 +41,7 @@ def test_a_rehearsed_runbook_says_what_was_observed(journal: dict[str, Any], slo
         "- The acquirer circuit breaker opened 5.8 s after the fault started, on all 3 replicas after 7.8 s; "
         "it closed on every replica 21.6 s after the revert." in text
     )
-    assert "- Campaign consumer lag peaked at 7 messages and the outbox backlog at 6." in text
+    assert "- Consumer group campaign's lag peaked at 7 messages; the outbox backlog at 6." in text
     assert "- p99 latency (client-side): 170 ms before the fault, at worst 1800 ms." in text
     assert "| `after/breaker/acquirer.closes` | passed | 21.61 | <= 30s | breaker closed on every replica after 21.6s |" in text
 

@@ -299,6 +299,30 @@ def test_an_eventual_invariant_has_a_bound_and_a_known_name() -> None:
     assert str(caught.value).startswith("x.yaml:19: spec.after[1].invariant.name: unknown invariant 'acknowledged-event-consumed'")
 
 
+def test_breakers_and_consumer_groups_are_the_ones_the_series_vocabulary_lists() -> None:
+    # The engine samples and judges a breaker by the name the spec gives: a name the stack does
+    # not expose (probes/series.yaml) would be judged on nothing, so it is refused up front.
+    catalogue = load_catalogue(ROOT / "probes")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(VALID.replace("breaker: {name: acquirer,", "breaker: {name: acquirr,"), "x.yaml", probes=catalogue)
+    assert str(caught.value) == ("x.yaml:16: spec.expect[0].breaker.name: unknown breaker 'acquirr' (did you mean 'acquirer'?): "
+                                 "expected one of acquirer (the breakers in series.yaml)")
+    lag = VALID.replace("  after:\n", "    - kafka: {group: payments, lagBelow: 10, within: 30s}\n  after:\n")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(lag, "x.yaml", probes=catalogue)
+    assert str(caught.value).startswith("x.yaml:17: spec.expect[1].kafka.group: unknown consumer group 'payments'")
+    assert parse_experiment(lag.replace("group: payments", "group: campaign"), "x.yaml", probes=catalogue).spec.expect[1].kafka.group == "campaign"
+
+
+def test_the_slos_that_time_a_run_are_named_from_the_catalogue() -> None:
+    timed = VALID.replace("spec:\n", "spec:\n  times: {detect: [payments-error-ratio], recover: [payments-availabilty]}\n")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(timed, "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    assert str(caught.value).startswith("x.yaml:7: spec.times.recover[0]: unknown SLO 'payments-availabilty'")
+    experiment = parse_experiment(timed.replace("availabilty", "availability"), "x.yaml", probes=load_catalogue(ROOT / "probes"))
+    assert (experiment.spec.times.detect, experiment.spec.times.recover) == (["payments-error-ratio"], ["payments-availability"])
+
+
 def test_exercises_are_named_from_the_catalogue_with_a_count_of_at_least_one() -> None:
     declared = VALID.replace("spec:\n", "spec:\n  exercise: {retried-payments: 3, breaker-refusals: 20}\n")
     experiment = parse_experiment(declared, "x.yaml", probes=load_catalogue(ROOT / "probes"))

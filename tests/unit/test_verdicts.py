@@ -109,11 +109,11 @@ def test_fail_fast_is_judged_only_once_every_replica_has_been_open_for_a_while()
     from paychaos.experiments.verdicts import refused_while_open
 
     def s(t: float, opened: int, p50: float) -> Sample:
-        return Sample(t, {"breaker_open": opened, "breaker_replicas": 3, "card_fail_fast_p50": p50})
+        return Sample(t, {"breaker_open:acquirer": opened, "breaker_replicas:acquirer": 3, "breaker_fails_fast:acquirer": p50})
 
     samples = [s(0, 1, 1.5), s(1, 3, 1.5), *[s(t, 3, 0.01) for t in range(2, 9)], s(9, 2, 1.5), s(10, 3, 0.01)]
-    assert refused_while_open(samples, 0, 20) == [(6, 0.01), (7, 0.01), (8, 0.01)]
-    assert refused_while_open([s(t, 2, 0.01) for t in range(10)], 0, 20) == []
+    assert refused_while_open(samples, 0, 20, "acquirer") == [(6, 0.01), (7, 0.01), (8, 0.01)]
+    assert refused_while_open([s(t, 2, 0.01) for t in range(10)], 0, 20, "acquirer") == []
 
 
 def test_a_fault_that_did_not_happen_makes_the_run_an_error_whatever_the_checks_say() -> None:

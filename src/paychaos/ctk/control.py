@@ -26,7 +26,6 @@ from paychaos.probes.prometheus import Prometheus
 log = logging.getLogger("paychaos.control")
 
 WARMUP_SECONDS = 8.0  # traffic before the steady state is judged: rate() needs a few scrapes
-ALWAYS_SAMPLED = ("payments-availability", "payments-error-ratio")
 
 
 def configure_control(spec: dict[str, Any], run_dir: str, out_dir: str) -> None:
@@ -45,7 +44,8 @@ def configure_control(spec: dict[str, Any], run_dir: str, out_dir: str) -> None:
 
 def _slos_to_sample(ctx: RunContext) -> list[str]:
     spec = ctx.experiment.spec
-    names = {n for n in ALWAYS_SAMPLED if n in ctx.catalogue.slos}
+    detect, recover = ctx.timing_slos()
+    names = {n for n in (*detect, *recover) if n in ctx.catalogue.slos}
     for check in [*spec.expect, *spec.after, *spec.steady_state]:
         if check.slo is not None:
             names.add(check.slo if isinstance(check.slo, str) else check.slo.name)

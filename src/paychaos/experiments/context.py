@@ -78,6 +78,12 @@ class RunContext:
         origin = self.started_at()
         return [Sample(round(s.t - origin, 3), s.values) for s in self.sampler.snapshot()]
 
+    def timing_slos(self) -> tuple[list[str], list[str]]:
+        """The SLOs that time the run, detection's and recovery's: the spec's, else the catalogue's."""
+        times, defaults = self.experiment.spec.times, self.catalogue.vocabulary.times
+        return (times.detect if times.detect is not None else defaults.detect,
+                times.recover if times.recover is not None else defaults.recover)
+
     def fault_window(self, index: int) -> tuple[float, float]:
         fault = self.experiment.spec.faults[index]
         return fault.at.total_seconds(), fault.ends_at.total_seconds()

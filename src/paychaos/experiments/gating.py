@@ -27,6 +27,7 @@ from paychaos.platform.runtime.state import read_state, supervisor_alive
 from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
+from paychaos.probes.series import Vocabulary
 
 Progress = Callable[[str], None]
 EXIT_VERDICTS = {code: verdict for verdict, code in EXIT_CODES.items()}
@@ -85,19 +86,7 @@ def gate_passed(entries: list[GateEntry]) -> bool:
 # -- settling -----------------------------------------------------------------------------------
 
 
-# Each must be zero before an experiment starts.
-UNSETTLED_SERIES = (
-    # A breaker leaves OPEN and HALF_OPEN only on calls: after a run whose load ended before its
-    # breakers closed, nothing closes them until traffic comes (the experiment's tail after the
-    # revert must outlast waitDurationInOpenState and the half-open trials).
-    ("breakers open or half-open", 'count(resilience4j_circuitbreaker_state{state=~"open|half_open"} == 1)',
-     " (they close only on calls: give the experiment's load a longer tail after the revert)"),
-    ("campaign consumer lag", "sum(campaign_consumer_lag)", ""),
-    ("events waiting in the outbox", "sum(outbox_backlog)", ""),
-)
-
-
-def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
+def unsettled(run_dir: RunDir, topology: Topology, vocabulary: Vocabulary) -> list[str]:
     """What keeps the stack from being the healthy baseline an experiment starts from; [] if nothing."""
     if not supervisor_alive(run_dir):
         return ["the stack is not running"]
@@ -112,20 +101,21 @@ def unsettled(run_dir: RunDir, topology: Topology) -> list[str]:
             proxies = toxiproxy.proxies()
         problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
         with Prometheus(topology.prometheus_url, timeout=2) as prometheus:
-            for what, promql, hint in UNSETTLED_SERIES:
-                value = prometheus.scalar(promql) or 0.0
+            # Each must be zero before an experiment starts (the catalogue's series.yaml `settled`).
+            for series in vocabulary.settled:
+                value = prometheus.scalar(series.query) or 0.0
                 if value > 0:
-                    problems.append(f"{what}: {value:g}{hint}")
+                    problems.append(f"{series.what}: {value:g}" + (f" ({series.hint})" if series.hint else ""))
     except (ToxiproxyError, PrometheusUnavailable) as exc:
         problems.append(f"cannot read the stack's health: {exc}")
     return problems
 
 
-def settle(run_dir: RunDir, topology: Topology, within: float, progress: Progress) -> list[str]:
+def settle(run_dir: RunDir, topology: Topology, vocabulary: Vocabulary, within: float, progress: Progress) -> list[str]:
     """Wait until nothing is unsettled; what still is after ``within`` seconds."""
     deadline = time.monotonic() + within
     reported: list[str] = []
-    while (problems := unsettled(run_dir, topology)) and time.monotonic() < deadline:
+    while (problems := unsettled(run_dir, topology, vocabulary)) and time.monotonic() < deadline:
         if problems != reported:
             progress(f"settling: {'; '.join(problems)}")
             reported = problems
@@ -174,7 +164,8 @@ def _read_journal(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, out_dir: Path, progress: Progress) -> list[GateEntry]:
+def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, vocabulary: Vocabulary, out_dir: Path,
+              progress: Progress) -> list[GateEntry]:
     """Every experiment of the suite in order; a stack that will not settle ends the gate early."""
     journals = out_dir / "journals"
     journals.mkdir(parents=True, exist_ok=True)
@@ -182,7 +173,7 @@ def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, out_dir: Path, 
     within = suite.gameday.spec.settle_within.total_seconds()
     for n, planned in enumerate(suite.planned, 1):
         name = planned.experiment.name
-        problems = settle(run_dir, topology, within, progress)
+        problems = settle(run_dir, topology, vocabulary, within, progress)
         if problems:
             reason = f"the stack did not settle within {within:g}s before it: {'; '.join(problems)}"
             entries.append(GateEntry(name, None, "error", reason))

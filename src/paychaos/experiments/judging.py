@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from paychaos.experiments.context import RunContext
-from paychaos.experiments.sampling import SAMPLE_WINDOW, series_query
+from paychaos.experiments.sampling import SAMPLE_WINDOW
 from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, Recovery, SloBound
 from paychaos.experiments.verdicts import (
     OPEN_SETTLE,
@@ -28,6 +28,7 @@ from paychaos.experiments.verdicts import (
 from paychaos.probes.catalogue import CatalogueError, Slo
 from paychaos.probes.invariants import Acknowledged, LedgerUnavailable, check_invariants, engine_for, ledger_dsn
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
+from paychaos.probes.series import Vocabulary, breaker_key, fill, lag_key
 
 STEADY_WINDOW = "30s"
 GRACE = 2.0  # seconds of samples allowed past a deadline: Prometheus scrapes once a second
@@ -89,11 +90,11 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
             results.append(judge_breaker_opens(ctx, b, start, end, phase))
         if b.closes_within is not None:
             _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
-            results.append(judge_breaker_closes(ctx.samples(), end, b, phase))
+            results.append(judge_breaker_closes(ctx.samples(), end, b, phase, ctx.catalogue.vocabulary))
         if b.fails_fast_below is not None:
             if phase == "expect":
                 _wait_until(ctx, end)
-            results.append(judge_fails_fast(ctx.samples(), start, end, b, phase))
+            results.append(judge_fails_fast(ctx.samples(), start, end, b, phase, ctx.catalogue.vocabulary))
         return results
 
     if check.recovery is not None:
@@ -102,7 +103,7 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
 
     if check.kafka is not None:
         _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
-        return [judge_lag(ctx.samples(), end, check.kafka, phase)]
+        return [judge_lag(ctx.samples(), end, check.kafka, phase, ctx.catalogue.vocabulary)]
 
     assert check.traffic is not None
     results = []
@@ -228,10 +229,14 @@ def too_few_requests(
             "send more traffic (load.baselineRps, load.paymentShare) or judge a longer window")
 
 
-BREAKER_CALLS = ('sum without (kind) (increase(resilience4j_circuitbreaker_calls_seconds_count'
-                 '{name="$name",kind=~"successful|failed"}[$window]))')
-BREAKER_STATES = 'resilience4j_circuitbreaker_state{name="$name"} == 1'
 INERT_STATES = {"disabled", "forced_open", "metrics_only"}  # states in which failures never trip it
+
+SERIES_FILE_HINT = "the catalogue's series.yaml"
+
+
+def _sampled(vocabulary: Vocabulary, key: str) -> str | None:
+    """The query behind a sampled key (the check's evidence); None when the vocabulary has none."""
+    return vocabulary.sampled(SAMPLE_WINDOW).get(key)
 
 
 def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: float, phase: str) -> CheckResult:
@@ -243,18 +248,24 @@ def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: fl
     metrics only) has failed whatever the traffic."""
     assert breaker.opens_within is not None
     within = breaker.opens_within.total_seconds()
-    delay = first_time(ctx.samples(), "breaker_open", start, lambda v: v >= 1, end)
+    key = breaker_key("open", breaker.name)
+    delay = first_time(ctx.samples(), key, start, lambda v: v >= 1, end)
     verdict, observed, detail = judge_within(delay, within, "breaker open")
-    evidence: dict[str, object] = {"fault_start": start, "query": series_query("breaker_open"), "window": [start, end]}
-    if delay is None:
+    vocabulary = ctx.catalogue.vocabulary
+    evidence: dict[str, object] = {"fault_start": start, "query": _sampled(vocabulary, key), "window": [start, end]}
+    queries = vocabulary.breaker(breaker.name)
+    if delay is None and (queries is None or queries.calls is None or queries.states is None):
+        verdict, detail = "inconclusive", (f"breaker open not observed, and {SERIES_FILE_HINT} gives no calls or states "
+                                          f"series for breaker {breaker.name!r} to tell whether it had the chance")
+    elif delay is None:
         needed = breaker.calls_to_open or ctx.topology.resilience.breaker.calls_to_open
         deadline = min(end, start + within)
         span = f"{max(1, round(deadline - start))}s"
-        calls_query = BREAKER_CALLS.replace("$name", breaker.name).replace("$window", span)
+        calls_query = fill(queries.calls, name=breaker.name, window=span)  # type: ignore[union-attr,arg-type]
         with Prometheus(ctx.topology.prometheus_url) as prom:
             calls = {_replica(labels): round(v) for labels, v in prom.vector(calls_query, at=ctx.started_at() + deadline)}
             states = {_replica(labels): labels.get("state", "") for labels, _ in
-                      prom.vector(BREAKER_STATES.replace("$name", breaker.name), at=ctx.started_at() + deadline)}
+                      prom.vector(fill(queries.states, name=breaker.name), at=ctx.started_at() + deadline)}  # type: ignore[union-attr,arg-type]
         evidence.update(callsPerReplica=calls, callsToOpen=needed, callsQuery=calls_query, states=states)
         verdict, detail = why_still_closed(calls, states, needed, span)
     return CheckResult(phase, "breaker", f"{breaker.name}.opens", verdict, observed, f"<= {within:g}s", detail,
@@ -281,30 +292,38 @@ def _replica(labels: dict[str, str]) -> str:
     return labels.get("replica") or labels.get("pod") or labels.get("instance") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str) -> CheckResult:
+def judge_breaker_closes(samples: list[Sample], revert: float, breaker: Breaker, phase: str,
+                         vocabulary: Vocabulary) -> CheckResult:
     """No replica's breaker open within ``breaker.closesWithin`` of the revert."""
     assert breaker.closes_within is not None
     within = breaker.closes_within.total_seconds()
-    delay = first_time(samples, "breaker_open", revert, lambda v: v == 0)
+    key = breaker_key("open", breaker.name)
+    delay = first_time(samples, key, revert, lambda v: v == 0)
     verdict, observed, detail = judge_within(delay, within, "breaker closed on every replica")
     return CheckResult(phase, "breaker", f"{breaker.name}.closes", verdict, observed, f"<= {within:g}s", detail,
-                       {"revert": revert, "query": series_query("breaker_open"), "window": [revert, revert + within]},
+                       {"revert": revert, "query": _sampled(vocabulary, key), "window": [revert, revert + within]},
                        margin(observed, below=within))
 
 
-def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: Breaker, phase: str) -> CheckResult:
-    """Refused card calls answered within ``breaker.failsFastBelow`` (median) at every second of
-    the fault window when every replica's breaker had been open for a while."""
+def judge_fails_fast(samples: list[Sample], start: float, end: float, breaker: Breaker, phase: str,
+                     vocabulary: Vocabulary) -> CheckResult:
+    """Calls the breaker refused answered within ``breaker.failsFastBelow`` (median) at every
+    second of the fault window when every replica's breaker had been open for a while."""
     assert breaker.fails_fast_below is not None
     bound = breaker.fails_fast_below.total_seconds()
     name, threshold = f"{breaker.name}.failsFast", f"median < {bound:g}s"
-    evidence: dict[str, object] = {"query": series_query("card_fail_fast_p50"), "window": [start, end]}
-    refused = refused_while_open(samples, start, end)
+    query = _sampled(vocabulary, breaker_key("fails_fast", breaker.name))
+    if query is None:
+        return CheckResult(phase, "breaker", name, "error", None, threshold,
+                           f"{SERIES_FILE_HINT} gives no failsFast series for breaker {breaker.name!r}: "
+                           "add the latency of the calls it refuses, as its callers see them")
+    evidence: dict[str, object] = {"query": query, "window": [start, end]}
+    refused = refused_while_open(samples, start, end, breaker.name)
     if not refused:
         # Nothing to judge fail-fast on: whether the breaker opens at all is opensWithin's to say.
         return CheckResult(phase, "breaker", name, "inconclusive", None, threshold,
-                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s with refused card "
-                           "calls to time: send more card traffic, or hold the fault longer", evidence)
+                           f"the breaker was never open on every replica for {OPEN_SETTLE:g}s with refused "
+                           "calls to time: send more traffic through it, or hold the fault longer", evidence)
     worst = max(v for _, v in refused)
     return CheckResult(phase, "breaker", name, "passed" if worst < bound else "failed", round(worst, 4), threshold,
                        f"worst of {len(refused)} seconds open everywhere", {**evidence, "seconds": [t for t, _ in refused]},
@@ -323,15 +342,16 @@ def judge_recovery(samples: list[Sample], revert: float, recovery: Recovery, slo
                        margin(observed, below=within))
 
 
-def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str) -> CheckResult:
+def judge_lag(samples: list[Sample], since: float, check: KafkaLag, phase: str, vocabulary: Vocabulary) -> CheckResult:
     """Consumer lag back at or under the bound within ``check.within`` of ``since`` (the revert),
     and still there at the deadline: a backlog the relay flushes after the revert, or a consumer
     stuck behind a message, shows up late. ``samples`` must reach ``since + within``."""
     within = check.within.total_seconds()
-    delay = settled_after(samples, "consumer_lag", since, lambda v: v <= check.lag_below, since + within + GRACE)
+    key = lag_key(check.group)
+    delay = settled_after(samples, key, since, lambda v: v <= check.lag_below, since + within + GRACE)
     verdict, observed, detail = judge_within(delay, within, f"consumer lag settled <= {check.lag_below}")
     return CheckResult(phase, "kafka", f"lag.{check.group}", verdict, observed, f"<= {within:g}s", detail,
-                       {"since": since, "query": series_query("consumer_lag"), "window": [since, since + within]},
+                       {"since": since, "query": _sampled(vocabulary, key), "window": [since, since + within]},
                        margin(observed, below=within))
 
 

@@ -1,4 +1,5 @@
-"""What an experiment names must exist: services, zones, proxies, brokers, SLOs and invariants.
+"""What an experiment names must exist: services, zones, proxies, brokers, SLOs, invariants,
+breakers and consumer groups.
 
 Pure checks of a validated experiment against a topology and a probe catalogue; each problem is
 the data path it concerns (as the spec's aliases spell it) and what was expected.
@@ -15,6 +16,7 @@ from pydantic.alias_generators import to_snake
 from paychaos.experiments.locating import Segment
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.platform.topology import Topology
+from paychaos.probes.series import SERIES_FILE, Vocabulary
 
 Reference = tuple[tuple[Segment, ...], str]
 
@@ -30,6 +32,9 @@ class ProbeNames(Protocol):
 
     @property
     def exercises(self) -> Mapping[str, object]: ...
+
+    @property
+    def series(self) -> Vocabulary | None: ...
 
 
 def normalize(key: str) -> str:
@@ -114,6 +119,7 @@ def _topology_problems(fault: Any, topology: Topology) -> list[Reference]:
 
 def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]:
     out: list[Reference] = []
+    series = probes.series
 
     def slo(path: tuple[Segment, ...], name: str) -> None:
         if name not in probes.slos:
@@ -139,9 +145,18 @@ def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]
                 invariant((*at, "invariant", "name"), check.invariant.name)
             if check.recovery is not None:
                 slo((*at, "recovery", "slo"), check.recovery.slo)
+            if check.breaker is not None and series is not None and check.breaker.name not in series.breakers.names:
+                out.append(((*at, "breaker", "name"),
+                            _one_of("breaker", check.breaker.name, series.breakers.names) + f" (the breakers in {SERIES_FILE})"))
+            if check.kafka is not None and series is not None and check.kafka.group not in series.consumer_groups.names:
+                out.append(((*at, "kafka", "group"), _one_of("consumer group", check.kafka.group, series.consumer_groups.names)
+                            + f" (the consumer groups in {SERIES_FILE})"))
     for i, stop in enumerate(exp.spec.stop_when):
         if stop.slo is not None:
             slo(("spec", "stopWhen", i, "slo", "name"), stop.slo.name)
+    for key in ("detect", "recover"):
+        for i, name in enumerate(getattr(exp.spec.times, key) or []):
+            slo(("spec", "times", key, i), name)
     for name in exp.spec.exercise:
         if name not in probes.exercises:
             out.append((("spec", "exercise", name), _one_of("exercise", name, probes.exercises)))

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,13 @@ from paychaos.experiments import context
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import FinalVerdict, bound_holds, bounds, final_verdict, first_time
+from paychaos.experiments.verdicts import FinalVerdict, Sample, bound_holds, bounds, final_verdict, first_time
 from paychaos.faults import records
 from paychaos.faults.local import LocalDriver
 from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
 from paychaos.platform.runtime.state import read_state, supervisor_alive
+from paychaos.probes.catalogue import Slo
+from paychaos.probes.series import breakers_open
 
 Progress = Callable[[str], None]
 
@@ -132,6 +134,7 @@ def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]
     spec = ctx.experiment.spec
     first_fault = min(f.at.total_seconds() for f in spec.faults)
     last_revert = max(f.ends_at.total_seconds() for f in spec.faults)
+    detect, recover = ctx.timing_slos()
     return {
         "experiment": ctx.experiment.name,
         "methodStartedAt": ctx.method_started,
@@ -144,8 +147,8 @@ def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]
         "samples": [{"t": s.t, **s.values} for s in samples],
         "checks": [r.to_dict() for r in ctx.results],
         "times": {
-            "timeToDetect": _detection(samples, first_fault, ctx),
-            "recoveryTime": _recovery(samples, last_revert, ctx),
+            "timeToDetect": time_to_detect(samples, first_fault, ctx.catalogue.slos, detect),
+            "recoveryTime": recovery_time(samples, last_revert, ctx.catalogue.slos, recover),
         },
         "verdict": {"result": verdict, "reason": reason},
         "load": {
@@ -155,31 +158,42 @@ def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _objective_met(ctx: RunContext, name: str) -> Callable[[float], bool] | None:
-    slo = ctx.catalogue.slos.get(name)
+def _objective_met(slos: Mapping[str, Slo], name: str) -> Callable[[float], bool] | None:
+    slo = slos.get(name)
     if slo is None:
         return None
     below, above, _ = bounds(slo.objective)
     return lambda v: bound_holds(v, below, above)
 
 
-def _detection(samples: list[Any], fault_start: float, ctx: RunContext) -> float | None:
-    """Fault start → the first sample where something watching the stack would have noticed."""
-    candidates = [first_time(samples, "breaker_open", fault_start, lambda v: v >= 1)]
-    for name in ("payments-availability", "payments-error-ratio"):
-        met = _objective_met(ctx, name)
+def _breakers(samples: list[Sample]) -> list[Sample]:
+    """Replicas with a breaker open, over every breaker sampled, as one series."""
+    return [Sample(s.t, {"open": breakers_open(s.values)}) for s in samples]
+
+
+def time_to_detect(samples: list[Sample], fault_start: float, slos: Mapping[str, Slo], names: list[str]) -> float | None:
+    """Fault start → the first sample where something watching the stack would have noticed: a
+    breaker open, or one of the SLOs ``names`` out of its objective."""
+    candidates = [first_time(_breakers(samples), "open", fault_start, lambda v: v >= 1)]
+    for name in names:
+        met = _objective_met(slos, name)
         if met is not None:
             candidates.append(first_time(samples, f"slo:{name}", fault_start, lambda v, m=met: not m(v)))
     seen = [c for c in candidates if c is not None]
     return round(min(seen), 2) if seen else None
 
 
-def _recovery(samples: list[Any], revert: float, ctx: RunContext) -> float | None:
-    """Last revert → payments availability back within its objective (and the breaker closed)."""
-    met = _objective_met(ctx, "payments-availability")
-    slo = first_time(samples, "slo:payments-availability", revert, met) if met else None
-    closed = first_time(samples, "breaker_open", revert, lambda v: v == 0)
-    seen = [t for t in (slo, closed) if t is not None]
+def recovery_time(samples: list[Sample], revert: float, slos: Mapping[str, Slo], names: list[str]) -> float | None:
+    """Last revert → every one of the SLOs ``names`` back within its objective, and every breaker
+    closed. None when one never came back: a run that did not recover has no recovery time."""
+    backs = []
+    for name in names:
+        met = _objective_met(slos, name)
+        backs.append(first_time(samples, f"slo:{name}", revert, met) if met else None)
+    if any(t is None for t in backs):
+        return None
+    closed = first_time(_breakers(samples), "open", revert, lambda v: v == 0)
+    seen = [t for t in (*backs, closed) if t is not None]
     return round(max(seen), 2) if seen else None
 
 

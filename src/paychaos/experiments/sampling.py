@@ -1,6 +1,7 @@
 """Per-second samples of the metrics the verdicts need, taken in a background thread.
 
-Server-side numbers come from Prometheus; client-side numbers from the load process's latest
+Server-side numbers come from Prometheus, through the catalogue's series vocabulary (the keys
+are ``probes.series``'s); client-side numbers from the load process's latest
 per-second stats. Samples carry wall-clock time; the run context makes it relative to the
 method start when it reads them (sampling begins before the method does).
 """
@@ -20,26 +21,10 @@ log = logging.getLogger("paychaos.sampling")
 
 SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to see a fault begin
 
-KEY_SERIES = {
-    "rps": 'sum(rate(http_server_requests_seconds_count{service="gateway"}[$window]))',
-    "error_ratio": (
-        '(sum(rate(http_server_requests_seconds_count{service="gateway",status=~"5.."}[$window])) or vector(0))'
-        ' / sum(rate(http_server_requests_seconds_count{service="gateway"}[$window]))'
-    ),
-    "p99": 'histogram_quantile(0.99, sum by (le) (rate(http_server_requests_seconds_bucket{service="gateway"}[$window])))',
-    "breaker_open": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"} == 1) or vector(0)',
-    "breaker_replicas": 'count(resilience4j_circuitbreaker_state{name="acquirer",state="open"})',
-    "consumer_lag": "sum(campaign_consumer_lag)",
-    "outbox_backlog": "sum(outbox_backlog)",
-    # At the payment service, which owns the breaker: the hops to it are not the breaker's doing.
-    # Median, not p99: half-open trial calls still wait out the timeout, by design.
-    "card_fail_fast_p50": 'histogram_quantile(0.5, sum by (le) (rate(payment_request_duration_seconds_bucket{method="card",status="503"}[$window])))',
-}
 
-
-def series_query(key: str) -> str:
-    """The PromQL behind a sampled key series, as the sampler runs it (evidence for a check)."""
-    return KEY_SERIES[key].replace("$window", SAMPLE_WINDOW)
+def series_query(catalogue: Catalogue, key: str) -> str:
+    """The PromQL behind a sampled key, as the sampler runs it (evidence for a check)."""
+    return catalogue.vocabulary.sampled(SAMPLE_WINDOW)[key]
 
 
 class Sampler:
@@ -52,7 +37,7 @@ class Sampler:
         period: float = 1.0,
     ) -> None:
         self.prometheus = prometheus
-        self.queries = {k: series_query(k) for k in KEY_SERIES}
+        self.queries = catalogue.vocabulary.sampled(SAMPLE_WINDOW)
         self.queries.update({f"slo:{n}": catalogue.slo(n).promql(SAMPLE_WINDOW) for n in slos})
         self.client_stats = client_stats
         self.period = period

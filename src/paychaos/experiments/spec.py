@@ -419,6 +419,15 @@ class Limits(_Spec):
     allow_zone_loss: bool = True
 
 
+class Times(_Spec):
+    """The SLOs that time the run: ``timeToDetect`` ends at the first second any of ``detect`` is
+    out of its objective (or a breaker opens), ``recoveryTime`` at the first second every one of
+    ``recover`` is back within it (and every breaker closed). Unset: the catalogue's (series.yaml)."""
+
+    detect: list[Name] | None = None
+    recover: list[Name] | None = None
+
+
 class ExperimentSpec(_Spec):
     description: str
     target: Target = Target()
@@ -433,6 +442,7 @@ class ExperimentSpec(_Spec):
     exercise: dict[Name, Annotated[int, Field(ge=1)]] = {}
     runbook: Runbook | None = None
     limits: Limits = Limits()
+    times: Times = Times()
 
     @model_validator(mode="after")
     def _faults_fit_in_the_load(self) -> ExperimentSpec:

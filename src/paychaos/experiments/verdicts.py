@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from paychaos.probes.series import breaker_key
+
 Verdict = Literal["passed", "failed", "inconclusive", "error"]
 FinalVerdict = Literal["passed", "failed", "inconclusive", "aborted", "error"]
 
@@ -170,18 +172,18 @@ def first_in(
 OPEN_SETTLE = 5.0  # seconds open everywhere before refused calls alone fill the 5 s rate window
 
 
-def refused_while_open(samples: list[Sample], start: float, end: float) -> list[tuple[float, float]]:
-    """Median latency of refused card payments, at seconds when every replica's breaker had been
-    open for a while. Median, not p99: half-open trial calls wait out the timeout, by design."""
+def refused_while_open(samples: list[Sample], start: float, end: float, breaker: str) -> list[tuple[float, float]]:
+    """Median latency of the calls ``breaker`` refused, at seconds when every replica's breaker had
+    been open for a while. Median, not p99: half-open trial calls wait out the timeout, by design."""
     out: list[tuple[float, float]] = []
     streak: float | None = None
     for s in samples:
         if not start <= s.t <= end:
             continue
-        opened, replicas = s.values.get("breaker_open"), s.values.get("breaker_replicas")
+        opened, replicas = s.values.get(breaker_key("open", breaker)), s.values.get(breaker_key("replicas", breaker))
         if opened is not None and replicas and opened >= replicas:
             streak = s.t if streak is None else streak
-            latency = s.values.get("card_fail_fast_p50")
+            latency = s.values.get(breaker_key("fails_fast", breaker))
             if s.t - streak >= OPEN_SETTLE and latency is not None:
                 out.append((s.t, latency))
         else:

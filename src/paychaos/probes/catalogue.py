@@ -1,4 +1,5 @@
-"""The editable probe catalogues: named SLOs (PromQL) and money invariants (SQL).
+"""The editable probe catalogues: named SLOs (PromQL), money invariants (SQL), the exercises an
+experiment must provoke, and the series vocabulary (``series.yaml``, see ``probes.series``).
 
 They live in the top-level ``probes/`` folder so that users adapt them to their own stack;
 ``PAYCHAOS_PROBES_DIR`` points elsewhere.
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from paychaos.durations import Duration
+from paychaos.probes.series import SERIES_FILE, Vocabulary
 
 PROBES_DIR_ENV = "PAYCHAOS_PROBES_DIR"
 EXERCISES_FILE = "exercises.yaml"
@@ -117,6 +119,13 @@ class Catalogue:
     slos: dict[str, Slo]
     invariants: dict[str, str]  # name -> SQL returning the violating rows
     exercises: dict[str, Exercise] = field(default_factory=dict)
+    series: Vocabulary | None = None
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        if self.series is None:
+            raise CatalogueError(f"no series vocabulary: expected {self.root / SERIES_FILE}")
+        return self.series
 
     def slo(self, name: str) -> Slo:
         try:
@@ -154,7 +163,10 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
     exercise_file = root / EXERCISES_FILE
     exercises = _read(exercise_file, ExerciseFile).exercises if exercise_file.is_file() else {}
     invariants = {p.stem: p.read_text(encoding="utf-8") for p in sorted((root / "invariants").glob("*.sql"))}
-    return Catalogue(root, slos, invariants, exercises)
+    series_file = root / SERIES_FILE
+    if not series_file.is_file():
+        raise CatalogueError(f"no series vocabulary at {series_file}: copy the project's probes/{SERIES_FILE} and adapt its queries")
+    return Catalogue(root, slos, invariants, exercises, _read(series_file, Vocabulary))
 
 
 def _read(path: Path, model: type[M]) -> M:

@@ -10,35 +10,44 @@ from __future__ import annotations
 import html
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from paychaos.probes.series import backlog_key, breaker_key, lag_key
 from paychaos.reporting.journals import Run, fault_windows
-from paychaos.reporting.observations import ERROR_RATIO, P99_MS, Series, scaled
+from paychaos.reporting.observations import ERROR_RATIO, P99_MS, Series, sampled_names, scaled
 
 
 @dataclass(frozen=True)
 class PlotSpec:
     slug: str  # the id is plot-<slug>-<experiment>
     title: str
-    lines: tuple[Series, ...]
+    lines: tuple[Series, ...] | Callable[[Run], tuple[Series, ...]]  # fixed, or by the names the run sampled
     percent: bool = False
     steps: bool = False
+
+
+def _breaker_lines(run: Run) -> tuple[Series, ...]:
+    """Each breaker's replicas open, with its replica count as a reference line."""
+    return tuple(line for name in sampled_names(run, "breaker_open") for line in (
+        Series(breaker_key("open", name), f"{name} open"), Series(breaker_key("replicas", name), f"{name} replicas", reference=True)))
+
+
+def _lag_lines(run: Run) -> tuple[Series, ...]:
+    return (*(Series(lag_key(g), f"{g} lag") for g in sampled_names(run, "consumer_lag")),
+            *(Series(backlog_key(b), f"{b} backlog") for b in sampled_names(run, "backlog")))
 
 
 PLOTS = (
     PlotSpec("throughput", "Request rate (req/s)", (Series("rps", "gateway"), Series("client_rps", "client"))),
     PlotSpec("error-ratio", "Error ratio", ERROR_RATIO, percent=True),
     PlotSpec("p99", "p99 latency (ms)", P99_MS),
-    PlotSpec(
-        "breaker", "Acquirer breaker: replicas open", (Series("breaker_open", "open"), Series("breaker_replicas", "replicas")), steps=True
-    ),
-    PlotSpec(
-        "consumer-lag", "Campaign consumer lag (messages)", (Series("consumer_lag", "consumer lag"), Series("outbox_backlog", "outbox backlog"))
-    ),
+    PlotSpec("breaker", "Circuit breakers: replicas open", _breaker_lines, steps=True),
+    PlotSpec("consumer-lag", "Consumer lag and backlogs (messages)", _lag_lines),
 )
 
 FAULT_COLOUR = "#f4a261"
@@ -80,12 +89,12 @@ def _svg(run: Run, spec: PlotSpec, windows: list[tuple[float, float]], span: tup
     for i, (start, end) in enumerate(windows):
         ax.axvspan(start, end, color=FAULT_COLOUR, alpha=0.3, linewidth=0, label="fault" if i == 0 else None)
     drawn = 0
-    for series in spec.lines:
+    for series in spec.lines(run) if callable(spec.lines) else spec.lines:
         data = scaled(run, series)
         if not data:
             continue
         ts, vs = zip(*data)
-        dashed = spec.steps and drawn > 0  # the replica count is a reference line, not a measurement
+        dashed = series.reference
         ax.plot(
             ts, vs, label=series.label, color=LINE_COLOURS[drawn % len(LINE_COLOURS)], linewidth=1.2,
             drawstyle="steps-post" if spec.steps else "default", linestyle="--" if dashed else "-",

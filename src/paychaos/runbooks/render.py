@@ -248,20 +248,23 @@ def _users_saw(seen: Observations) -> list[str]:
 
 def _behaviour(run: Run, seen: Observations) -> list[str]:
     out = []
-    if seen.breaker_opened_after is not None:
-        text = f"The acquirer circuit breaker opened {seen.breaker_opened_after:.1f} s after the fault started"
-        if seen.breaker_open_everywhere_after is not None:
-            text += f", on all {seen.breaker_replicas} replicas after {seen.breaker_open_everywhere_after:.1f} s"
-        if seen.breaker_closed_after is not None:
-            text += f"; it closed on every replica {seen.breaker_closed_after:.1f} s after the revert."
-        else:
-            text += "; it had not closed on every replica when the run ended."
-        out.append(text)
-    elif seen.breaker_replicas is not None:
-        out.append("The acquirer circuit breaker stayed closed.")
-    if seen.consumer_lag_peak is not None:
-        backlog = f" and the outbox backlog at {seen.outbox_backlog_peak}" if seen.outbox_backlog_peak is not None else ""
-        out.append(f"Campaign consumer lag peaked at {seen.consumer_lag_peak} messages{backlog}.")
+    for b in seen.breakers:
+        if b.opened_after is not None:
+            text = f"The {b.name} circuit breaker opened {b.opened_after:.1f} s after the fault started"
+            if b.open_everywhere_after is not None:
+                text += f", on all {b.replicas} replicas after {b.open_everywhere_after:.1f} s"
+            if b.closed_after is not None:
+                text += f"; it closed on every replica {b.closed_after:.1f} s after the revert."
+            else:
+                text += "; it had not closed on every replica when the run ended."
+            out.append(text)
+        elif b.replicas is not None:
+            out.append(f"The {b.name} circuit breaker stayed closed.")
+    backlogs = ", ".join(f"the {name} backlog at {peak}" for name, peak in seen.backlog_peaks.items())
+    for group, peak in seen.lag_peaks.items():
+        out.append(f"Consumer group {group}'s lag peaked at {peak} messages" + (f"; {backlogs}." if backlogs else "."))
+    if backlogs and not seen.lag_peaks:
+        out.append(f"Backlogs peaked: {backlogs}.")
     failed = run.failed_checks
     if run.checks:
         out.append(
