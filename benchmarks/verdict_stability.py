@@ -30,6 +30,7 @@ from paychaos.experiments.gating import settle
 from paychaos.experiments.loading import load_experiment
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.probes.catalogue import load_catalogue
+from paychaos.targets.local import LocalTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def stability(path: Path, runs: int, topology: Any, tmp: Path) -> dict[str, Any]
     vocabulary = load_catalogue(ROOT / "probes").vocabulary
     print(f"== {experiment.name}: {runs} runs", flush=True)
     for n in range(1, runs + 1):
-        left = settle(run_dir, topology, vocabulary, 120, lambda m: print(f"  {m}", file=sys.stderr))
+        left = settle(LocalTarget(run_dir), vocabulary, 120, lambda m: print(f"  {m}", file=sys.stderr))
         if left:
             raise SystemExit(f"error: the stack did not settle: {'; '.join(left)}")
         journal = tmp / f"{experiment.name}-{n}.json"

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from paychaos.faults.local import IN_FLIGHT_HOLD
+from paychaos.targets.local.driver import IN_FLIGHT_HOLD
 
 pytestmark = pytest.mark.integration
 
@@ -131,9 +131,14 @@ def test_exported_experiment_runs_under_plain_chaos_run(stack, tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     journal = tmp_path / "chaos-journal.json"
     chaos = Path(sys.executable).parent / "chaos"
+    # No PAYCHAOS_* variable: the export alone says where to inject, as it says where to sample
+    # (its fault actions carry the target). Before they did, this injected into the default run
+    # directory, where no stack runs.
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("PAYCHAOS_")}
+    assert all(k not in bare for k in stack.env)
     ran = subprocess.run(
         [str(chaos), "--no-version-check", "run", "--journal-path", str(journal), "--rollback-strategy", "always", str(exported)],
-        env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=240,
+        env=bare, capture_output=True, text=True, timeout=240,
     )
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     data = json.loads(journal.read_text())
@@ -141,6 +146,7 @@ def test_exported_experiment_runs_under_plain_chaos_run(stack, tmp_path: Path) -
     assert names[:2] == ["inject-slowDownstream-0", "revert-slowDownstream-0"]
     # the paychaos control set the method start, so the faults kept their schedule
     assert [round(r["output"]["offset"]) for r in data["run"][:2]] == [5, 13]
+    assert data["run"][0]["output"]["plan"]["proxy"] == "acquirer"
     judged = [r for r in data["run"] if r["activity"]["type"] == "probe"]
     assert judged and all(r["status"] == "succeeded" for r in judged)
     assert toxics(stack) == []
@@ -191,18 +197,19 @@ def fault_check(journal: dict) -> dict:
 def test_a_fault_the_planner_refuses_makes_the_run_an_error_and_the_same_spec_runs_where_it_can(stack, tmp_path: Path) -> None:
     from paychaos.experiments.spec import Fault, Limits
     from paychaos.faults import records
-    from paychaos.faults.local import LocalDriver
     from paychaos.faults.planning import plan_fault
+    from paychaos.faults.records import FileLedger
+    from paychaos.targets.local.driver import LocalDriver
 
     # az-a is already down (another fault, as during a real outage): no payment replica to kill there.
     driver = LocalDriver(stack.run_dir)
     zone = Fault.model_validate({"at": "0s", "for": "120s", "zoneLoss": {"zone": "az-a"}})
-    held = records.inject(stack.run_dir, driver, plan_fault(zone, driver.observe(), Limits(max_percent=100),
+    held = records.inject(FileLedger(stack.run_dir.root), driver, plan_fault(zone, driver.observe(), Limits(max_percent=100),
                                                             experiment="test-outage", index=0))
     try:
         result, journal = run_kill(stack, tmp_path, "kill-refused")
     finally:
-        records.revert(stack.run_dir, driver, held.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, held.id)
     verdict = journal["paychaos"]["verdict"]
     assert verdict["result"] == "error" and result.returncode == EXIT["error"], verdict
     assert "podKill-0 refused" in verdict["reason"] and "nothing was tested" in verdict["reason"], verdict

@@ -20,7 +20,8 @@ import pytest
 
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.faults import records
-from paychaos.faults.local import LocalDriver
+from paychaos.faults.records import FileLedger
+from paychaos.targets.local.driver import LocalDriver
 from paychaos.faults.planning import BlastRadiusExceeded, FaultPlan, partitions_needed, plan_fault
 from paychaos.platform.runtime import kafka
 from paychaos.platform.runtime.state import alive, marker_names
@@ -78,15 +79,15 @@ def test_pod_kill_kills_the_planned_replica_and_revert_waits_until_it_is_back(st
     assert [r.name for r in p.replicas] == ["payment-az-b-1"]
     victim = p.replicas[0]
     assert victim.pid == pids(stack)["payment-az-b-1"]
-    record = records.inject(stack.run_dir, driver, p)
-    assert records.read_record(stack.run_dir, record.id) is not None
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
+    assert FileLedger(stack.run_dir.root).read(record.id) is not None
     stack.wait_for("the victim to die", lambda: not alive(victim.pid, victim.started), timeout=5, interval=0.05)
-    assert records.revert(stack.run_dir, driver, record.id) == record
+    assert records.revert(FileLedger(stack.run_dir.root), driver, record.id) == record
     now = stack.state().process("payment-az-b-1")
     assert now.ready and now.pid not in (None, victim.pid)
     assert driver.verify_reverted(record)
     # Reverting again is fine: through the ledger (nothing recorded) and by the driver itself.
-    assert records.revert(stack.run_dir, driver, record.id) is None
+    assert records.revert(FileLedger(stack.run_dir.root), driver, record.id) is None
     driver.revert(record)
     assert stack.state().process("payment-az-b-1").pid == now.pid
 
@@ -97,7 +98,7 @@ def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) ->
     in_zone = {x.name for x in stack.state().processes if x.zone == "az-b"}
     assert {r.name for r in p.replicas} | {b.name for b in p.brokers} == in_zone
     assert [b.id for b in p.brokers] == [2]
-    record = records.inject(stack.run_dir, driver, p)
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
     try:
         time.sleep(2)  # several supervisor ticks and restart back-offs: nothing may come back
         state = stack.state()
@@ -106,7 +107,7 @@ def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) ->
         assert all(x.ready for x in state.processes if x.zone == "az-a")
         assert not driver.verify_reverted(record)
     finally:
-        records.revert(stack.run_dir, driver, record.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     assert not (stack.run_dir.zones_down / "az-b").exists()
     stack.wait_for("az-b to come back", lambda: driver.verify_reverted(record), timeout=120)
     driver.revert(record)
@@ -121,7 +122,7 @@ def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(sta
     p = plan(stack, f, 2)
     assert [b.id for b in p.brokers] == [leader]
     name = f"kafka-{leader}"
-    record = records.inject(stack.run_dir, driver, p)
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
     try:
         assert (stack.run_dir.held / name).exists()
         assert stack.state().process(name).pid is None
@@ -130,7 +131,7 @@ def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(sta
                        timeout=60, interval=1)
         assert stack.state().process(name).pid is None
     finally:
-        records.revert(stack.run_dir, driver, record.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     stack.wait_for(f"{name} to come back", lambda: driver.verify_reverted(record), timeout=120)
     driver.revert(record)
 
@@ -149,7 +150,7 @@ def test_a_leader_killed_after_its_followers_stalled_dies_while_they_are_stopped
     leader = p.brokers[0].name
     followers = sorted(b.name for b in p.stalled)
     assert len(followers) == 2 and leader not in followers
-    record = records.inject(stack.run_dir, driver, p)
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
     try:
         effect = record.effect
         assert sorted(s["name"] for s in effect["stalled"]) == followers
@@ -161,7 +162,7 @@ def test_a_leader_killed_after_its_followers_stalled_dies_while_they_are_stopped
         stack.wait_for("a follower to lead payments-1", lambda: f"kafka-{kafka.partition_leader(stack.topology, 'payments', 1)}" in followers,
                        timeout=60, interval=1)
     finally:
-        records.revert(stack.run_dir, driver, record.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     stack.wait_for(f"{leader} to come back", lambda: driver.verify_reverted(record), timeout=120)
 
 
@@ -195,12 +196,12 @@ def test_slow_downstream_adds_latency_through_the_proxy_until_reverted(stack) ->
     before = health_latency(url)
     p = plan(stack, fault(slowDownstream={"proxy": "acquirer", "latency": "300ms"}), 3)
     assert [t.name for t in p.toxics] == ["paychaos-test-faults-3-latency"]
-    record = records.inject(stack.run_dir, driver, p)
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
     try:
         assert toxics(stack)["acquirer"] == ["paychaos-test-faults-3-latency"]
         during = health_latency(url)
     finally:
-        records.revert(stack.run_dir, driver, record.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     after = health_latency(url)
     assert during - before >= 0.25, (before, during)
     assert during - after >= 0.25, (during, after)
@@ -230,7 +231,7 @@ def test_admission_restriction_restricts_every_gateway_until_reverted(stack) -> 
     assert refusal_reasons(stack, 20) == [None] * 20  # the topology admits every group
     p = plan(stack, fault(admissionRestriction={"allowedPercent": 30, "rotation": "10s", "flowTtl": "20s"}), 6)
     assert sorted(r.name for r in p.replicas) == sorted(r.name for r in stack.topology.replicas_of("gateway"))
-    record = records.inject(stack.run_dir, driver, p)
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
     try:
         assert {a["restricted"] for a in record.effect["replicas"].values()} == {True}
         assert {(a["allowedPercent"], a["rotation"], a["flowTtl"]) for a in admission_of(stack).values()} == {(30, 10.0, 20.0)}
@@ -240,7 +241,7 @@ def test_admission_restriction_restricts_every_gateway_until_reverted(stack) -> 
         # Operators' endpoints are not reachable through the edge.
         assert httpx.get(f"{stack.topology.edge_url}/admin/admission", timeout=5).status_code == 404
     finally:
-        records.revert(stack.run_dir, driver, record.id)
+        records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     assert {a["restricted"] for a in admission_of(stack).values()} == {False}
     assert driver.verify_reverted(record)
     assert refusal_reasons(stack, 20) == [None] * 20
@@ -248,9 +249,9 @@ def test_admission_restriction_restricts_every_gateway_until_reverted(stack) -> 
 
 def test_poison_events_land_in_every_partition_and_are_skipped(stack) -> None:
     driver = LocalDriver(stack.run_dir)
-    record = records.inject(stack.run_dir, driver, plan(stack, fault(poisonEvents={"topic": "payments", "count": 2}), 7))
+    record = records.inject(FileLedger(stack.run_dir.root), driver, plan(stack, fault(poisonEvents={"topic": "payments", "count": 2}), 7))
     assert record.effect["total"] == 2 * stack.topology.kafka.topics["payments"].partitions
-    records.revert(stack.run_dir, driver, record.id)
+    records.revert(FileLedger(stack.run_dir.root), driver, record.id)
     def skipped() -> float:
         result = stack.prometheus("sum(campaign_poison_skipped_total)")
         return float(result[0]["value"][1]) if result else 0.0
@@ -275,7 +276,7 @@ def test_blast_radius_is_refused_before_anything_is_touched(stack) -> None:
     with pytest.raises(FaultNotInjected, match="zoneLoss-4 refused: .*allowZoneLoss is false"):
         inject_fault(fault(zoneLoss={"zone": "az-a"}).model_dump(by_alias=True, mode="json"), "test-faults", 4,
                      limits={"allowZoneLoss": False})
-    assert records.active_records(stack.run_dir) == []
+    assert records.active_records(FileLedger(stack.run_dir.root)) == []
     assert pids(stack) == before
 
 
@@ -316,7 +317,7 @@ def test_halt_reverts_what_runs_killed_with_sigkill_left_behind(stack) -> None:
     with httpx.Client(timeout=5) as client:
         port = next(r.port for r in stack.topology.replicas_of("gateway", "az-a"))
         assert client.get(f"http://{stack.topology.host}:{port}/admin/admission").json()["restricted"]
-    assert [r.id for r in records.active_records(stack.run_dir)] == [f"killed-run-{i}" for i in range(5)]
+    assert [r.id for r in records.active_records(FileLedger(stack.run_dir.root))] == [f"killed-run-{i}" for i in range(5)]
 
     halted = stack.cli("halt", timeout=300)
     assert halted.returncode == 0, halted.stderr
@@ -325,7 +326,7 @@ def test_halt_reverts_what_runs_killed_with_sigkill_left_behind(stack) -> None:
         assert f"reverted killed-run-{i}" in halted.stderr
     assert "stack whole again" in halted.stderr
     wait_whole(stack, timeout=30)
-    assert records.active_records(stack.run_dir) == []
+    assert records.active_records(FileLedger(stack.run_dir.root)) == []
 
     again = stack.cli("halt")
     assert again.returncode == 0 and "nothing to revert" in again.stderr
@@ -399,28 +400,28 @@ def test_plan_shows_exactly_what_would_be_hit_and_changes_nothing(stack, tmp_pat
     assert refused.returncode == 1 and "allowZoneLoss" in refused.stderr and "Traceback" not in refused.stderr
 
     assert pids(stack) == before
-    assert whole(stack) and records.active_records(stack.run_dir) == []
+    assert whole(stack) and records.active_records(FileLedger(stack.run_dir.root)) == []
 
 
 def test_one_experiment_at_a_time_and_a_dead_runs_lock_is_taken_over(stack) -> None:
     driver = LocalDriver(stack.run_dir)
-    with records.acquire_lock(stack.run_dir, "first", driver):
+    with records.acquire_lock(FileLedger(stack.run_dir.root), "first", driver):
         with pytest.raises(records.ExperimentLocked) as locked:
-            records.acquire_lock(stack.run_dir, "second", driver)
+            records.acquire_lock(FileLedger(stack.run_dir.root), "second", driver)
         assert f"experiment 'first' (pid {os.getpid()}" in str(locked.value) and " since " in str(locked.value)
-    assert not records.lock_path(stack.run_dir).exists()
+    assert not FileLedger(stack.run_dir.root).lock_path.exists()
 
     # A run that died holding the lock, with a fault still in: the next run halts it and goes on.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_owner = records.Owner(pid=dead.pid, started=psutil.Process(dead.pid).create_time())
     dead.wait()
     p = plan(stack, fault(slowDownstream={"proxy": "acquirer", "latency": "100ms"}), 5)
-    record = records.inject(stack.run_dir, driver, p)
-    records.write_record(stack.run_dir, record.model_copy(update={"owner": dead_owner}))
-    records.lock_path(stack.run_dir).write_text(
+    record = records.inject(FileLedger(stack.run_dir.root), driver, p)
+    FileLedger(stack.run_dir.root).write(record.model_copy(update={"owner": dead_owner}))
+    FileLedger(stack.run_dir.root).lock_path.write_text(
         records.LockHolder(experiment="died", started=time.time(), owner=dead_owner).model_dump_json())
-    with records.acquire_lock(stack.run_dir, "next", driver) as lock:
+    with records.acquire_lock(FileLedger(stack.run_dir.root), "next", driver) as lock:
         assert lock.holder.pid == os.getpid()
-        assert records.active_records(stack.run_dir) == []
+        assert records.active_records(FileLedger(stack.run_dir.root)) == []
         assert toxics(stack)["acquirer"] == []
-    assert not records.lock_path(stack.run_dir).exists()
+    assert not FileLedger(stack.run_dir.root).lock_path.exists()

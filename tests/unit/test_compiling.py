@@ -15,7 +15,7 @@ CATALOGUE = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*
 
 @pytest.mark.parametrize("path", CATALOGUE, ids=lambda p: p.stem)
 def test_catalogue_compiles_to_a_valid_chaostoolkit_experiment(path: Path) -> None:
-    compiled = compile_experiment(load_experiment(path), "run", "out")
+    compiled = compile_experiment(load_experiment(path), {"platform": "local", "location": "run"}, "out")
     ensure_experiment_is_valid(compiled)
     assert compiled["controls"][0]["provider"]["module"] == "paychaos.ctk.control"
     actions = [a for a in compiled["method"] if a["type"] == "action" and a["name"].startswith(("inject-", "revert-"))]
@@ -39,7 +39,7 @@ spec:
     - {at: 20s, for: 5s, zoneLoss: {zone: az-b}}
 """
     )
-    compiled = compile_experiment(load_experiment(spec), "run", "out")
+    compiled = compile_experiment(load_experiment(spec), {"platform": "local", "location": "run"}, "out")
     names = [a["name"] for a in compiled["method"] if a["type"] == "action"]
     assert names[:6] == [
         "inject-slowDownstream-1", "inject-podKill-0", "revert-podKill-0",

@@ -14,7 +14,8 @@ from paychaos.cli.app import app
 from paychaos.ctk import timeline
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.faults import records
-from paychaos.faults.local import LocalDriver
+from paychaos.faults.records import FileLedger
+from paychaos.targets.local.driver import LocalDriver
 from paychaos.faults.planning import Observed, ObservedBroker, ObservedReplica, plan_fault
 from paychaos.platform.runtime.paths import RunDir
 
@@ -35,7 +36,7 @@ def zone_loss_record(run_dir: RunDir, owner: records.Owner) -> records.FaultReco
                       Limits(max_percent=100), experiment="gone", index=0)
     record = records.FaultRecord(id=plan.id, experiment="gone", index=0, kind=plan.kind, driver="local",
                                  summary=plan.headline(), plan=plan.to_dict(), owner=owner, recorded_at=time.time())
-    records.write_record(run_dir, record)
+    FileLedger(run_dir.root).write(record)
     return record
 
 
@@ -58,7 +59,7 @@ def test_halt_reverts_a_dead_runs_zone_hold_even_with_the_stack_down(tmp_path) -
     first = runner.invoke(app, ["halt", "--run-dir", str(tmp_path)])
     assert first.exit_code == 0, first.output
     assert "reverted gone-0: zoneLoss az-b" in first.output
-    assert not (run_dir.zones_down / "az-b").exists() and records.active_records(run_dir) == []
+    assert not (run_dir.zones_down / "az-b").exists() and records.active_records(FileLedger(run_dir.root)) == []
     again = runner.invoke(app, ["halt", "--run-dir", str(tmp_path)])
     assert again.exit_code == 0 and "nothing to revert" in again.output
 
@@ -71,9 +72,9 @@ def test_halt_leaves_a_live_owners_fault_unless_forced(tmp_path) -> None:
     try:
         owner = records.Owner(pid=live.pid, started=psutil.Process(live.pid).create_time())
         zone_loss_record(run_dir, owner)
-        assert records.halt(run_dir, LocalDriver(run_dir)) == []
+        assert records.halt(FileLedger(run_dir.root), LocalDriver(run_dir)) == []
         assert (run_dir.zones_down / "az-b").exists()
-        assert [r.id for r in records.halt(run_dir, LocalDriver(run_dir), include_live=True)] == ["gone-0"]
+        assert [r.id for r in records.halt(FileLedger(run_dir.root), LocalDriver(run_dir), include_live=True)] == ["gone-0"]
         assert not (run_dir.zones_down / "az-b").exists()
     finally:
         live.kill()
@@ -100,11 +101,11 @@ def test_plan_of_an_invalid_spec_is_one_clear_line(tmp_path) -> None:
 def test_a_lock_held_by_a_live_pid_names_its_holder(tmp_path) -> None:
     run_dir = RunDir(tmp_path)
     driver = LocalDriver(run_dir)
-    lock = records.acquire_lock(run_dir, "first", driver)
+    lock = records.acquire_lock(FileLedger(run_dir.root), "first", driver)
     with pytest.raises(records.ExperimentLocked, match=r"experiment 'first' \(pid \d+.*\) since \d{4}-"):
-        records.acquire_lock(run_dir, "second", driver)
+        records.acquire_lock(FileLedger(run_dir.root), "second", driver)
     lock.release()
-    records.acquire_lock(run_dir, "second", driver).release()
+    records.acquire_lock(FileLedger(run_dir.root), "second", driver).release()
 
 
 def test_a_dead_runs_lock_is_taken_over_after_halting_its_faults(tmp_path) -> None:
@@ -113,10 +114,10 @@ def test_a_dead_runs_lock_is_taken_over_after_halting_its_faults(tmp_path) -> No
     owner = dead_owner()
     (run_dir.zones_down / "az-b").touch()
     zone_loss_record(run_dir, owner)
-    records.lock_path(run_dir).write_text(records.LockHolder(experiment="died", started=1.0, owner=owner).model_dump_json())
-    with records.acquire_lock(run_dir, "next", LocalDriver(run_dir)) as lock:
+    FileLedger(run_dir.root).lock_path.write_text(records.LockHolder(experiment="died", started=1.0, owner=owner).model_dump_json())
+    with records.acquire_lock(FileLedger(run_dir.root), "next", LocalDriver(run_dir)) as lock:
         assert lock.holder.experiment == "next"
-        assert not (run_dir.zones_down / "az-b").exists() and records.active_records(run_dir) == []
+        assert not (run_dir.zones_down / "az-b").exists() and records.active_records(FileLedger(run_dir.root)) == []
 
 
 # -- the Chaos Toolkit extension --------------------------------------------------------------
@@ -132,7 +133,8 @@ def test_chaos_toolkit_discovers_the_actions_through_the_top_level_package() -> 
     assert {a["mod"] for a in found["activities"] if a["type"] == "probe"} == {"paychaos.ctk.probes"}
     assert all(a["type"] == "action" and a["mod"] == "paychaos.ctk.actions" for a in actions.values())
     args = {a["name"]: a.get("type") for a in actions["inject_fault"]["arguments"]}
-    assert args == {"fault": "mapping", "experiment": "string", "index": "integer", "at": "number", "limits": "object"}
+    assert args == {"fault": "mapping", "experiment": "string", "index": "integer", "at": "number", "limits": "object",
+                    "target": "object"}
 
 
 def test_fault_activities_wait_for_their_offset_from_the_method_start() -> None:

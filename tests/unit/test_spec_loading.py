@@ -18,10 +18,11 @@ from paychaos.experiments.loading import SpecError, load_experiment, load_experi
 from paychaos.experiments.spec import FAULT_KINDS, ChaosExperiment
 from paychaos.platform.topology import load_topology
 from paychaos.probes.catalogue import load_catalogue
+from paychaos.targets.local import inventory_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUE = sorted((ROOT / "experiments").glob("*.yaml"))
-TOPOLOGY = load_topology()
+TOPOLOGY = inventory_of(load_topology())
 
 # Line numbers matter below: the tests name the line each mistake is on.
 VALID = """\
@@ -209,9 +210,14 @@ def test_the_valid_example_is_valid() -> None:
             id="empty-stop-condition",
         ),
         pytest.param(
-            "  load:", "  target: {platform: local}\n  target: {platform: kubernetes}\n  load:",
+            "  load:", "  target: {platform: local}\n  target: {platform: local}\n  load:",
             "experiments/x.yaml:9: spec.target: duplicate key 'target' (first at line 8): YAML would keep only the last",
             id="duplicate-key",
+        ),
+        pytest.param(
+            "  load:", "  target: {platform: kubernetes, namespace: payments}\n  load:",
+            "experiments/x.yaml:8: spec.target.platform: no driver for platform 'kubernetes' yet: supported are local",
+            id="a-platform-without-a-driver",
         ),
         pytest.param(
             "baselineRps: 20", "baselineRps: 20, baseline_rps: 30",

@@ -15,7 +15,8 @@ from paychaos.cli.console import err, fail, say
 from paychaos.experiments.loading import Problem, SpecError, load_experiment
 from paychaos.experiments.references import ProbeNames
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.platform.topology import Topology, load_topology
+from paychaos.targets import Inventory
+from paychaos.targets.local import inventory_of_file
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 
 
@@ -32,7 +33,7 @@ def validate(
     proxies and Kafka brokers are checked against the topology, SLO and invariant names against
     the probe catalogue (`probes/`). Exits 1 if any file is invalid.
     """
-    topo = _topology(topology)
+    topo = _inventory(topology)
     probes = _probes()
     results = []
     for path in _expand(files):
@@ -94,9 +95,9 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _topology(path: Path | None) -> Topology:
+def _inventory(path: Path | None) -> Inventory:
     try:
-        return load_topology(path)
+        return inventory_of_file(path)
     except FileNotFoundError:
         raise fail(escape(f"{path}: no such topology file")) from None
     except (yaml.YAMLError, ValueError) as exc:  # a malformed topology

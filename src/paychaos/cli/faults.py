@@ -14,10 +14,8 @@ from paychaos.experiments.loading import SpecError, load_experiment
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.faults import records
 from paychaos.faults.driving import TargetUnreachable
-from paychaos.faults.local import LocalDriver
 from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.runtime.stacking import current_topology
+from paychaos.targets.local import LocalTarget
 
 RunDirOption = Annotated[
     Path | None,
@@ -25,15 +23,14 @@ RunDirOption = Annotated[
 ]
 
 
-def _run_dir(path: Path | None) -> RunDir:
-    return RunDir(path.resolve()) if path else RunDir.default()
+def _target(path: Path | None) -> LocalTarget:
+    return LocalTarget.at(str(path) if path else None)
 
 
-def _load(path: Path, run_dir: RunDir) -> ChaosExperiment:
-    # With the running stack's topology the loader also checks the names (file:line errors).
-    topology = current_topology(run_dir) if run_dir.topology_file.exists() else None
+def _load(path: Path, target: LocalTarget) -> ChaosExperiment:
+    # With the running stack's names the loader also checks the spec's (file:line errors).
     try:
-        return load_experiment(path, topology)
+        return load_experiment(path, target.inventory())
     except SpecError as exc:
         raise fail(str(exc)) from None
 
@@ -48,9 +45,9 @@ def plan(
     Replicas by name and pid, the zone, the Kafka broker and its zone, the proxy and its toxics.
     Exits 1 when a fault is refused (blast-radius limits, unknown names).
     """
-    rd = _run_dir(run_dir)
-    spec = _load(experiment, rd)
-    driver = LocalDriver(rd)
+    target = _target(run_dir)
+    spec = _load(experiment, target)
+    driver = target.driver()
     try:
         observed = driver.observe(partitions_needed(spec.spec.faults))
     except TargetUnreachable as exc:
@@ -72,7 +69,7 @@ def plan(
     if as_json:
         typer.echo(json.dumps({"experiment": spec.name, "faults": out}, indent=2))
     elif not refused:
-        say(f"{len(out)} fault(s) planned against {driver.run_dir.root}; nothing was changed")
+        say(f"{len(out)} fault(s) planned against {target.where}; nothing was changed")
     if refused:
         raise typer.Exit(1)
 
@@ -87,17 +84,17 @@ def halt(
     Prints what it reverted and waits until the stack is whole again. Faults of a run that is
     still alive are left to it unless `--force`.
     """
-    rd = _run_dir(run_dir)
-    driver = LocalDriver(rd)
+    target = _target(run_dir)
+    driver, ledger = target.driver(), target.ledger()
     try:
-        reverted = records.halt(rd, driver, include_live=force)
+        reverted = records.halt(ledger, driver, include_live=force)
     except records.HaltIncomplete as exc:
         for record in exc.reverted:
             err.print(f"reverted {record.id}: {record.summary}")
         raise fail(str(exc)) from None
     for record in reverted:
         err.print(f"reverted {record.id}: {record.summary} (left by pid {record.owner.pid})")
-    for record in records.live_records(rd):
+    for record in records.live_records(ledger):
         say(f"left {record.id} to its live run (pid {record.owner.pid}); `paychaos halt --force` reverts it too")
     if not reverted:
         err.print("nothing to revert")

@@ -14,6 +14,7 @@ from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.installing import MissingTool
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import supervisor_alive
+from paychaos.targets.local import LocalTarget
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.reporting.journals import Journals
 
@@ -49,9 +50,8 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
 
     running = supervisor_alive(rd) is not None
     try:
-        topology = stacking.current_topology(rd) if running else None
         catalogue = load_catalogue()
-        loaded = load_suite(suite, topology, probes=catalogue)
+        loaded = load_suite(suite, LocalTarget(rd).inventory() if running else None, probes=catalogue)
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"gate {loaded.name}: {len(loaded.planned)} experiments — {', '.join(p.experiment.name for p in loaded.planned)}")
@@ -63,7 +63,7 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
             raise fail(str(exc)) from None
         started_here = True
     try:
-        entries = run_suite(loaded, rd, stacking.current_topology(rd), catalogue.vocabulary, out.resolve(), say)
+        entries = run_suite(loaded, LocalTarget(rd), catalogue.vocabulary, out.resolve(), say)
     finally:
         if started_here and not keep:
             stacking.down(rd, progress=say)

@@ -12,11 +12,10 @@ from paychaos.cli.console import err, fail, say
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.loading import SpecError, load_experiment
 from paychaos.experiments.verdicts import EXIT_CODES
-from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.topology import Topology
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.reporting import formatting
+from paychaos.targets import UnsupportedTarget, for_spec
+from paychaos.targets.local import LocalTarget
 
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "inconclusive": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
 CHECK_MARKS = {"passed": "[green]✓[/]", "inconclusive": "[yellow]?[/]"}
@@ -39,15 +38,16 @@ def run(
     from paychaos.experiments.running import NotRunnable
     from paychaos.experiments.running import run as run_experiment
 
-    rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
+    local = LocalTarget.at(str(run_dir) if run_dir else None)
     try:
-        spec = load_experiment(experiment, _topology(rd), probes=load_catalogue())
+        spec = load_experiment(experiment, local.inventory(), probes=load_catalogue())
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"running {spec.name}: {spec.spec.description}")
     try:
-        outcome = run_experiment(spec, run_dir=rd, journal_path=journal.resolve(), progress=say)
-    except NotRunnable as exc:
+        target = for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)
+        outcome = run_experiment(spec, target=target, journal_path=journal.resolve(), progress=say)
+    except (NotRunnable, UnsupportedTarget) as exc:
         raise fail(str(exc)) from None
     for check in outcome.journal["paychaos"]["checks"]:
         mark = CHECK_MARKS.get(check["verdict"], "[red]✗[/]")
@@ -61,11 +61,6 @@ def run(
     err.print(f"[{style}]{outcome.verdict.upper()}[/] {outcome.reason}")
     err.print(f"journal: {outcome.journal_path}")
     raise typer.Exit(EXIT_CODES[outcome.verdict])
-
-
-def _topology(run_dir: RunDir) -> Topology | None:
-    """The running stack's topology, so unknown services, zones and proxies fail at file:line."""
-    return stacking.current_topology(run_dir) if run_dir.topology_file.exists() else None
 
 
 def export(
@@ -86,8 +81,12 @@ def export(
         spec = load_experiment(experiment)
     except SpecError as exc:
         raise fail(str(exc)) from None
-    rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
-    text = json.dumps(compile_experiment(spec, str(rd.root), str(out_dir.resolve())), indent=2)
+    local = LocalTarget.at(str(run_dir) if run_dir else None)
+    try:
+        target = for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)
+    except UnsupportedTarget as exc:
+        raise fail(str(exc)) from None
+    text = json.dumps(compile_experiment(spec, target.arguments(), str(out_dir.resolve())), indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
         say(f"wrote {output}")

@@ -1,7 +1,8 @@
 """paychaos faults as Chaos Toolkit actions (``"provider": {"type": "python", "module": "paychaos.ctk.actions"}``).
 
-Arguments are plain JSON: a fault is the spec's dict (``fault.model_dump(by_alias=True, mode="json")``).
-The run directory comes from PAYCHAOS_RUN_DIR (default ``.paychaos/run``).
+Arguments are plain JSON: a fault is the spec's dict (``fault.model_dump(by_alias=True, mode="json")``),
+the target is ``Target.arguments()`` (``{"platform": "local", "location": RUN_DIR}``); without
+one, the local stack of PAYCHAOS_RUN_DIR (default ``.paychaos/run``).
 """
 
 # No `from __future__ import annotations`: chaoslib's discovery reads the annotations as types.
@@ -14,19 +15,14 @@ from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.experiments.verdicts import CheckResult
 from paychaos.faults import records
-from paychaos.faults.local import LocalDriver
 from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
-from paychaos.platform.runtime.paths import RunDir
+from paychaos.targets import from_arguments
 
 __all__ = ["inject_fault", "revert_fault", "halt_all"]
 
 
-def _driver() -> tuple[RunDir, LocalDriver]:
-    run_dir = RunDir.default()
-    return run_dir, LocalDriver(run_dir)
-
-
-def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limits: dict | None = None) -> dict:
+def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limits: dict | None = None,
+                 target: dict | None = None) -> dict:
     """Inject one paychaos fault ``at`` seconds after the method started; record it first so it can be halted.
 
     Plans against the stack as it is now and refuses plans beyond ``limits`` (the spec's
@@ -35,7 +31,8 @@ def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limi
     spec_fault = Fault.model_validate(fault)
     spec_limits = Limits.model_validate(limits or {})
     reached = timeline.wait_until(at)
-    run_dir, driver = _driver()
+    on = from_arguments(target)
+    driver = on.driver()
     name = f"{spec_fault.kind}-{index}"
     try:
         observed = driver.observe(partitions_needed([spec_fault]))
@@ -43,7 +40,7 @@ def inject_fault(fault: dict, experiment: str, index: int, at: float = 0.0, limi
     except PlanError as exc:
         raise _not_injected(name, "refused", str(exc)) from None
     try:
-        record = records.inject(run_dir, driver, plan)
+        record = records.inject(on.ledger(), driver, plan)
     except Exception as exc:
         raise _not_injected(name, "failed", str(exc)) from exc
     _judged(CheckResult("faults", "fault", name, "passed", record.summary, "injected, and its effect seen",
@@ -81,18 +78,18 @@ def _context() -> RunContext | None:
         return None
 
 
-def revert_fault(experiment: str, index: int, at: float | None = None) -> dict:
+def revert_fault(experiment: str, index: int, at: float | None = None, target: dict | None = None) -> dict:
     """Revert a recorded fault (at ``at`` seconds after the method start, if given). Reverting twice is fine."""
     reached = timeline.wait_until(at) if at is not None else None
-    run_dir, driver = _driver()
-    record = records.revert(run_dir, driver, f"{experiment}-{index}")
+    on = from_arguments(target)
+    record = records.revert(on.ledger(), on.driver(), f"{experiment}-{index}")
     return {"id": f"{experiment}-{index}", "reverted": record is not None,
             "summary": record.summary if record else "no active fault recorded (already reverted)",
             "offset": round(reached, 3) if reached is not None else None}
 
 
-def halt_all() -> list:
-    """Revert every fault recorded in the run directory by a dead run or by this process."""
-    run_dir, driver = _driver()
+def halt_all(target: dict | None = None) -> list:
+    """Revert every fault recorded on the target by a dead run or by this process."""
+    on = from_arguments(target)
     return [{"id": r.id, "kind": r.kind, "summary": r.summary, "ownerPid": r.owner.pid}
-            for r in records.halt(run_dir, driver)]
+            for r in records.halt(on.ledger(), on.driver())]

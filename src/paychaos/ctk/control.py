@@ -18,23 +18,25 @@ from paychaos.experiments.context import RunContext
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import Sample, bounds, stop_condition_met
-from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.paths import RunDir
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.prometheus import Prometheus
+from paychaos.targets import from_arguments
 
 log = logging.getLogger("paychaos.control")
 
 WARMUP_SECONDS = 8.0  # traffic before the steady state is judged: rate() needs a few scrapes
 
 
-def configure_control(spec: dict[str, Any], run_dir: str, out_dir: str) -> None:
+def configure_control(spec: dict[str, Any], out_dir: str, target: dict[str, str] | None = None,
+                      run_dir: str | None = None) -> None:
+    """``target``: ``Target.arguments()`` of where the experiment runs (``run_dir``: the local stack's,
+    as experiments exported before targets were arguments say it)."""
     experiment = ChaosExperiment.model_validate(spec)
-    rd = RunDir(Path(run_dir))
+    on = from_arguments(target if target is not None else ({"platform": "local", "location": run_dir} if run_dir else None))
     ctx = RunContext(
         experiment=experiment,
-        topology=stacking.current_topology(rd),
-        run_dir=rd,
+        target=on,
+        endpoints=on.endpoints(),
         catalogue=load_catalogue(),
         out_dir=Path(out_dir),
     )
@@ -63,10 +65,10 @@ def before_experiment_control(context: dict[str, Any], **_: Any) -> None:
     if load is not None:
         from paychaos.load.running import LoadRunner  # the runner starts Locust in a child process
 
-        ctx.load = LoadRunner(ctx.topology.edge_url, load, ctx.out_dir / "load", held=True)
+        ctx.load = LoadRunner(ctx.endpoints.edge_url, load, ctx.out_dir / "load", held=True)
         ctx.load.start()
         ctx.record("load-started", profile=load.profile, baselineRps=load.baseline_rps, peakMultiplier=load.peak_multiplier)
-    prometheus = Prometheus(ctx.topology.prometheus_url)
+    prometheus = Prometheus(ctx.endpoints.prometheus_url)
     ctx.sampler = Sampler(
         prometheus,
         ctx.catalogue,
@@ -112,7 +114,7 @@ def after_experiment_control(context: dict[str, Any], state: Any = None, **_: An
 
     for i in range(len(ctx.experiment.spec.faults)):
         try:
-            revert_fault(ctx.experiment.name, i)
+            revert_fault(ctx.experiment.name, i, target=ctx.target.arguments())
         except Exception as exc:  # keep reverting the others; the error goes in the journal
             ctx.errors.append(f"revert of fault {i} failed: {exc}")
     ctx.record("experiment-ended")

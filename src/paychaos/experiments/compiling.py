@@ -32,7 +32,10 @@ def _check_probe(check: Check, phase: str, n: int, func: str = "judge") -> dict[
     }
 
 
-def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) -> dict[str, Any]:
+def compile_experiment(experiment: ChaosExperiment, target: dict[str, str], out_dir: str) -> dict[str, Any]:
+    """The Chaos Toolkit experiment of a spec. ``target`` (``Target.arguments()``) goes into every
+    fault action and the control, so that a plain `chaos run` of it, in any shell, injects into
+    the target it samples."""
     spec = experiment.spec
     name = experiment.name
     events: list[tuple[float, int, str, int]] = []
@@ -44,10 +47,11 @@ def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) 
         fault = spec.faults[i]
         if what == "inject":
             provider = _python(
-                ACTIONS, "inject_fault", fault=_dump(fault), experiment=name, index=i, at=at, limits=_dump(spec.limits)
+                ACTIONS, "inject_fault", fault=_dump(fault), experiment=name, index=i, at=at, limits=_dump(spec.limits),
+                target=target,
             )
         else:
-            provider = _python(ACTIONS, "revert_fault", experiment=name, index=i, at=at)
+            provider = _python(ACTIONS, "revert_fault", experiment=name, index=i, at=at, target=target)
         method.append({"type": "action", "name": f"{what}-{fault.kind}-{i}", "provider": provider})
     method += [_check_probe(c, "expect", n) for n, c in enumerate(spec.expect)]
     after_live = [c for c in spec.after if c.invariant is None]
@@ -71,7 +75,7 @@ def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) 
                 "provider": {
                     "type": "python",
                     "module": CONTROL,
-                    "arguments": {"spec": _dump(experiment), "run_dir": run_dir, "out_dir": out_dir},
+                    "arguments": {"spec": _dump(experiment), "target": target, "out_dir": out_dir},
                 },
             }
         ],
@@ -80,7 +84,7 @@ def compile_experiment(experiment: ChaosExperiment, run_dir: str, out_dir: str) 
             {
                 "type": "action",
                 "name": f"revert-{fault.kind}-{i}",
-                "provider": _python(ACTIONS, "revert_fault", experiment=name, index=i),
+                "provider": _python(ACTIONS, "revert_fault", experiment=name, index=i, target=target),
             }
             for i, fault in enumerate(spec.faults)
         ],

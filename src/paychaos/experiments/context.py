@@ -15,9 +15,8 @@ from typing import Any
 
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import CheckResult, Sample
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.topology import Topology
 from paychaos.probes.catalogue import Catalogue
+from paychaos.targets import Endpoints, Target
 
 
 @dataclass
@@ -39,8 +38,8 @@ class TimelineEvent:
 @dataclass
 class RunContext:
     experiment: ChaosExperiment
-    topology: Topology
-    run_dir: RunDir
+    target: Target
+    endpoints: Endpoints
     catalogue: Catalogue
     out_dir: Path
     created: float = field(default_factory=time.time)

@@ -21,13 +21,8 @@ from typing import Any
 from paychaos.experiments.suites import Planned, Suite, Thresholds
 from paychaos.experiments.verdicts import EXIT_CODES, CheckResult
 from paychaos.faults import records
-from paychaos.faults.local import LocalDriver
-from paychaos.platform.runtime.paths import RunDir
-from paychaos.platform.runtime.state import read_state, supervisor_alive
-from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
-from paychaos.platform.topology import Topology
-from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 from paychaos.probes.series import Vocabulary
+from paychaos.targets import Target
 
 Progress = Callable[[str], None]
 EXIT_VERDICTS = {code: verdict for verdict, code in EXIT_CODES.items()}
@@ -86,36 +81,11 @@ def gate_passed(entries: list[GateEntry]) -> bool:
 # -- settling -----------------------------------------------------------------------------------
 
 
-def unsettled(run_dir: RunDir, topology: Topology, vocabulary: Vocabulary) -> list[str]:
-    """What keeps the stack from being the healthy baseline an experiment starts from; [] if nothing."""
-    if not supervisor_alive(run_dir):
-        return ["the stack is not running"]
-    state = read_state(run_dir)
-    if state is None:
-        return ["the stack has no state yet"]
-    problems = [f"{p.name} not ready" for p in state.processes if not p.ready]
-    problems += [f"zone {z} marked down" for z in state.zones_down]
-    problems += [f"{p.name} held down" for p in state.processes if p.held]
-    try:
-        with Toxiproxy(topology.toxiproxy_url, timeout=2) as toxiproxy:
-            proxies = toxiproxy.proxies()
-        problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
-        with Prometheus(topology.prometheus_url, timeout=2) as prometheus:
-            # Each must be zero before an experiment starts (the catalogue's series.yaml `settled`).
-            for series in vocabulary.settled:
-                value = prometheus.scalar(series.query) or 0.0
-                if value > 0:
-                    problems.append(f"{series.what}: {value:g}" + (f" ({series.hint})" if series.hint else ""))
-    except (ToxiproxyError, PrometheusUnavailable) as exc:
-        problems.append(f"cannot read the stack's health: {exc}")
-    return problems
-
-
-def settle(run_dir: RunDir, topology: Topology, vocabulary: Vocabulary, within: float, progress: Progress) -> list[str]:
-    """Wait until nothing is unsettled; what still is after ``within`` seconds."""
+def settle(target: Target, vocabulary: Vocabulary, within: float, progress: Progress) -> list[str]:
+    """Wait until nothing is unsettled on the target; what still is after ``within`` seconds."""
     deadline = time.monotonic() + within
     reported: list[str] = []
-    while (problems := unsettled(run_dir, topology, vocabulary)) and time.monotonic() < deadline:
+    while (problems := target.unsettled(vocabulary)) and time.monotonic() < deadline:
         if problems != reported:
             progress(f"settling: {'; '.join(problems)}")
             reported = problems
@@ -126,20 +96,20 @@ def settle(run_dir: RunDir, topology: Topology, vocabulary: Vocabulary, within: 
 # -- running ------------------------------------------------------------------------------------
 
 
-def run_entry(planned: Planned, run_dir: RunDir, journals: Path, progress: Progress) -> GateEntry:
+def run_entry(planned: Planned, target: Target, journals: Path, progress: Progress) -> GateEntry:
     """One experiment as its own ``paychaos run`` process; its journal read back."""
     name = planned.experiment.name
     journal_path = journals / f"{name}.json"
     journal_path.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "paychaos.cli", "run", str(planned.path), "--journal", str(journal_path),
-            "--run-dir", str(run_dir.root)]
+            "--run-dir", target.arguments()["location"]]
     started = time.monotonic()
     # stderr is the child's live progress: the user watches it as if they had run it themselves.
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=None, check=False)
     seconds = time.monotonic() - started
     # Whatever happened to it, nothing it injected may outlive it.
     try:
-        leftovers = records.halt(run_dir, LocalDriver(run_dir))
+        leftovers = records.halt(target.ledger(), target.driver())
     except records.HaltIncomplete as exc:
         return GateEntry(name, _read_journal(journal_path), "error",
                          f"faults it left could not all be reverted: {exc}", seconds=seconds)
@@ -164,8 +134,7 @@ def _read_journal(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, vocabulary: Vocabulary, out_dir: Path,
-              progress: Progress) -> list[GateEntry]:
+def run_suite(suite: Suite, target: Target, vocabulary: Vocabulary, out_dir: Path, progress: Progress) -> list[GateEntry]:
     """Every experiment of the suite in order; a stack that will not settle ends the gate early."""
     journals = out_dir / "journals"
     journals.mkdir(parents=True, exist_ok=True)
@@ -173,13 +142,13 @@ def run_suite(suite: Suite, run_dir: RunDir, topology: Topology, vocabulary: Voc
     within = suite.gameday.spec.settle_within.total_seconds()
     for n, planned in enumerate(suite.planned, 1):
         name = planned.experiment.name
-        problems = settle(run_dir, topology, vocabulary, within, progress)
+        problems = settle(target, vocabulary, within, progress)
         if problems:
             reason = f"the stack did not settle within {within:g}s before it: {'; '.join(problems)}"
             entries.append(GateEntry(name, None, "error", reason))
             break
         progress(f"[{n}/{len(suite.planned)}] {name}")
-        entry = run_entry(planned, run_dir, journals, progress)
+        entry = run_entry(planned, target, journals, progress)
         entries.append(entry)
         progress(f"[{n}/{len(suite.planned)}] {name}: {entry.verdict} in {entry.seconds:.0f}s ({entry.reason})")
     return entries

@@ -190,7 +190,7 @@ def judge_slo_window(
     span = f"{max(1, round(end - start))}s"
     at = ctx.started_at() + end
     evidence: dict[str, object] = {"window": [start, end]}
-    with Prometheus(ctx.topology.prometheus_url) as prom:
+    with Prometheus(ctx.endpoints.prometheus_url) as prom:
         thin = too_few_requests(prom, slo, span, at, below, above, evidence)
         if thin is not None:
             return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
@@ -258,11 +258,11 @@ def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: fl
         verdict, detail = "inconclusive", (f"breaker open not observed, and {SERIES_FILE_HINT} gives no calls or states "
                                           f"series for breaker {breaker.name!r} to tell whether it had the chance")
     elif delay is None:
-        needed = breaker.calls_to_open or ctx.topology.resilience.breaker.calls_to_open
+        needed = breaker.calls_to_open or ctx.target.calls_to_open() or 1
         deadline = min(end, start + within)
         span = f"{max(1, round(deadline - start))}s"
         calls_query = fill(queries.calls, name=breaker.name, window=span)  # type: ignore[union-attr,arg-type]
-        with Prometheus(ctx.topology.prometheus_url) as prom:
+        with Prometheus(ctx.endpoints.prometheus_url) as prom:
             calls = {_replica(labels): round(v) for labels, v in prom.vector(calls_query, at=ctx.started_at() + deadline)}
             states = {_replica(labels): labels.get("state", "") for labels, _ in
                       prom.vector(fill(queries.states, name=breaker.name), at=ctx.started_at() + deadline)}  # type: ignore[union-attr,arg-type]
@@ -394,7 +394,7 @@ def judge_steady_slo(
         stopped = min(stopped, ctx.method_started + load.duration.total_seconds())
     waited_until = time.monotonic() + STEADY_EVIDENCE_WAIT
     while True:
-        result = judge_slo_over(ctx.topology.prometheus_url, name, slo, bound, STEADY_WINDOW, phase, at=stopped)
+        result = judge_slo_over(ctx.endpoints.prometheus_url, name, slo, bound, STEADY_WINDOW, phase, at=stopped)
         if result.verdict != "inconclusive" or time.monotonic() >= waited_until or ctx.stop_reason is not None:
             return result
         time.sleep(1.0)
@@ -403,7 +403,7 @@ def judge_steady_slo(
 def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:
     queries = {n: ctx.catalogue.invariant(n) for n in names}
     acknowledged = _acknowledged(ctx)
-    engine = engine_for(ledger_dsn(ctx.topology.postgres_dsn))
+    engine = engine_for(ledger_dsn(ctx.endpoints.ledger_dsn))
     try:
         found = check_invariants(engine, queries, acknowledged)
     finally:
@@ -460,7 +460,7 @@ def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list
     now); fewer than asked is inconclusive: the checks guarding that path saw nothing to judge."""
     span = f"{max(1, round(ctx.now()))}s"
     out = []
-    with Prometheus(ctx.topology.prometheus_url) as prom:
+    with Prometheus(ctx.endpoints.prometheus_url) as prom:
         for name, needed in wanted.items():
             try:
                 exercise = ctx.catalogue.exercise(name)

@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 from paychaos.experiments.locating import Segment, YamlTree, node_line, pairs, render_path
 from paychaos.experiments.references import ProbeNames, check_references, normalize, suggest
 from paychaos.experiments.spec import KIND, NAME_PATTERN, ChaosExperiment
-from paychaos.platform.topology import Topology
+from paychaos.targets import Inventory
 
 __all__ = ["Problem", "ProbeNames", "SpecError", "load_experiment", "load_experiments", "parse_experiment"]
 
@@ -52,20 +52,20 @@ class SpecError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def load_experiment(path: str | Path, topology: Topology | None = None, *, probes: ProbeNames | None = None) -> ChaosExperiment:
-    """Read and validate one experiment file; with a topology (and probes), check what it names exists."""
-    return _load(path, topology, probes).experiment
+def load_experiment(path: str | Path, inventory: Inventory | None = None, *, probes: ProbeNames | None = None) -> ChaosExperiment:
+    """Read and validate one experiment file; with an inventory (and probes), check what it names exists."""
+    return _load(path, inventory, probes).experiment
 
 
 def load_experiments(
-    paths: Iterable[str | Path], topology: Topology | None = None, *, probes: ProbeNames | None = None
+    paths: Iterable[str | Path], inventory: Inventory | None = None, *, probes: ProbeNames | None = None
 ) -> list[ChaosExperiment]:
     """Read several files, reporting the problems of all of them at once; names must be unique."""
     problems: list[Problem] = []
     loaded: list[_Loaded] = []
     for path in paths:
         try:
-            loaded.append(_load(path, topology, probes))
+            loaded.append(_load(path, inventory, probes))
         except SpecError as exc:
             problems.extend(exc.problems)
     first_file: dict[str, str] = {}
@@ -82,10 +82,10 @@ def load_experiments(
 
 
 def parse_experiment(
-    text: str, source: str = "<text>", topology: Topology | None = None, *, probes: ProbeNames | None = None
+    text: str, source: str = "<text>", inventory: Inventory | None = None, *, probes: ProbeNames | None = None
 ) -> ChaosExperiment:
     """Validate an experiment given as YAML text; ``source`` names it in error messages."""
-    return _parse(text, source, topology, probes).experiment
+    return _parse(text, source, inventory, probes).experiment
 
 
 # -- reading and parsing ------------------------------------------------------------------------
@@ -98,8 +98,8 @@ class _Loaded:
     source: str
 
 
-def _load(path: str | Path, topology: Topology | None, probes: ProbeNames | None) -> _Loaded:
-    return _parse(read_document(path, "an experiment"), str(path), topology, probes)
+def _load(path: str | Path, inventory: Inventory | None, probes: ProbeNames | None) -> _Loaded:
+    return _parse(read_document(path, "an experiment"), str(path), inventory, probes)
 
 
 def read_document(path: str | Path, what: str) -> str:
@@ -134,9 +134,9 @@ def _too_big(what: str) -> str:
     return f"over {MAX_BYTES // 1_000_000} MB, far too big for {what}: is this the right file?"
 
 
-def _parse(text: str, source: str, topology: Topology | None, probes: ProbeNames | None) -> _Loaded:
+def _parse(text: str, source: str, inventory: Inventory | None, probes: ProbeNames | None) -> _Loaded:
     experiment, tree = parse_document(
-        text, source, ChaosExperiment, KIND, "an experiment", lambda e: check_references(e, topology, probes)
+        text, source, ChaosExperiment, KIND, "an experiment", lambda e: check_references(e, inventory, probes)
     )
     return _Loaded(experiment, tree, source)
 

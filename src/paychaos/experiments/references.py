@@ -1,7 +1,7 @@
 """What an experiment names must exist: services, zones, proxies, brokers, SLOs, invariants,
 breakers and consumer groups.
 
-Pure checks of a validated experiment against a topology and a probe catalogue; each problem is
+Pure checks of a validated experiment against a target's inventory and a probe catalogue; each problem is
 the data path it concerns (as the spec's aliases spell it) and what was expected.
 """
 
@@ -14,8 +14,9 @@ from typing import Any, Protocol
 from pydantic.alias_generators import to_snake
 
 from paychaos.experiments.locating import Segment
+from paychaos import targets
+from paychaos.targets import Inventory
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.platform.topology import Topology
 from paychaos.probes.series import SERIES_FILE, Vocabulary
 
 Reference = tuple[tuple[Segment, ...], str]
@@ -56,10 +57,13 @@ def _one_of(what: str, value: object, known: Iterable[object]) -> str:
     return f"unknown {what} {value!r}{hint}: expected one of {', '.join(names) or 'none'}"
 
 
-def check_references(exp: ChaosExperiment, topology: Topology | None, probes: ProbeNames | None) -> list[Reference]:
+def check_references(exp: ChaosExperiment, inventory: Inventory | None, probes: ProbeNames | None) -> list[Reference]:
     out: list[Reference] = []
+    if exp.spec.target.platform not in targets.supported():
+        out.append((("spec", "target", "platform"), f"no driver for platform {exp.spec.target.platform!r} yet: "
+                    f"supported are {', '.join(targets.supported())}"))
     limits = exp.spec.limits
-    on_topology = topology is not None and exp.spec.target.platform == "local"
+    on_target = inventory is not None and exp.spec.target.platform == "local"
     for i, fault in enumerate(exp.spec.faults):
         at: tuple[Segment, ...] = ("spec", "faults", i, fault.kind)
         if fault.pod_kill is not None:
@@ -70,49 +74,49 @@ def check_references(exp: ChaosExperiment, topology: Topology | None, probes: Pr
                 out.append(((*at, "percent"), f"{kill.percent}% is over limits.maxPercent ({limits.max_percent}): raise the limit if you mean it"))
         if fault.zone_loss is not None and not limits.allow_zone_loss:
             out.append((at, "zone loss is refused by limits.allowZoneLoss: false"))
-        if on_topology:
-            assert topology is not None
-            out += [((*at, *key), message) for key, message in _topology_problems(fault, topology)]
+        if on_target:
+            assert inventory is not None
+            out += [((*at, *key), message) for key, message in _target_problems(fault, inventory)]
     if probes is not None:
         out += _probe_problems(exp, probes)
     return out
 
 
-def _topology_problems(fault: Any, topology: Topology) -> list[Reference]:
+def _target_problems(fault: Any, inventory: Inventory) -> list[Reference]:
     out: list[Reference] = []
     if fault.pod_kill is not None:
         kill = fault.pod_kill
-        if kill.service not in topology.services:
-            out.append((("service",), _one_of("service", kill.service, topology.services)))
-        elif kill.zone is not None and kill.zone not in topology.zones:
-            out.append((("zone",), _one_of("zone", kill.zone, topology.zones)))
+        if kill.service not in inventory.services:
+            out.append((("service",), _one_of("service", kill.service, inventory.services)))
+        elif kill.zone is not None and kill.zone not in inventory.zones:
+            out.append((("zone",), _one_of("zone", kill.zone, inventory.zones)))
         else:
-            replicas = len(topology.replicas_of(kill.service, kill.zone))
+            replicas = inventory.replicas_of(kill.service, kill.zone)
             where = f" in {kill.zone}" if kill.zone else ""
             if replicas == 0:
-                out.append((("service",), f"the topology runs no replica of {kill.service}{where}"))
+                out.append((("service",), f"the target runs no replica of {kill.service}{where}"))
             elif kill.count is not None and kill.count > replicas:
                 out.append((("count",), f"{kill.count} is more than the {replicas} replicas of {kill.service}{where}"))
-    if fault.zone_loss is not None and fault.zone_loss.zone not in topology.zones:
-        out.append((("zone",), _one_of("zone", fault.zone_loss.zone, topology.zones)))
-    if fault.slow_downstream is not None and fault.slow_downstream.proxy not in topology.proxies:
-        out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, topology.proxies)))
-    if fault.admission_restriction is not None and fault.admission_restriction.service not in topology.services:
-        out.append((("service",), _one_of("service", fault.admission_restriction.service, topology.services)))
+    if fault.zone_loss is not None and fault.zone_loss.zone not in inventory.zones:
+        out.append((("zone",), _one_of("zone", fault.zone_loss.zone, inventory.zones)))
+    if fault.slow_downstream is not None and fault.slow_downstream.proxy not in inventory.proxies:
+        out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, inventory.proxies)))
+    if fault.admission_restriction is not None and fault.admission_restriction.service not in inventory.services:
+        out.append((("service",), _one_of("service", fault.admission_restriction.service, inventory.services)))
     for on_topic in (fault.event_redelivery, fault.poison_events):
-        if on_topic is not None and on_topic.topic not in topology.kafka.topics:
-            out.append((("topic",), _one_of("topic", on_topic.topic, topology.kafka.topics)))
+        if on_topic is not None and on_topic.topic not in inventory.topics:
+            out.append((("topic",), _one_of("topic", on_topic.topic, inventory.topics)))
     if fault.kafka_broker_failure is not None:
         kafka = fault.kafka_broker_failure
-        if kafka.count > len(topology.kafka_nodes):
-            out.append((("count",), f"the cluster has {len(topology.kafka_nodes)} brokers, got count {kafka.count}"))
-        if kafka.broker is not None and kafka.broker not in topology.kafka_nodes:
-            out.append((("broker",), _one_of("Kafka broker", kafka.broker, topology.kafka_nodes)))
+        if kafka.count > len(inventory.brokers):
+            out.append((("count",), f"the cluster has {len(inventory.brokers)} brokers, got count {kafka.count}"))
+        if kafka.broker is not None and kafka.broker not in inventory.brokers:
+            out.append((("broker",), _one_of("Kafka broker", kafka.broker, inventory.brokers)))
         if kafka.leader_of is not None:
             topic, partition = kafka.leader_of.topic, kafka.leader_of.partition
-            if topic not in topology.kafka.topics:
-                out.append((("leaderOf", "topic"), _one_of("topic", topic, topology.kafka.topics)))
-            elif partition >= (count := topology.kafka.topics[topic].partitions):
+            if topic not in inventory.topics:
+                out.append((("leaderOf", "topic"), _one_of("topic", topic, inventory.topics)))
+            elif partition >= (count := inventory.topics[topic]):
                 out.append((("leaderOf", "partition"), f"{topic} has partitions 0 to {count - 1}, got {partition}"))
     return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,11 +21,9 @@ from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import FinalVerdict, Sample, bound_holds, bounds, final_verdict, first_time
 from paychaos.faults import records
-from paychaos.faults.local import LocalDriver
-from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
-from paychaos.platform.runtime.state import read_state, supervisor_alive
 from paychaos.probes.catalogue import Slo
 from paychaos.probes.series import breakers_open
+from paychaos.targets import Target
 
 Progress = Callable[[str], None]
 
@@ -77,23 +74,20 @@ class _Timeline(RunEventHandler):  # type: ignore[misc]
 def run(
     experiment: ChaosExperiment,
     *,
-    run_dir: RunDir,
+    target: Target,
     journal_path: Path,
     progress: Progress = lambda _: None,
 ) -> Outcome:
     from chaoslib.experiment import run_experiment
 
-    if not supervisor_alive(run_dir):
-        raise NotRunnable(f"no stack is running in {run_dir.root}: start one with `paychaos stack up --wait`")
-    state = read_state(run_dir)
-    if state is None or state.phase != "ready":
-        raise NotRunnable(f"the stack in {run_dir.root} is not ready: see `paychaos stack status`")
-    os.environ[RUN_DIR_ENV] = str(run_dir.root)  # the fault actions find the stack through it
+    if (why := target.not_ready()) is not None:
+        raise NotRunnable(why)
     out_dir = journal_path.parent / f"{experiment.name}-artifacts"
-    compiled = compile_experiment(experiment, str(run_dir.root), str(out_dir))
-    driver = LocalDriver(run_dir)
+    # The compiled activities carry the target: nothing is found through this process's globals.
+    compiled = compile_experiment(experiment, target.arguments(), str(out_dir))
+    driver, ledger = target.driver(), target.ledger()
     try:
-        lock = records.acquire_lock(run_dir, experiment.name, driver)
+        lock = records.acquire_lock(ledger, experiment.name, driver)
     except records.ExperimentLocked as exc:
         raise NotRunnable(str(exc)) from None
     _quiet_chaostoolkit(out_dir)
@@ -109,7 +103,7 @@ def run(
             )
         finally:
             ticker.stop()
-            leftovers = records.halt(run_dir, driver)  # nothing this run injected outlives it
+            leftovers = records.halt(ledger, driver)  # nothing this run injected outlives it
     ctx = context.current()
     if leftovers:
         ctx.errors.append(f"{len(leftovers)} faults were still active after the run and were reverted by halt")

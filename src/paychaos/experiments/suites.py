@@ -16,7 +16,7 @@ from pydantic import Field
 from paychaos.durations import Duration
 from paychaos.experiments.loading import Problem, ProbeNames, SpecError, load_experiment, parse_document, read_document
 from paychaos.experiments.spec import ChaosExperiment, Resource, _Spec
-from paychaos.platform.topology import Topology
+from paychaos.targets import Inventory
 
 SUITE_KIND = "GameDay"
 
@@ -63,7 +63,7 @@ class Suite:
         return self.gameday.name
 
 
-def load_suite(path: str | Path, topology: Topology | None = None, *, probes: ProbeNames | None = None) -> Suite:
+def load_suite(path: str | Path, inventory: Inventory | None = None, *, probes: ProbeNames | None = None) -> Suite:
     """Read a suite and every experiment it lists; all problems of all files at once."""
     source = str(path)
     gameday, tree = parse_document(read_document(path, "a suite"), source, GameDay, SUITE_KIND, "a suite")
@@ -79,7 +79,7 @@ def load_suite(path: str | Path, topology: Topology | None = None, *, probes: Pr
             problems.append(Problem(source, line, written, f"no experiment file {entry.experiment!r} next to the suite"))
             continue
         try:
-            experiment = load_experiment(experiment_path, topology, probes=probes)
+            experiment = load_experiment(experiment_path, inventory, probes=probes)
         except SpecError as exc:
             problems.extend(exc.problems)
             continue

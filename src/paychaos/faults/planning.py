@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from paychaos.durations import format_duration
-from paychaos.experiments import spec
+import paychaos.experiments.spec as spec
 
 PartitionRef = tuple[str, int]
 

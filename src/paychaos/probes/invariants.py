@@ -23,15 +23,18 @@ class LedgerUnavailable(Exception):
     """The ledger database cannot be reached or refuses us: one line, password hidden."""
 
 
-def ledger_dsn(default: str, environ: Mapping[str, str] = os.environ) -> str:
+def ledger_dsn(default: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The configured ledger DSN: the secret file, else the variable, else ``default`` (the
-    reference platform's, from its topology)."""
+    target's own, such as the reference platform's from its topology)."""
     if path := environ.get(LEDGER_DSN_FILE_ENV):
         try:
             return Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise LedgerUnavailable(f"{LEDGER_DSN_FILE_ENV}={path}: cannot read the ledger DSN ({exc.strerror})") from None
-    return environ.get(LEDGER_DSN_ENV) or default
+    dsn = environ.get(LEDGER_DSN_ENV) or default
+    if not dsn:
+        raise LedgerUnavailable(f"no ledger to check the money invariants against: set {LEDGER_DSN_FILE_ENV} or {LEDGER_DSN_ENV}")
+    return dsn
 
 
 def shown(dsn: str) -> str:

@@ -12,6 +12,7 @@ import psutil
 from pydantic import BaseModel
 
 from paychaos.platform.runtime.paths import RunDir
+from paychaos.processes import alive
 
 Phase = Literal["starting", "ready", "stopping", "stopped", "failed"]
 
@@ -61,19 +62,6 @@ def read_state(run_dir: RunDir) -> StackState | None:
         return None
     except (ValueError, json.JSONDecodeError):
         return None
-
-
-def alive(pid: int | None, create_time: float | None) -> bool:
-    """True when the pid still names the process we started (not a reused pid)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return create_time is None or abs(proc.create_time() - create_time) < 0.05
-    except psutil.Error:
-        return False
 
 
 def supervisor_alive(run_dir: RunDir) -> int | None:

@@ -30,7 +30,8 @@ from paychaos.faults.records import FaultRecord
 from paychaos.platform.runtime import kafka
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.stacking import current_topology
-from paychaos.platform.runtime.state import ProcessState, StackState, alive, read_state, supervisor_alive
+from paychaos.platform.runtime.state import ProcessState, StackState, read_state, supervisor_alive
+from paychaos.processes import alive
 from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology
 

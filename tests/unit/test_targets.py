@@ -1,0 +1,191 @@
+"""The targets seam, with a fake target of our own: how the engine finds a target, and what the
+fault ledger does when an injection or a revert fails. No stack, no processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paychaos import targets
+from paychaos.ctk import actions, timeline
+from paychaos.experiments.compiling import compile_experiment
+from paychaos.experiments.loading import load_experiment
+from paychaos.faults import records
+from paychaos.faults.driving import InjectionFailed, RevertFailed
+from paychaos.faults.planning import FaultPlan, Observed, ObservedProxy, PartitionRef
+from paychaos.faults.records import FaultRecord, LockHolder, Owner
+from paychaos.probes.series import Vocabulary
+from paychaos.targets import Endpoints, Inventory, UnsupportedTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW = {"at": "0s", "for": "10s", "slowDownstream": {"proxy": "card", "latency": "2s"}}
+
+
+class MemoryLedger:
+    """A fault ledger in memory: the seam's contract without files."""
+
+    where = "memory"
+
+    def __init__(self) -> None:
+        self.stored: dict[str, FaultRecord] = {}
+        self.lock: LockHolder | None = None
+
+    def write(self, record: FaultRecord) -> None:
+        self.stored[record.id] = record
+
+    def read(self, fault_id: str) -> FaultRecord | None:
+        return self.stored.get(fault_id)
+
+    def records(self) -> list[FaultRecord]:
+        return list(self.stored.values())
+
+    def forget(self, fault_id: str) -> None:
+        self.stored.pop(fault_id, None)
+
+    def read_lock(self) -> LockHolder | None:
+        return self.lock
+
+    def try_lock(self, holder: LockHolder) -> bool:
+        if self.lock is not None:
+            return False
+        self.lock = holder
+        return True
+
+    def lock_just_taken(self) -> bool:
+        return False
+
+    def unlock(self) -> None:
+        self.lock = None
+
+
+class FakeDriver:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.toxics: set[str] = set()
+        self.fail_inject = False
+        self.fail_revert = False
+
+    def observe(self, partitions: Sequence[PartitionRef] = ()) -> Observed:
+        return Observed(zones=("az-a",), replicas=(), proxies=(ObservedProxy("card", "127.0.0.1:1", tuple(self.toxics)),))
+
+    def inject(self, plan: FaultPlan) -> dict[str, Any]:
+        self.toxics.add(plan.id)
+        if self.fail_inject:
+            raise InjectionFailed("the toxic did not show up")
+        return {"toxics": sorted(self.toxics)}
+
+    def revert(self, record: FaultRecord) -> None:
+        if self.fail_revert:
+            raise RevertFailed("proxy API unreachable")
+        self.toxics.discard(record.id)
+
+    def verify_reverted(self, record: FaultRecord) -> bool:
+        return record.id not in self.toxics
+
+
+class FakeTarget:
+    platform = "fake"
+    where = "a fake stack"
+
+    def __init__(self) -> None:
+        self.fault_driver = FakeDriver()
+        self.fault_ledger = MemoryLedger()
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints("http://127.0.0.1:1", "http://127.0.0.1:2")
+
+    def driver(self) -> FakeDriver:
+        return self.fault_driver
+
+    def ledger(self) -> MemoryLedger:
+        return self.fault_ledger
+
+    def not_ready(self) -> str | None:
+        return None
+
+    def unsettled(self, vocabulary: Vocabulary) -> list[str]:
+        return []
+
+    def calls_to_open(self) -> int | None:
+        return None
+
+    def inventory(self) -> Inventory | None:
+        return Inventory(replicas={}, zones=("az-a",), proxies=("card",), topics={}, brokers=())
+
+    def arguments(self) -> dict[str, str]:
+        return {"platform": self.platform, "location": "fake"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTarget]:
+    target = FakeTarget()
+    targets.register("fake", lambda location: target)
+    timeline.mark_method_started()
+    try:
+        yield target
+    finally:
+        targets.unregister("fake")
+        timeline.reset()
+
+
+def test_compiled_activities_carry_their_target() -> None:
+    arguments = {"platform": "local", "location": "/srv/paychaos/run"}
+    compiled = compile_experiment(load_experiment(ROOT / "experiments" / "acquirer-slowdown.yaml"), arguments, "out")
+    faults = [a for a in compiled["method"] if a["name"].startswith(("inject-", "revert-"))] + compiled["rollbacks"]
+    assert faults and all(a["provider"]["arguments"]["target"] == arguments for a in faults)
+    assert compiled["controls"][0]["provider"]["arguments"]["target"] == arguments
+
+
+def test_an_unknown_platform_is_refused_and_a_registered_one_resolves(fake: FakeTarget) -> None:
+    with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'kubernetes' yet: supported are fake, local"):
+        targets.resolve("kubernetes", "payments")
+    assert targets.from_arguments(fake.arguments()) is fake
+    local = targets.from_arguments(None)  # an export from before activities carried their target
+    assert local.platform == "local" and local.arguments()["location"].endswith("run")
+
+
+def test_a_fault_is_injected_and_reverted_on_the_target_its_arguments_name(fake: FakeTarget) -> None:
+    out = actions.inject_fault(SLOW, "x", 0, target=fake.arguments())
+    assert out["effect"] == {"toxics": ["x-0"]} and fake.fault_ledger.read("x-0") is not None
+    assert actions.revert_fault("x", 0, target=fake.arguments())["reverted"] is True
+    assert fake.fault_driver.toxics == set() and fake.fault_ledger.records() == []
+
+
+def test_a_failed_injection_is_reverted_and_forgotten_before_the_error(fake: FakeTarget) -> None:
+    fake.fault_driver.fail_inject = True
+    with pytest.raises(actions.FaultNotInjected, match=r"slowDownstream-0 failed: .*the toxic did not show up"):
+        actions.inject_fault(SLOW, "x", 0, target=fake.arguments())
+    assert fake.fault_driver.toxics == set() and fake.fault_ledger.records() == []
+
+
+def test_a_failed_revert_keeps_the_record_for_halt_which_says_what_is_left(fake: FakeTarget) -> None:
+    actions.inject_fault(SLOW, "x", 0, target=fake.arguments())
+    fake.fault_driver.fail_revert = True
+    with pytest.raises(RevertFailed):
+        records.revert(fake.fault_ledger, fake.fault_driver, "x-0")
+    assert fake.fault_ledger.read("x-0") is not None
+    with pytest.raises(records.HaltIncomplete, match=r"1 fault\(s\) not reverted \(x-0: proxy API unreachable\)") as caught:
+        records.halt(fake.fault_ledger, fake.fault_driver)
+    assert caught.value.reverted == [] and [r.id for r, _ in caught.value.failures] == ["x-0"]
+    fake.fault_driver.fail_revert = False
+    assert [r.id for r in records.halt(fake.fault_ledger, fake.fault_driver)] == ["x-0"]
+    assert fake.fault_driver.toxics == set() and fake.fault_ledger.records() == []
+
+
+def test_the_lock_is_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(fake: FakeTarget) -> None:
+    ledger, driver = fake.fault_ledger, fake.fault_driver
+    with records.acquire_lock(ledger, "first", driver):
+        with pytest.raises(records.ExperimentLocked, match=r"memory is locked by experiment 'first'"):
+            records.acquire_lock(ledger, "second", driver)
+    assert ledger.read_lock() is None
+    # A run that died holding the lock, with a fault still injected: the next run reverts it first.
+    dead = Owner(pid=2**22 + 12345, started=1.0)
+    actions.inject_fault(SLOW, "died", 0, target=fake.arguments())
+    ledger.write(ledger.stored["died-0"].model_copy(update={"owner": dead}))
+    ledger.lock = LockHolder(experiment="died", started=1.0, owner=dead)
+    with records.acquire_lock(ledger, "next", driver) as lock:
+        assert lock.holder.experiment == "next" and driver.toxics == set() and ledger.records() == []
