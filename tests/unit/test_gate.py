@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from paychaos.experiments.gating import GateEntry, gate_passed, threshold_checks
 from paychaos.experiments.loading import SpecError
 from paychaos.experiments.suites import Thresholds, load_suite
+from paychaos.reporting.journals import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = """\
@@ -112,3 +115,18 @@ def test_the_gate_passes_only_when_every_experiment_and_threshold_passed() -> No
     assert not gate_passed([ok, late])
     assert not gate_passed([ok, failed])
     assert not gate_passed([])
+
+
+def test_the_gated_journal_is_derived_and_the_runs_own_is_left_as_written(journal: dict[str, Any]) -> None:
+    written = copy.deepcopy(journal)
+    late = threshold_checks({"recoveryTime": 50.0}, Thresholds(recovery_time=timedelta(seconds=30)))
+    gated = GateEntry("acquirer-slowdown", journal, "passed", "16 checks passed", late).gated_journal()
+    assert journal == written  # nothing of the run's own journal changed
+    section = read_run("acquirer-slowdown", gated)
+    assert section.verdict.result == "failed" and "not the gate's thresholds on recoveryTime" in section.verdict.reason
+    assert [c.label for c in section.checks][-1] == "gate/threshold/recoveryTime"
+    assert len(section.checks) == len(written["paychaos"]["checks"]) + 1
+    assert gated["experiment"] == written["experiment"]  # the rest of the Chaos Toolkit journal is carried over
+    # A run that left no journal still reads as a run: its verdict and the gate's checks.
+    missing = read_run("gone", GateEntry("gone", None, "error", "`paychaos run` exited 3 without a journal").gated_journal())
+    assert (missing.verdict.result, missing.checks) == ("error", [])

@@ -8,7 +8,6 @@ healthy, so that one experiment's aftermath is never blamed on the next.
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paychaos.experiments.journal import CheckRecord, Section, Verdict
 from paychaos.experiments.suites import Planned, Suite, Thresholds
 from paychaos.experiments.verdicts import EXIT_CODES, CheckResult
 from paychaos.faults import records
@@ -42,16 +42,17 @@ class GateEntry:
         return self.verdict == "passed" and all(c.verdict == "passed" for c in self.gate_checks)
 
     def gated_journal(self) -> dict[str, Any]:
-        """The journal with the gate's threshold checks and verdict folded in: what the reports read."""
-        journal = copy.deepcopy(self.journal) if self.journal else {"paychaos": {"experiment": self.name}}
-        section = journal.setdefault("paychaos", {})
-        section["checks"] = [*section.get("checks", []), *(c.to_dict() for c in self.gate_checks)]
+        """The journal with the gate's threshold checks and verdict folded in: what the reports
+        read. Derived: the run's own journal is left as it was written."""
         if self.verdict == "passed" and not self.passed:
             missed = ", ".join(c.name for c in self.gate_checks if c.verdict != "passed")
-            section["verdict"] = {"result": "failed", "reason": f"passed its own checks, but not the gate's thresholds on {missed}"}
+            verdict = Verdict(result="failed", reason=f"passed its own checks, but not the gate's thresholds on {missed}")
         else:
-            section["verdict"] = {"result": self.verdict, "reason": self.reason}
-        return journal
+            verdict = Verdict(result=self.verdict, reason=self.reason)  # type: ignore[arg-type]
+        own = self.journal.get("paychaos") if self.journal else None
+        section = Section.model_validate(own) if own else Section(experiment=self.name, verdict=verdict)
+        gated = section.model_copy(update={"checks": [*section.checks, *map(CheckRecord.of, self.gate_checks)], "verdict": verdict})
+        return {**(self.journal or {}), "paychaos": gated.to_json()}
 
 
 def threshold_checks(times: dict[str, float | None], thresholds: Thresholds) -> list[CheckResult]:

@@ -18,6 +18,7 @@ from chaoslib.types import Strategy
 from paychaos.experiments import context
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.context import RunContext
+from paychaos.experiments.journal import CheckRecord, FaultRecord, LoadFiles, Section, TimelineEvent, Times, Verdict
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import FinalVerdict, Sample, bound_holds, bounds, final_verdict, first_time
 from paychaos.faults import records
@@ -107,7 +108,7 @@ def run(
     ctx = context.current()
     if leftovers:
         ctx.errors.append(f"{len(leftovers)} faults were still active after the run and were reverted by halt")
-    journal["paychaos"] = paychaos_section(ctx, journal)
+    journal["paychaos"] = paychaos_section(ctx, journal).to_json()
     context.set_current(None)
     journal_path.parent.mkdir(parents=True, exist_ok=True)
     journal_path.write_text(json.dumps(journal, indent=2, default=str), encoding="utf-8")
@@ -115,7 +116,7 @@ def run(
     return Outcome(verdict["result"], verdict["reason"], journal_path, journal)
 
 
-def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]:
+def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> Section:
     before = (journal.get("steady_states") or {}).get("before") or {}
     verdict, reason = final_verdict(
         journal_status=journal.get("status", "error"),
@@ -129,27 +130,23 @@ def paychaos_section(ctx: RunContext, journal: dict[str, Any]) -> dict[str, Any]
     first_fault = min(f.at.total_seconds() for f in spec.faults)
     last_revert = max(f.ends_at.total_seconds() for f in spec.faults)
     detect, recover = ctx.timing_slos()
-    return {
-        "experiment": ctx.experiment.name,
-        "methodStartedAt": ctx.method_started,
-        "timeline": [e.to_dict(ctx.started_at()) for e in sorted(ctx.timeline, key=lambda e: e.wall)],
-        "faults": [
-            {"index": i, "kind": f.kind, "at": f.at.total_seconds(), "for": f.for_.total_seconds(),
-             "spec": f.model_dump(by_alias=True, mode="json", exclude_none=True)}
+    return Section(
+        experiment=ctx.experiment.name,
+        method_started_at=ctx.method_started,
+        timeline=[TimelineEvent.model_validate(e.to_dict(ctx.started_at())) for e in sorted(ctx.timeline, key=lambda e: e.wall)],
+        faults=[
+            FaultRecord(index=i, kind=f.kind, at=f.at.total_seconds(), for_=f.for_.total_seconds(),
+                        spec=f.model_dump(by_alias=True, mode="json", exclude_none=True))
             for i, f in enumerate(spec.faults)
         ],
-        "samples": [{"t": s.t, **s.values} for s in samples],
-        "checks": [r.to_dict() for r in ctx.results],
-        "times": {
-            "timeToDetect": time_to_detect(samples, first_fault, ctx.catalogue.slos, detect),
-            "recoveryTime": recovery_time(samples, last_revert, ctx.catalogue.slos, recover),
-        },
-        "verdict": {"result": verdict, "reason": reason},
-        "load": {
-            "stats": str(ctx.load.stats_path) if ctx.load is not None else None,
-            "acknowledged": str(ctx.load.acknowledged_path) if ctx.load is not None else None,
-        },
-    }
+        samples=[{"t": s.t, **s.values} for s in samples],
+        checks=[CheckRecord.of(r) for r in ctx.results],
+        times=Times(time_to_detect=time_to_detect(samples, first_fault, ctx.catalogue.slos, detect),
+                    recovery_time=recovery_time(samples, last_revert, ctx.catalogue.slos, recover)),
+        verdict=Verdict(result=verdict, reason=reason),
+        load=LoadFiles(stats=str(ctx.load.stats_path) if ctx.load is not None else None,
+                       acknowledged=str(ctx.load.acknowledged_path) if ctx.load is not None else None),
+    )
 
 
 def _objective_met(slos: Mapping[str, Slo], name: str) -> Callable[[float], bool] | None:

@@ -13,7 +13,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from paychaos.reporting import formatting
-from paychaos.reporting.journals import CheckRecord, FaultRecord, Journals, Run, TimelineEvent, read_runs
+from paychaos.experiments.journal import CheckRecord, FaultRecord, TimelineEvent
+from paychaos.reporting.journals import Journals, Run, read_runs
 from paychaos.reporting.plots import FAULT_COLOUR, run_plots
 from paychaos.reporting.summary import checks_passed, headline
 

@@ -1,7 +1,6 @@
-"""Reading run journals: the ``paychaos`` section of a Chaos Toolkit journal as typed data.
-
-The models ignore keys a newer engine adds, so reports keep working on newer journals; the
-helpers are the questions every renderer asks of a run (a series, the fault windows).
+"""Reading run journals: the ``paychaos`` section of a Chaos Toolkit journal as typed data (the
+models of ``experiments.journal``, which the engine writes with), and the questions every
+renderer asks of a run (a series, the fault windows).
 """
 
 from __future__ import annotations
@@ -11,15 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import ValidationError
 
+from paychaos.experiments.journal import CheckRecord, FaultRecord, Section, TimelineEvent, Times, Verdict
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.experiments.verdicts import first_in
-
-Result = Literal["passed", "failed", "inconclusive", "aborted", "error"]
 
 # What every renderer takes: (experiment name, its journal dict, or None when the run left none).
 Journals = Sequence[tuple[str, Mapping[str, Any] | None]]
@@ -27,63 +24,6 @@ Journals = Sequence[tuple[str, Mapping[str, Any] | None]]
 
 class JournalError(Exception):
     """Not a paychaos run journal, or one missing what was asked of it: the message says what to do."""
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
-
-
-class TimelineEvent(_Record):
-    t: float  # seconds since the method started; negative before it
-    at: str | None = None
-    event: str
-    detail: dict[str, Any] = {}
-
-
-class FaultRecord(_Record):
-    index: int
-    kind: str
-    at: float
-    for_: float = Field(alias="for")
-    spec: dict[str, Any] = {}
-
-
-class CheckRecord(_Record):
-    phase: str  # steadyState.before | expect | after | steadyState.after
-    kind: str
-    name: str
-    verdict: Literal["passed", "failed", "inconclusive", "error"]
-    observed: int | float | str | None = None
-    threshold: str = ""
-    detail: str = ""
-    evidence: dict[str, Any] = {}
-    margin: float | None = None  # headroom in the threshold's unit; negative when it failed
-
-    @property
-    def label(self) -> str:
-        """``expect/breaker/acquirer.opens``: the phase, kind and name, unique within a run."""
-        return f"{self.phase}/{self.kind}/{self.name}"
-
-
-class Times(_Record):
-    time_to_detect: float | None = None
-    recovery_time: float | None = None
-
-
-class Verdict(_Record):
-    result: Result
-    reason: str = ""
-
-
-class _Section(_Record):
-    experiment: str
-    method_started_at: float | None = None
-    timeline: list[TimelineEvent] = []
-    faults: list[FaultRecord] = []
-    samples: list[dict[str, float | None]] = []
-    checks: list[CheckRecord] = []
-    times: Times = Times()
-    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -124,7 +64,7 @@ def read_run(name: str, journal: Mapping[str, Any] | None) -> Run:
     if not isinstance(section, Mapping):
         raise JournalError(f"{name}: not a paychaos run journal (it has no 'paychaos' section)")
     try:
-        parsed = _Section.model_validate(section)
+        parsed = Section.model_validate(section)
     except ValidationError as exc:
         raise JournalError(f"{name}: the journal's paychaos section is malformed: {_first_error(exc)}") from None
     duration = journal.get("duration")

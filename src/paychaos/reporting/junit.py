@@ -12,7 +12,8 @@ from pathlib import Path
 from junitparser import Error, Failure, JUnitXml, TestCase, TestSuite
 
 from paychaos.reporting import formatting
-from paychaos.reporting.journals import CheckRecord, Journals, Run, read_runs
+from paychaos.experiments.journal import CheckRecord
+from paychaos.reporting.journals import Journals, Run, read_runs
 
 
 def junit_xml(journals: Journals, suite: str) -> str:
