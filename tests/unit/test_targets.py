@@ -189,3 +189,15 @@ def test_the_lock_is_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(fake: 
     ledger.lock = LockHolder(experiment="died", started=1.0, owner=dead)
     with records.acquire_lock(ledger, "next", driver) as lock:
         assert lock.holder.experiment == "next" and driver.toxics == set() and ledger.records() == []
+
+
+def test_every_fault_kind_has_a_planner_a_headline_and_a_local_driver_and_every_check_kind_a_judge() -> None:
+    # Adding a kind means one model in the spec plus one entry in each registry: nothing else
+    # dispatches on the kind, so a missing entry is the only way to forget one.
+    from paychaos.experiments.judging import JUDGES
+    from paychaos.experiments.spec import CHECK_KINDS, FAULT_KINDS
+    from paychaos.faults.planning import HEADLINES, PLANNERS
+    from paychaos.targets.local.driver import FAULT_KINDS as LOCAL
+
+    assert set(PLANNERS) == set(HEADLINES) == set(LOCAL) == set(FAULT_KINDS)
+    assert set(JUDGES) == set(CHECK_KINDS)

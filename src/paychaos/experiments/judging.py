@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,49 +63,71 @@ def _name(check: Check) -> str:
 
 
 def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    return JUDGES[check.kind](ctx, check, phase)
+
+
+def _window(ctx: RunContext, phase: str) -> tuple[float, float]:
+    """The seconds a check of ``phase`` judges: the whole run so far for the steady state, the
+    faults' window for expect, from the last revert on for after."""
+    start, end = faults_window(ctx)
+    if phase.startswith("steadyState"):
+        return 0.0, ctx.now()
+    return (start, end) if phase == "expect" else (end, ctx.now())
+
+
+def _judge_invariant(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     if isinstance(check.invariant, EventualInvariant):
         return judge_eventual_invariant(ctx, check.invariant, phase)
-    if check.invariant is not None:
-        names = [check.invariant] if isinstance(check.invariant, str) else check.invariant
-        return judge_invariants(ctx, names, phase)
+    assert check.invariant is not None
+    names = [check.invariant] if isinstance(check.invariant, str) else check.invariant
+    return judge_invariants(ctx, names, phase)
+
+
+def _judge_slo(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    assert check.slo is not None
+    name = check.slo if isinstance(check.slo, str) else check.slo.name
+    slo = ctx.catalogue.slo(name)
+    bound = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
+    if phase.startswith("steadyState"):
+        return [judge_steady_slo(ctx, name, slo, bound, phase)]
+    hold = check.slo.for_.total_seconds() if isinstance(check.slo, SloBound) and check.slo.for_ else 0.0
+    return [judge_slo_window(ctx, name, slo, bound, _window(ctx, phase), hold, phase)]
+
+
+def _judge_breaker(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    b = check.breaker
+    assert b is not None
     start, end = faults_window(ctx)
-    steady = phase.startswith("steadyState")
-    window = (0.0, ctx.now()) if steady else ((start, end) if phase == "expect" else (end, ctx.now()))
-    samples = ctx.samples()
+    results = []
+    if b.opens_within is not None:
+        if phase == "expect":
+            _wait_until(ctx, start + b.opens_within.total_seconds() + GRACE)
+        results.append(judge_breaker_opens(ctx, b, start, end, phase))
+    if b.closes_within is not None:
+        _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
+        results.append(judge_breaker_closes(ctx.samples(), end, b, phase, ctx.catalogue.vocabulary))
+    if b.fails_fast_below is not None:
+        if phase == "expect":
+            _wait_until(ctx, end)
+        results.append(judge_fails_fast(ctx.samples(), start, end, b, phase, ctx.catalogue.vocabulary))
+    return results
 
-    if check.slo is not None:
-        name = check.slo if isinstance(check.slo, str) else check.slo.name
-        slo = ctx.catalogue.slo(name)
-        bound = bounds(slo.objective if isinstance(check.slo, str) else check.slo)
-        if steady:
-            return [judge_steady_slo(ctx, name, slo, bound, phase)]
-        hold = check.slo.for_.total_seconds() if isinstance(check.slo, SloBound) and check.slo.for_ else 0.0
-        return [judge_slo_window(ctx, name, slo, bound, window, hold, phase)]
 
-    if check.breaker is not None:
-        b = check.breaker
-        results = []
-        if b.opens_within is not None:
-            if phase == "expect":
-                _wait_until(ctx, start + b.opens_within.total_seconds() + GRACE)
-            results.append(judge_breaker_opens(ctx, b, start, end, phase))
-        if b.closes_within is not None:
-            _wait_until(ctx, end + b.closes_within.total_seconds() + GRACE)
-            results.append(judge_breaker_closes(ctx.samples(), end, b, phase, ctx.catalogue.vocabulary))
-        if b.fails_fast_below is not None:
-            if phase == "expect":
-                _wait_until(ctx, end)
-            results.append(judge_fails_fast(ctx.samples(), start, end, b, phase, ctx.catalogue.vocabulary))
-        return results
+def _judge_recovery(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    assert check.recovery is not None
+    end = faults_window(ctx)[1]
+    _wait_until(ctx, end + check.recovery.within.total_seconds() + GRACE)
+    return [judge_recovery(ctx.samples(), end, check.recovery, ctx.catalogue.slo(check.recovery.slo), phase)]
 
-    if check.recovery is not None:
-        _wait_until(ctx, end + check.recovery.within.total_seconds() + GRACE)
-        return [judge_recovery(ctx.samples(), end, check.recovery, ctx.catalogue.slo(check.recovery.slo), phase)]
 
-    if check.kafka is not None:
-        _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
-        return [judge_lag(ctx.samples(), end, check.kafka, phase, ctx.catalogue.vocabulary)]
+def _judge_kafka(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+    assert check.kafka is not None
+    end = faults_window(ctx)[1]
+    _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
+    return [judge_lag(ctx.samples(), end, check.kafka, phase, ctx.catalogue.vocabulary)]
 
+
+def _judge_traffic(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     assert check.traffic is not None
     results = []
     if check.traffic.flows_cut_at_most is not None:
@@ -112,9 +135,10 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     bound = check.traffic.success_ratio_above
     if bound is None:
         return results
+    window = _window(ctx, phase)
     # Over every request of the window, not the worst second: at 20 requests a second one failed
     # request is a 95 % second. A burst that matters moves the whole window's ratio too.
-    share = weighted_ratio(samples, "client_rps", "client_fail_ratio", window[0], window[1])
+    share = weighted_ratio(ctx.samples(), "client_rps", "client_fail_ratio", window[0], window[1])
     evidence: dict[str, object] = {"source": "the load generator's per-second stats", "window": [window[0], window[1]]}
     if share is None:
         return [*results, CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data", evidence)]
@@ -122,6 +146,17 @@ def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     ratio = 1 - failed_share
     return [*results, CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
                                   f"> {bound:g}", f"over every request of {seconds} seconds", evidence, margin(ratio, above=bound))]
+
+
+# The judge of each check kind (spec.CHECK_KINDS; a unit test holds them to it).
+JUDGES: dict[str, Callable[[RunContext, Check, str], list[CheckResult]]] = {
+    "slo": _judge_slo,
+    "invariant": _judge_invariant,
+    "breaker": _judge_breaker,
+    "recovery": _judge_recovery,
+    "kafka": _judge_kafka,
+    "traffic": _judge_traffic,
+}
 
 
 def judge_flows_cut(refusals: list[dict[str, Any]], at_most: int, phase: str) -> CheckResult:

@@ -6,13 +6,13 @@ replicas, zone, broker or proxy toxics are hit, and refuses plans beyond the bla
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from paychaos.durations import format_duration
 import paychaos.experiments.spec as spec
+from paychaos.durations import format_duration
 
 PartitionRef = tuple[str, int]
 
@@ -133,31 +133,7 @@ class FaultPlan:
 
     def headline(self) -> str:
         """One line: what is hit."""
-        if self.kind == "podKill":
-            names = ", ".join(r.name for r in self.replicas)
-            when = " while serving a request" if self.in_flight else ""
-            return f"podKill {self.replicas[0].service}: kill {names}{when}"
-        if self.kind == "zoneLoss":
-            brokers = "".join(f" and Kafka node {b.id}" for b in self.brokers)
-            return f"zoneLoss {self.zone}: hold the zone down, kill {len(self.replicas)} replicas{brokers}"
-        if self.kind == "kafkaBrokerFailure":
-            b = self.brokers[0]
-            why = f" (leader of {self.leader_of[0]}-{self.leader_of[1]})" if self.leader_of else ""
-            more = "".join(f" and {o.id} in {o.zone}" for o in self.brokers[1:])
-            stalled = (f", killed after nodes {', '.join(str(o.id) for o in self.stalled)} stalled for {_secs(self.stall)}"
-                       if self.stalled else "")
-            return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down{stalled}"
-        if self.kind == "eventRedelivery":
-            return f"eventRedelivery: the last {self.last} events of every {self.topic} partition delivered again"
-        if self.kind == "poisonEvents":
-            return f"poisonEvents: {self.poison} undecodable records produced to every {self.topic} partition"
-        if self.kind == "admissionRestriction":
-            assert self.restriction is not None
-            allowed, rotation, ttl = self.restriction
-            return (f"admissionRestriction on {len(self.replicas)} {self.replicas[0].service} replicas: admit "
-                    f"{allowed}% of devices, rotating every {_secs(rotation)}, passes for {_secs(ttl)}")
-        toxics = ", ".join(_toxic_text(t) for t in self.toxics)
-        return f"slowDownstream on proxy {self.proxy}: {toxics}"
+        return HEADLINES[self.kind](self)
 
     def describe(self) -> str:
         """Several lines for `paychaos plan`: the window, then every target by name."""
@@ -249,27 +225,34 @@ def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, ex
     """
     base = {"experiment": experiment, "index": index, "kind": fault.kind,
             "at": fault.at.total_seconds(), "duration": fault.for_.total_seconds()}
-    action = fault.action
-    if isinstance(action, spec.PodKill):
-        return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits), in_flight=action.in_flight)
-    if isinstance(action, spec.ZoneLoss):
-        return _zone_loss(action, observed, limits, base)
-    if isinstance(action, spec.KafkaBrokerFailure):
-        return _broker_failure(action, observed, base)
-    if isinstance(action, spec.EventRedelivery):
-        return FaultPlan(**base, topic=action.topic, last=action.last)
-    if isinstance(action, spec.PoisonEvents):
-        return FaultPlan(**base, topic=action.topic, poison=action.count)
-    if isinstance(action, spec.AdmissionRestriction):
-        if not observed.replicas_of(action.service):
-            raise PlanError(f"admissionRestriction: no service {action.service!r}; services: {', '.join(observed.services) or 'none'}")
-        # The replicas serving now; one restarted during the window comes back unrestricted.
-        replicas = [r for r in observed.replicas_of(action.service) if r.ready]
-        if not replicas:
-            raise PlanError(f"admissionRestriction: no replica of {action.service} is ready")
-        restriction = (action.allowed_percent, action.rotation.total_seconds(), action.flow_ttl.total_seconds())
-        return FaultPlan(**base, replicas=tuple(replicas), restriction=restriction)
-    return _slow_downstream(action, observed, base)
+    planner = PLANNERS.get(fault.kind)
+    if planner is None:
+        raise PlanError(f"no planner for {fault.kind} faults (known: {', '.join(sorted(PLANNERS))})")
+    return planner(fault.action, observed, limits, base)
+
+
+def _pod_kill(action: spec.PodKill, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
+    return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits), in_flight=action.in_flight)
+
+
+def _event_redelivery(action: spec.EventRedelivery, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
+    return FaultPlan(**base, topic=action.topic, last=action.last)
+
+
+def _poison_events(action: spec.PoisonEvents, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
+    return FaultPlan(**base, topic=action.topic, poison=action.count)
+
+
+def _admission_restriction(action: spec.AdmissionRestriction, observed: Observed, limits: spec.Limits,
+                           base: dict[str, Any]) -> FaultPlan:
+    if not observed.replicas_of(action.service):
+        raise PlanError(f"admissionRestriction: no service {action.service!r}; services: {', '.join(observed.services) or 'none'}")
+    # The replicas serving now; one restarted during the window comes back unrestricted.
+    replicas = [r for r in observed.replicas_of(action.service) if r.ready]
+    if not replicas:
+        raise PlanError(f"admissionRestriction: no replica of {action.service} is ready")
+    restriction = (action.allowed_percent, action.rotation.total_seconds(), action.flow_ttl.total_seconds())
+    return FaultPlan(**base, replicas=tuple(replicas), restriction=restriction)
 
 
 def plan_faults(faults: Sequence[spec.Fault], observed: Observed, limits: spec.Limits, *, experiment: str) -> list[FaultPlan]:
@@ -340,7 +323,7 @@ def _zone_loss(action: spec.ZoneLoss, observed: Observed, limits: spec.Limits, b
     return FaultPlan(**base, zone=action.zone, replicas=hit, brokers=brokers)
 
 
-def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, base: dict[str, Any]) -> FaultPlan:
+def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
     leader_of: PartitionRef | None = None
     broker_id = action.broker
     if action.leader_of is not None:
@@ -375,7 +358,7 @@ def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, base: d
     return FaultPlan(**base, brokers=(broker, *others), zone=None, leader_of=leader_of, stalled=stalled, stall=stall)
 
 
-def _slow_downstream(action: spec.SlowDownstream, observed: Observed, base: dict[str, Any]) -> FaultPlan:
+def _slow_downstream(action: spec.SlowDownstream, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
     proxy = next((p for p in observed.proxies if p.name == action.proxy), None)
     if proxy is None:
         known = ", ".join(sorted(p.name for p in observed.proxies)) or "none"
@@ -392,6 +375,56 @@ def _slow_downstream(action: spec.SlowDownstream, observed: Observed, base: dict
 
 
 # -- text -------------------------------------------------------------------------------------
+
+
+def _pod_kill_headline(plan: FaultPlan) -> str:
+    names = ", ".join(r.name for r in plan.replicas)
+    when = " while serving a request" if plan.in_flight else ""
+    return f"podKill {plan.replicas[0].service}: kill {names}{when}"
+
+
+def _zone_loss_headline(plan: FaultPlan) -> str:
+    brokers = "".join(f" and Kafka node {b.id}" for b in plan.brokers)
+    return f"zoneLoss {plan.zone}: hold the zone down, kill {len(plan.replicas)} replicas{brokers}"
+
+
+def _broker_failure_headline(plan: FaultPlan) -> str:
+    b = plan.brokers[0]
+    why = f" (leader of {plan.leader_of[0]}-{plan.leader_of[1]})" if plan.leader_of else ""
+    more = "".join(f" and {o.id} in {o.zone}" for o in plan.brokers[1:])
+    stalled = (f", killed after nodes {', '.join(str(o.id) for o in plan.stalled)} stalled for {_secs(plan.stall)}"
+               if plan.stalled else "")
+    return f"kafkaBrokerFailure: hold Kafka node {b.id} in {b.zone}{why}{more} down{stalled}"
+
+
+def _admission_restriction_headline(plan: FaultPlan) -> str:
+    assert plan.restriction is not None
+    allowed, rotation, ttl = plan.restriction
+    return (f"admissionRestriction on {len(plan.replicas)} {plan.replicas[0].service} replicas: admit "
+            f"{allowed}% of devices, rotating every {_secs(rotation)}, passes for {_secs(ttl)}")
+
+
+HEADLINES: dict[str, Callable[[FaultPlan], str]] = {
+    "podKill": _pod_kill_headline,
+    "zoneLoss": _zone_loss_headline,
+    "kafkaBrokerFailure": _broker_failure_headline,
+    "slowDownstream": lambda p: f"slowDownstream on proxy {p.proxy}: {', '.join(_toxic_text(t) for t in p.toxics)}",
+    "eventRedelivery": lambda p: f"eventRedelivery: the last {p.last} events of every {p.topic} partition delivered again",
+    "poisonEvents": lambda p: f"poisonEvents: {p.poison} undecodable records produced to every {p.topic} partition",
+    "admissionRestriction": _admission_restriction_headline,
+}
+
+# The planners by fault kind: one per kind of spec.FAULT_KINDS (a unit test holds them to it).
+Planner = Callable[[Any, Observed, spec.Limits, dict[str, Any]], FaultPlan]
+PLANNERS: dict[str, Planner] = {
+    "podKill": _pod_kill,
+    "zoneLoss": _zone_loss,
+    "kafkaBrokerFailure": _broker_failure,
+    "slowDownstream": _slow_downstream,
+    "eventRedelivery": _event_redelivery,
+    "poisonEvents": _poison_events,
+    "admissionRestriction": _admission_restriction,
+}
 
 
 def _millis(seconds: float) -> int:

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request 
 IN_FLIGHT_HOLD = 0.05
 ISR_WAIT = 10.0  # seconds, at most, for the cluster to drop a lost broker from the in-sync replicas
 RESTRICTION_SLACK = 30.0  # seconds an admission restriction outlives its window unless reverted
+
+
+@dataclass(frozen=True)
+class LocalFaultKind:
+    inject: Callable[[LocalDriver, FaultPlan], dict[str, Any]]
+    revert: Callable[[LocalDriver, FaultPlan], None]
+    reverted: Callable[[LocalDriver, FaultPlan, bool], bool]  # the plan, whether the stack runs
 
 
 class LocalDriver:
@@ -108,58 +116,149 @@ class LocalDriver:
         return Observed(zones=tuple(state.zones), replicas=replicas, brokers=brokers, proxies=proxies,
                         leaders=leaders, leader_errors=errors)
 
-    # -- injecting ----------------------------------------------------------------------------
+    # -- the fault kinds --------------------------------------------------------------------
+    # Each kind is three methods: inject (do it, then return the effect seen), revert (undo it
+    # from the plan alone) and reverted (is the stack whole again as far as it is concerned?).
+    # FAULT_KINDS below is the registry; a kind without an entry is refused, never guessed.
+
     def inject(self, plan: FaultPlan) -> dict[str, Any]:
-        if plan.kind == "podKill":
-            state = self._state()
-            victims = [p for r in plan.replicas if (p := state.process(r.name)) is not None]
-            serving: dict[str, dict[str, Any]] = {}
-            for victim in victims:
-                if plan.in_flight:
-                    serving[victim.name] = self._await_in_flight(victim.name)
-                _kill(victim)
-            # SIGKILL is asynchronous: return once they are dead, so that a revert right after
-            # cannot mistake a dying replica for one that is back.
-            self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
-                       lambda: f"{', '.join(v.name for v in victims)} still alive after SIGKILL",
-                       timeout=self.kill_timeout, error=InjectionFailed)
-            if not victims:
-                raise InjectionFailed(f"none of {', '.join(r.name for r in plan.replicas)} is known to the supervisor")
-            killed = [{"name": v.name, "pid": v.pid, **serving.get(v.name, {})} for v in victims]
-            return {"killed": killed, "dead": True}
-        if plan.kind == "zoneLoss":
-            assert plan.zone is not None
-            down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
-            return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
-        if plan.kind in ("eventRedelivery", "poisonEvents"):
-            assert plan.topic is not None
-            topology = self._topology()
-            try:
-                if plan.kind == "poisonEvents":
-                    produced = kafka.produce_poison(topology, plan.topic, plan.poison)
-                    return {"topic": plan.topic, "poisonProduced": produced, "total": sum(produced.values())}
-                again = kafka.redeliver(topology, plan.topic, plan.last)
-            except kafka.ClusterError as exc:
-                raise InjectionFailed(str(exc)) from None
-            if not any(again.values()):
-                raise InjectionFailed(f"{plan.topic} holds no record to deliver again: is there traffic?")
-            return {"topic": plan.topic, "redelivered": again, "total": sum(again.values())}
-        if plan.kind == "admissionRestriction":
-            return self._restrict(plan)
-        if plan.kind == "kafkaBrokerFailure":
-            names = {b.name for b in plan.brokers}
-            stalled: dict[str, Any] = {}
-            since = time.monotonic()
-            try:
-                if plan.stalled:
-                    stalled["stalled"] = self._stall(plan)
-                down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
-            finally:
-                if plan.stalled:
-                    stalled["stalledSeconds"] = round(time.monotonic() - since, 2)
-                    self._resume(plan)
-            return {"down": down, "held": sorted(names), **stalled,
-                    **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
+        return self._kind(plan.kind).inject(self, plan)
+
+    def revert(self, record: FaultRecord) -> None:
+        self._check_driver(record)
+        self._kind(record.kind).revert(self, record.fault_plan)
+
+    def verify_reverted(self, record: FaultRecord) -> bool:
+        self._check_driver(record)
+        return self._kind(record.kind).reverted(self, record.fault_plan, self._running())
+
+    @staticmethod
+    def _kind(kind: str) -> LocalFaultKind:
+        try:
+            return FAULT_KINDS[kind]
+        except KeyError:
+            raise InjectionFailed(f"the local driver has no {kind} fault (it has {', '.join(sorted(FAULT_KINDS))})") from None
+
+    # podKill: SIGKILL; the supervisor restarts them.
+    def _kill(self, plan: FaultPlan) -> dict[str, Any]:
+        state = self._state()
+        victims = [p for r in plan.replicas if (p := state.process(r.name)) is not None]
+        serving: dict[str, dict[str, Any]] = {}
+        for victim in victims:
+            if plan.in_flight:
+                serving[victim.name] = self._await_in_flight(victim.name)
+            _kill(victim)
+        # SIGKILL is asynchronous: return once they are dead, so that a revert right after
+        # cannot mistake a dying replica for one that is back.
+        self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
+                   lambda: f"{', '.join(v.name for v in victims)} still alive after SIGKILL",
+                   timeout=self.kill_timeout, error=InjectionFailed)
+        if not victims:
+            raise InjectionFailed(f"none of {', '.join(r.name for r in plan.replicas)} is known to the supervisor")
+        killed = [{"name": v.name, "pid": v.pid, **serving.get(v.name, {})} for v in victims]
+        return {"killed": killed, "dead": True}
+
+    def _await_restart(self, plan: FaultPlan) -> None:
+        # Nothing to undo: the supervisor restarts them. Reverted means they are back.
+        if self._running():
+            self._wait(lambda: self._replicas_back(plan),
+                       lambda: f"{', '.join(r.name for r in plan.replicas)} not ready again within "
+                               f"{self.ready_timeout:.0f}s after the kill: {self._why_not_back(plan)}")
+
+    def _restarted(self, plan: FaultPlan, running: bool) -> bool:
+        return not running or self._replicas_back(plan)
+
+    # zoneLoss: a marker holds the zone down; every process in it is killed.
+    def _lose_zone(self, plan: FaultPlan) -> dict[str, Any]:
+        assert plan.zone is not None
+        down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
+        return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
+
+    def _release_zone(self, plan: FaultPlan) -> None:
+        assert plan.zone is not None
+        self._zone_marker(plan.zone).unlink(missing_ok=True)
+
+    def _zone_back(self, plan: FaultPlan, running: bool) -> bool:
+        assert plan.zone is not None
+        if self._zone_marker(plan.zone).exists():
+            return False
+        return not running or all(p.ready for p in self._state().processes if p.zone == plan.zone)
+
+    # eventRedelivery and poisonEvents: records written to the log (nothing to take back).
+    def _redeliver(self, plan: FaultPlan) -> dict[str, Any]:
+        assert plan.topic is not None
+        try:
+            again = kafka.redeliver(self._topology(), plan.topic, plan.last)
+        except kafka.ClusterError as exc:
+            raise InjectionFailed(str(exc)) from None
+        if not any(again.values()):
+            raise InjectionFailed(f"{plan.topic} holds no record to deliver again: is there traffic?")
+        return {"topic": plan.topic, "redelivered": again, "total": sum(again.values())}
+
+    def _poison(self, plan: FaultPlan) -> dict[str, Any]:
+        assert plan.topic is not None
+        try:
+            produced = kafka.produce_poison(self._topology(), plan.topic, plan.poison)
+        except kafka.ClusterError as exc:
+            raise InjectionFailed(str(exc)) from None
+        return {"topic": plan.topic, "poisonProduced": produced, "total": sum(produced.values())}
+
+    def _records_stay(self, plan: FaultPlan) -> None:
+        pass  # a record in the log stays there: what must hold is how consumers treat it
+
+    def _nothing_held(self, plan: FaultPlan, running: bool) -> bool:
+        return True
+
+    # kafkaBrokerFailure: markers hold the nodes down (their followers stalled first, if asked).
+    def _fail_brokers(self, plan: FaultPlan) -> dict[str, Any]:
+        names = {b.name for b in plan.brokers}
+        stalled: dict[str, Any] = {}
+        since = time.monotonic()
+        try:
+            if plan.stalled:
+                stalled["stalled"] = self._stall(plan)
+            down = self._hold_and_kill([self._held_marker(n) for n in sorted(names)], lambda p: p.name in names)
+        finally:
+            if plan.stalled:
+                stalled["stalledSeconds"] = round(time.monotonic() - since, 2)
+                self._resume(plan)
+        return {"down": down, "held": sorted(names), **stalled,
+                **self._isr_without({b.id for b in plan.brokers}, plan.duration)}
+
+    def _release_brokers(self, plan: FaultPlan) -> None:
+        self._resume(plan)  # a run killed mid-stall leaves its followers stopped
+        for broker in plan.brokers:
+            self._held_marker(broker.name).unlink(missing_ok=True)
+
+    def _brokers_back(self, plan: FaultPlan, running: bool) -> bool:
+        if any(self._held_marker(b.name).exists() for b in plan.brokers):
+            return False
+        if any(b.pid is not None and _stopped(b.pid) for b in plan.stalled):
+            return False
+        if not running:
+            return True
+        state = self._state()
+        return all((p := state.process(b.name)) is not None and p.ready for b in plan.brokers)
+
+    # admissionRestriction: each gateway replica's admin endpoint.
+    def _lift_restriction(self, plan: FaultPlan) -> None:
+        failed = []
+        with httpx.Client(timeout=5.0) as http:
+            for name, url in self._admission_urls(plan).items():
+                try:
+                    http.delete(url).raise_for_status()
+                except httpx.HTTPError as exc:
+                    # A replica that is not there holds no restriction: it dies with the process.
+                    if self._replica_running(name):
+                        failed.append(f"{name}: {exc}")
+        if failed:
+            raise RevertFailed(f"could not lift the admission restriction on {'; '.join(failed)}")
+
+    def _lifted(self, plan: FaultPlan, running: bool) -> bool:
+        return not running or self._unrestricted(plan)
+
+    # slowDownstream: Toxiproxy toxics on the proxy.
+    def _add_toxics(self, plan: FaultPlan) -> dict[str, Any]:
         assert plan.proxy is not None
         try:
             with Toxiproxy(self._topology().toxiproxy_url) as api:
@@ -172,6 +271,28 @@ class LocalDriver:
         if missing:
             raise InjectionFailed(f"Toxiproxy accepted but does not list {', '.join(missing)} on proxy {plan.proxy}")
         return {"proxy": plan.proxy, "toxics": [present[t.name] for t in plan.toxics]}
+
+    def _remove_toxics(self, plan: FaultPlan) -> None:
+        assert plan.proxy is not None
+        try:
+            with Toxiproxy(self._topology().toxiproxy_url) as api:
+                for toxic in plan.toxics:
+                    api.remove_toxic(plan.proxy, toxic.name)
+        except (ToxiproxyError, TargetUnreachable) as exc:
+            if self._running():
+                raise RevertFailed(f"could not remove toxics from proxy {plan.proxy}: {exc}") from None
+            # No stack: Toxiproxy keeps toxics in memory only, so they died with it.
+
+    def _toxics_gone(self, plan: FaultPlan, running: bool) -> bool:
+        if not running:
+            return True
+        assert plan.proxy is not None
+        try:
+            with Toxiproxy(self._topology().toxiproxy_url) as api:
+                present = {t["name"] for t in api.toxics(plan.proxy)}
+        except ToxiproxyError:
+            return False
+        return not present & {t.name for t in plan.toxics}
 
     def _admission_urls(self, plan: FaultPlan) -> dict[str, str]:
         topology = self._topology()
@@ -300,80 +421,6 @@ class LocalDriver:
                         "stillInIsr": still, "isr": isr}
             time.sleep(0.5)
 
-    # -- reverting ----------------------------------------------------------------------------
-    def revert(self, record: FaultRecord) -> None:
-        self._check_driver(record)
-        plan = record.fault_plan
-        if plan.kind == "podKill":
-            # Nothing to undo: the supervisor restarts them. Reverted means they are back.
-            if self._running():
-                self._wait(lambda: self._replicas_back(plan),
-                           lambda: f"{', '.join(r.name for r in plan.replicas)} not ready again within "
-                                   f"{self.ready_timeout:.0f}s after the kill: {self._why_not_back(plan)}")
-        elif plan.kind == "zoneLoss":
-            assert plan.zone is not None
-            self._zone_marker(plan.zone).unlink(missing_ok=True)
-        elif plan.kind == "kafkaBrokerFailure":
-            self._resume(plan)  # a run killed mid-stall leaves its followers stopped
-            for broker in plan.brokers:
-                self._held_marker(broker.name).unlink(missing_ok=True)
-        elif plan.kind in ("eventRedelivery", "poisonEvents"):
-            pass  # a record in the log stays there: what must hold is how consumers treat it
-        elif plan.kind == "admissionRestriction":
-            failed = []
-            with httpx.Client(timeout=5.0) as http:
-                for name, url in self._admission_urls(plan).items():
-                    try:
-                        http.delete(url).raise_for_status()
-                    except httpx.HTTPError as exc:
-                        # A replica that is not there holds no restriction: it dies with the process.
-                        if self._replica_running(name):
-                            failed.append(f"{name}: {exc}")
-            if failed:
-                raise RevertFailed(f"could not lift the admission restriction on {'; '.join(failed)}")
-        else:
-            assert plan.proxy is not None
-            try:
-                with Toxiproxy(self._topology().toxiproxy_url) as api:
-                    for toxic in plan.toxics:
-                        api.remove_toxic(plan.proxy, toxic.name)
-            except (ToxiproxyError, TargetUnreachable) as exc:
-                if self._running():
-                    raise RevertFailed(f"could not remove toxics from proxy {plan.proxy}: {exc}") from None
-                # No stack: Toxiproxy keeps toxics in memory only, so they died with it.
-
-    def verify_reverted(self, record: FaultRecord) -> bool:
-        self._check_driver(record)
-        plan = record.fault_plan
-        running = self._running()
-        if plan.kind == "podKill":
-            return not running or self._replicas_back(plan)
-        if plan.kind == "zoneLoss":
-            assert plan.zone is not None
-            if self._zone_marker(plan.zone).exists():
-                return False
-            return not running or all(p.ready for p in self._state().processes if p.zone == plan.zone)
-        if plan.kind == "kafkaBrokerFailure":
-            if any(self._held_marker(b.name).exists() for b in plan.brokers):
-                return False
-            if any(b.pid is not None and _stopped(b.pid) for b in plan.stalled):
-                return False
-            if not running:
-                return True
-            state = self._state()
-            return all((p := state.process(b.name)) is not None and p.ready for b in plan.brokers)
-        if plan.kind == "admissionRestriction":
-            return not running or self._unrestricted(plan)
-        if not running or plan.kind in ("eventRedelivery", "poisonEvents"):
-            return True
-        assert plan.proxy is not None
-        try:
-            with Toxiproxy(self._topology().toxiproxy_url) as api:
-                present = {t["name"] for t in api.toxics(plan.proxy)}
-        except ToxiproxyError:
-            return False
-        return not present & {t.name for t in plan.toxics}
-
     def _why_not_back(self, plan: FaultPlan) -> str:
         """What the supervisor says of each replica still down, and the last lines it logged."""
         state = read_state(self.run_dir)
@@ -463,3 +510,14 @@ def _stopped(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+FAULT_KINDS: dict[str, LocalFaultKind] = {
+    "podKill": LocalFaultKind(LocalDriver._kill, LocalDriver._await_restart, LocalDriver._restarted),
+    "zoneLoss": LocalFaultKind(LocalDriver._lose_zone, LocalDriver._release_zone, LocalDriver._zone_back),
+    "kafkaBrokerFailure": LocalFaultKind(LocalDriver._fail_brokers, LocalDriver._release_brokers, LocalDriver._brokers_back),
+    "slowDownstream": LocalFaultKind(LocalDriver._add_toxics, LocalDriver._remove_toxics, LocalDriver._toxics_gone),
+    "eventRedelivery": LocalFaultKind(LocalDriver._redeliver, LocalDriver._records_stay, LocalDriver._nothing_held),
+    "poisonEvents": LocalFaultKind(LocalDriver._poison, LocalDriver._records_stay, LocalDriver._nothing_held),
+    "admissionRestriction": LocalFaultKind(LocalDriver._restrict, LocalDriver._lift_restriction, LocalDriver._lifted),
+}
