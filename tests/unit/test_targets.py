@@ -201,3 +201,42 @@ def test_every_fault_kind_has_a_planner_a_headline_and_a_local_driver_and_every_
 
     assert set(PLANNERS) == set(HEADLINES) == set(LOCAL) == set(FAULT_KINDS)
     assert set(JUDGES) == set(CHECK_KINDS)
+
+
+def _context(target: FakeTarget, vocabulary: Vocabulary | None = None) -> Any:
+    """A run of acquirer-slowdown on the fake target, its method started long enough ago that no
+    check waits for its window."""
+    import time
+
+    from paychaos.experiments.context import RunContext
+    from paychaos.probes.catalogue import load_catalogue
+
+    catalogue = load_catalogue(ROOT / "probes")
+    if vocabulary is not None:
+        catalogue = type(catalogue)(catalogue.root, catalogue.slos, catalogue.invariants, catalogue.exercises, vocabulary)
+    ctx = RunContext(experiment=load_experiment(ROOT / "experiments" / "acquirer-slowdown.yaml"), target=target,
+                     endpoints=Endpoints("http://127.0.0.1:9", "http://127.0.0.1:9"), catalogue=catalogue, out_dir=Path("out"))
+    ctx.method_started = time.time() - 300
+    return ctx
+
+
+def test_a_check_that_cannot_reach_its_evidence_is_an_error_that_says_where(fake: FakeTarget) -> None:
+    from paychaos.experiments.judging import judge
+    from paychaos.experiments.spec import Check
+
+    ctx = _context(fake)
+    # No sample showed the breaker open, and the target's Prometheus cannot say whether it had the chance.
+    [opens] = judge(ctx, Check.model_validate({"breaker": {"name": "acquirer", "opensWithin": "5s"}}), "expect")
+    assert opens.verdict == "error" and "Prometheus at http://127.0.0.1:9 is unreachable" in opens.detail
+    [slo] = judge(ctx, Check.model_validate({"slo": {"name": "payments-availability", "above": 0.99}}), "expect")
+    assert slo.verdict == "error" and "127.0.0.1:9" in slo.detail
+
+
+def test_a_breaker_whose_vocabulary_cannot_tell_if_it_had_the_chance_is_inconclusive_not_failed(fake: FakeTarget) -> None:
+    from paychaos.experiments.judging import judge
+    from paychaos.experiments.spec import Check
+
+    bare = Vocabulary.model_validate({"traffic": {"rps": "r", "errorRatio": "e", "p99": "p"},
+                                      "breakers": {"names": {"acquirer": {"open": "o"}}}})
+    [opens] = judge(_context(fake, bare), Check.model_validate({"breaker": {"name": "acquirer", "opensWithin": "5s"}}), "expect")
+    assert opens.verdict == "inconclusive" and "no calls or states series for breaker 'acquirer'" in opens.detail
