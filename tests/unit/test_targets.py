@@ -240,3 +240,29 @@ def test_a_breaker_whose_vocabulary_cannot_tell_if_it_had_the_chance_is_inconclu
                                       "breakers": {"names": {"acquirer": {"open": "o"}}}})
     [opens] = judge(_context(fake, bare), Check.model_validate({"breaker": {"name": "acquirer", "opensWithin": "5s"}}), "expect")
     assert opens.verdict == "inconclusive" and "no calls or states series for breaker 'acquirer'" in opens.detail
+
+
+def test_a_stop_condition_that_holds_records_why_and_stops_the_run_once(fake: FakeTarget, monkeypatch: pytest.MonkeyPatch) -> None:
+    from paychaos.ctk import control
+    from paychaos.experiments.verdicts import Sample
+
+    class Samples:
+        def __init__(self, samples: list[Sample]) -> None:
+            self.samples = samples
+
+        def snapshot(self) -> list[Sample]:
+            return self.samples
+
+    stopped: list[bool] = []
+    monkeypatch.setattr(control, "exit_gracefully", lambda: stopped.append(True))
+    ctx = _context(fake)  # acquirer-slowdown stops on payments-error-ratio above 0.5 for 10s
+    start = ctx.method_started
+    calm = [Sample(start + t, {"slo:payments-error-ratio": 0.2}) for t in range(30)]
+    ctx.sampler = Samples(calm)
+    control._watch_stop_conditions(ctx)
+    assert (ctx.stop_reason, stopped) == (None, [])
+    ctx.sampler = Samples(calm + [Sample(start + 30 + t, {"slo:payments-error-ratio": 0.8}) for t in range(12)])
+    control._watch_stop_conditions(ctx)
+    control._watch_stop_conditions(ctx)  # already stopping: not again
+    assert ctx.stop_reason == "payments-error-ratio above 0.5 for 10s (at t=40.0s)" and stopped == [True]
+    assert [e.event for e in ctx.timeline] == ["stop-condition-met"]
