@@ -83,5 +83,6 @@ class Section(_Record):
     load: LoadFiles = LoadFiles()
 
     def to_json(self) -> dict[str, Any]:
-        """As it is written into the journal (camelCase keys, JSON values)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """As it is written into the journal (camelCase keys, JSON values; evidence of a type JSON
+        has no word for is written as its text, as the journal always did)."""
+        return self.model_dump(mode="json", by_alias=True, fallback=str)
