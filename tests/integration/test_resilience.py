@@ -235,7 +235,12 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
     # on; with it off, refusals breach availability (measured 1.0 on, 0.29 off) or waiting behind
     # card calls breaches the p99.
     assert all(r.verdict == "passed" for r in spared.values()), outcomes["breaker on"]
-    assert any(r.verdict == "failed" for r in damaged.values()), outcomes["breaker off"]
+    # Starved of workers, balance payments can also reach the gateway too seldom for its p99 or
+    # availability to be judged (74 in one CI run, the probes needing 100): then they are
+    # inconclusive, which a gate counts as not ready (and a ratio far enough off fails even so).
+    failed = any(r.verdict == "failed" for r in damaged.values())
+    too_thin = starved and all(r.verdict == "inconclusive" for r in damaged.values())
+    assert failed or too_thin, outcomes["breaker off"]
 
 
 def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stack) -> None:

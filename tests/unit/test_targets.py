@@ -140,12 +140,15 @@ def test_compiled_activities_carry_their_target() -> None:
     assert compiled["controls"][0]["provider"]["arguments"]["target"] == arguments
 
 
-def test_an_unknown_platform_is_refused_and_a_registered_one_resolves(fake: FakeTarget) -> None:
+def test_an_unknown_platform_is_refused_and_a_registered_one_resolves(fake: FakeTarget, monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
     with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'kubernetes' yet: supported are fake, local"):
         targets.resolve("kubernetes", "payments")
     assert targets.from_arguments(fake.arguments()) is fake
-    local = targets.from_arguments(None)  # an export from before activities carried their target
-    assert local.platform == "local" and local.arguments()["location"].endswith("run")
+    # An export from before activities carried their target: the local stack of PAYCHAOS_RUN_DIR.
+    monkeypatch.setenv("PAYCHAOS_RUN_DIR", str(tmp_path / "elsewhere"))
+    local = targets.from_arguments(None)
+    assert local.platform == "local" and local.arguments()["location"] == str(tmp_path / "elsewhere")
 
 
 def test_a_fault_is_injected_and_reverted_on_the_target_its_arguments_name(fake: FakeTarget) -> None:

@@ -160,3 +160,17 @@ def test_requests_needed_before_a_window_says_anything() -> None:
     assert requests_needed(None, below=None, above=0.9, unit="ratio") == 10
     assert requests_needed(None, below=14.4, above=None, unit="ratio") == 1  # not a share: any data judges
     assert requests_needed(None, below=None, above=5, unit="count") == 1
+
+
+def test_a_ratio_over_too_few_requests_fails_only_when_its_whole_interval_breaks_the_bound() -> None:
+    from paychaos.experiments.verdicts import surely_breached
+
+    # Balance payments starved by a cascade: 22 of 74 answered without a server error.
+    assert surely_breached(22 / 74, 74, None, 0.99) == (0.2053, 0.4093)
+    # One failure in 30 is 0.967, but 0.99 is inside its interval: more traffic could show it holds.
+    assert surely_breached(29 / 30, 30, None, 0.99) is None
+    assert surely_breached(1.0, 50, None, 0.99) is None
+    # An error-ratio bound (below 0.01): half the requests failing is a breach at any volume.
+    assert surely_breached(0.5, 74, 0.01, None) == (0.3889, 0.6111)
+    assert surely_breached(1 / 30, 30, 0.01, None) is None
+    assert surely_breached(0.0, 0, None, 0.99) is None

@@ -24,6 +24,7 @@ from paychaos.experiments.verdicts import (
     margin,
     refused_while_open,
     settled_after,
+    surely_breached,
     weighted_ratio,
 )
 from paychaos.probes.catalogue import CatalogueError, Slo
@@ -227,6 +228,8 @@ def judge_slo_window(
     evidence: dict[str, object] = {"window": [start, end]}
     with Prometheus(ctx.endpoints.prometheus_url) as prom:
         thin = too_few_requests(prom, slo, span, at, below, above, evidence)
+        if thin is not None and not hold:
+            return _judge_thin(prom, name, slo, span, at, bound, thin, evidence, phase)
         if thin is not None:
             return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
         if hold:
@@ -262,6 +265,26 @@ def too_few_requests(
     what = f"a p{slo.quantile * 100:g}" if slo.quantile else "this bound"
     return (f"only {seen:.0f} requests in the {window} window, and {what} needs at least {needed} to say anything: "
             "send more traffic (load.baselineRps, load.paymentShare) or judge a longer window")
+
+
+def _judge_thin(prom: Prometheus, name: str, slo: Slo, window: str, at: float | None,
+                bound: tuple[float | None, float | None, str], thin: str, evidence: dict[str, object], phase: str) -> CheckResult:
+    """An SLO over a window holding fewer requests than its bound needs: inconclusive, unless it
+    is a ratio so far off that its 95 % interval breaks the bound too (then failed). What was seen
+    goes in the evidence either way."""
+    below, above, threshold = bound
+    value = prom.scalar(slo.promql(window), at=at)
+    evidence["observedOverTooFewRequests"] = None if value is None else round(value, 4)
+    seen = evidence.get("requests")
+    if value is not None and slo.unit == "ratio" and isinstance(seen, int):
+        interval = surely_breached(value, seen, below, above)
+        if interval is not None:
+            evidence["interval95"] = list(interval)
+            return CheckResult(phase, "slo", name, "failed", round(value, 4), threshold,
+                               f"{value:.4g} over only {seen} requests, too few to show the bound holds but enough to "
+                               f"show it broken: its 95 % interval is {interval[0]:.4g}–{interval[1]:.4g}",
+                               evidence, margin(value, below, above))
+    return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
 
 
 INERT_STATES = {"disabled", "forced_open", "metrics_only"}  # states in which failures never trip it
@@ -401,9 +424,9 @@ def judge_slo_over(
     evidence: dict[str, object] = {"query": query, **({"at": round(at, 3)} if at is not None else {})}
     with Prometheus(prometheus_url) as prom:
         thin = too_few_requests(prom, slo, window, at, below, above, evidence)
-        value = prom.scalar(query, at=at) if thin is None else None
-    if thin is not None:
-        return CheckResult(phase, "slo", name, "inconclusive", None, threshold, thin, evidence)
+        if thin is not None:
+            return _judge_thin(prom, name, slo, window, at, bound, thin, evidence, phase)
+        value = prom.scalar(query, at=at)
     if value is None:
         return CheckResult(phase, "slo", name, "failed", None, threshold, "no data (is there traffic?)", evidence)
     ok = bound_holds(value, below, above)

@@ -6,6 +6,7 @@ hand-made series, so every rule is testable without a stack.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -189,6 +190,25 @@ def refused_while_open(samples: list[Sample], start: float, end: float, breaker:
         else:
             streak = None
     return out
+
+
+CONFIDENCE_Z = 1.96  # a 95 % interval
+
+
+def surely_breached(observed: float, seen: float, below: float | None, above: float | None) -> tuple[float, float] | None:
+    """A ratio (a share of the window's requests) seen over too few requests to show that it holds:
+    its 95 % Wilson interval, when the whole interval breaks the bound. Then the breach does not
+    depend on the traffic that was missing (availability 0.3 over 74 requests is under 0.99 whatever
+    more requests would have shown); None when it might, and the check is inconclusive, not failed
+    (one failure in 30 requests is 0.967, but 0.99 is still inside its interval)."""
+    if seen <= 0:
+        return None
+    z2 = CONFIDENCE_Z**2
+    centre = (observed + z2 / (2 * seen)) / (1 + z2 / seen)
+    spread = CONFIDENCE_Z * math.sqrt(observed * (1 - observed) / seen + z2 / (4 * seen * seen)) / (1 + z2 / seen)
+    low, high = max(0.0, centre - spread), min(1.0, centre + spread)
+    breached = (above is not None and high <= above) or (below is not None and low >= below)
+    return (round(low, 4), round(high, 4)) if breached else None
 
 
 def judge_within(delay: float | None, within: float, what: str) -> tuple[Verdict, float | None, str]:
