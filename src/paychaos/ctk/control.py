@@ -32,7 +32,9 @@ def configure_control(spec: dict[str, Any], out_dir: str, target: dict[str, str]
     """``target``: ``Target.arguments()`` of where the experiment runs (``run_dir``: the local stack's,
     as experiments exported before targets were arguments say it)."""
     experiment = ChaosExperiment.model_validate(spec)
-    on = from_arguments(target if target is not None else ({"platform": "local", "location": run_dir} if run_dir else None))
+    if target is None and run_dir is not None:
+        target = {"platform": "local", "location": run_dir}
+    on = from_arguments(target)
     ctx = RunContext(
         experiment=experiment,
         target=on,

@@ -6,14 +6,13 @@ Reading ignores keys a newer engine adds, so reports keep working on newer journ
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from paychaos.experiments.verdicts import CheckResult
-
-Result = Literal["passed", "failed", "inconclusive", "aborted", "error"]
+from paychaos.experiments.verdicts import CheckResult, FinalVerdict
+from paychaos.experiments.verdicts import Verdict as CheckVerdict
 
 
 class _Record(BaseModel):
@@ -39,7 +38,7 @@ class CheckRecord(_Record):
     phase: str  # steadyState.before | expect | after | steadyState.after | gate
     kind: str
     name: str
-    verdict: Literal["passed", "failed", "inconclusive", "error"]
+    verdict: CheckVerdict
     observed: int | float | str | None = None
     threshold: str = ""
     detail: str = ""
@@ -62,7 +61,7 @@ class Times(_Record):
 
 
 class Verdict(_Record):
-    result: Result
+    result: FinalVerdict
     reason: str = ""
 
 

@@ -22,11 +22,6 @@ log = logging.getLogger("paychaos.sampling")
 SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to see a fault begin
 
 
-def series_query(catalogue: Catalogue, key: str) -> str:
-    """The PromQL behind a sampled key, as the sampler runs it (evidence for a check)."""
-    return catalogue.vocabulary.sampled(SAMPLE_WINDOW)[key]
-
-
 class Sampler:
     def __init__(
         self,
