@@ -172,3 +172,13 @@ def test_a_breaker_that_stayed_closed_failed_only_if_some_replica_saw_enough_cal
     # ...but a breaker switched off fails whatever the traffic: it could never open.
     verdict, why = why_still_closed({"payment-az-a-1": 0}, {"payment-az-a-1": "disabled"}, 5, "20s")
     assert verdict == "failed" and "payment-az-a-1 disabled" in why
+
+
+def test_a_breaker_whose_trip_count_nobody_knows_is_inconclusive_not_failed() -> None:
+    # A target that cannot say its breaker's settings, and a spec without callsToOpen: 40 calls may
+    # or may not have been enough, so a closed breaker is not held against the stack.
+    from paychaos.experiments.judging import why_still_closed
+
+    verdict, why = why_still_closed({"payment-1": 40}, {"payment-1": "closed"}, None, "20s")
+    assert verdict == "inconclusive" and "give callsToOpen" in why and "40 calls" in why
+    assert why_still_closed({"payment-1": 40}, {"payment-1": "disabled"}, None, "20s")[0] == "failed"

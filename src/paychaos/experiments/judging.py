@@ -316,7 +316,7 @@ def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: fl
         verdict, detail = "inconclusive", (f"breaker open not observed, and {SERIES_FILE_HINT} gives no calls or states "
                                           f"series for breaker {breaker.name!r} to tell whether it had the chance")
     elif delay is None:
-        needed = breaker.calls_to_open or ctx.target.calls_to_open() or 1
+        needed = breaker.calls_to_open or ctx.target.calls_to_open()
         deadline = min(end, start + within)
         span = f"{max(1, round(deadline - start))}s"
         calls_query = fill(queries.calls, name=breaker.name, window=span)  # type: ignore[union-attr,arg-type]
@@ -330,13 +330,18 @@ def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: fl
                        evidence, margin(observed, below=within))
 
 
-def why_still_closed(calls: dict[str, int], states: dict[str, str], needed: int, span: str) -> tuple[Verdict, str]:
+def why_still_closed(calls: dict[str, int], states: dict[str, str], needed: int | None, span: str) -> tuple[Verdict, str]:
     """The verdict on a breaker no replica opened: failed if it was switched off or some replica
-    saw the ``needed`` calls under the fault; otherwise it never had the chance (inconclusive)."""
+    saw the ``needed`` calls under the fault; otherwise it never had the chance (inconclusive).
+    ``needed`` None: neither the spec nor the target says how many calls trip it, so whether it
+    had the chance cannot be told (inconclusive, unless it cannot open at all)."""
     inert = sorted(f"{replica} {state}" for replica, state in states.items() if state in INERT_STATES)
     if inert:
         return "failed", f"breaker open not observed: it cannot open, being {', '.join(inert)}"
     busiest, most = max(calls.items(), key=lambda kv: kv[1], default=("no replica", 0))
+    if needed is None:
+        return "inconclusive", (f"breaker open not observed ({most} calls at most, {busiest}, in the {span} after the "
+                                "fault began), and nothing says how many calls trip it: give callsToOpen")
     if most >= needed:
         return "failed", f"breaker open not observed, though {busiest} saw {most} calls in the {span} after the fault began"
     return "inconclusive", (
