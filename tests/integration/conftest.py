@@ -20,14 +20,14 @@ import psutil
 import psycopg
 import pytest
 
-from paychaos.experiments.judging import judge_slo_over
-from paychaos.experiments.verdicts import CheckResult, bounds
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import StackState, alive, read_state
 from paychaos.platform.topology import Topology
 from paychaos.probes.catalogue import load_catalogue
+from paychaos.probes.judging import judge_slo_over
+from paychaos.probes.verdicts import CheckResult, bounds
 
 CATALOGUE = load_catalogue()
 

@@ -27,17 +27,17 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from paychaos.experiments.judging import GRACE, judge_breaker_closes, judge_fails_fast, judge_lag, judge_recovery
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import Breaker, KafkaLag, Recovery
-from paychaos.experiments.verdicts import OPEN_SETTLE, CheckResult, Sample
+from paychaos.faults.toxiproxy import Toxiproxy
 from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.toxiproxy import Toxiproxy
 from paychaos.platform.services.outbox import DELIVERY_TIMEOUT
 from paychaos.platform.topology import Topology
 from paychaos.probes.invariants import InvariantResult, check_invariants, engine_for
+from paychaos.probes.judging import GRACE, judge_breaker_closes, judge_fails_fast, judge_lag, judge_recovery
 from paychaos.probes.prometheus import Prometheus
 from paychaos.probes.series import lag_key
+from paychaos.probes.verdicts import OPEN_SETTLE, CheckResult, Sample
 from paychaos.runbooks.render import read_index_entry
 
 from .conftest import CATALOGUE, Stack, keep_logs_if_failed, running_stack

@@ -20,12 +20,12 @@ import pytest
 
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.faults import records
-from paychaos.faults.records import FileLedger
-from paychaos.targets.local.driver import LocalDriver
 from paychaos.faults.planning import BlastRadiusExceeded, FaultPlan, partitions_needed, plan_fault
+from paychaos.faults.records import FileLedger
+from paychaos.faults.toxiproxy import Toxiproxy
 from paychaos.platform.runtime import kafka
 from paychaos.platform.runtime.state import alive, marker_names
-from paychaos.platform.runtime.toxiproxy import Toxiproxy
+from paychaos.targets.local.driver import LocalDriver
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,11 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from paychaos.faults.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.runtime import installing, kafka, postgres
 from paychaos.platform.runtime.paths import CACHE_DIR_ENV, RUN_DIR_ENV, RunDir
 from paychaos.platform.runtime.processes import HttpReady, ProcessSpec, TcpReady
-from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError, toxiproxy_process
+from paychaos.platform.runtime.toxiproxy import ensure_proxies, toxiproxy_process
 from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology
 
 pytestmark = pytest.mark.integration
@@ -225,8 +226,8 @@ def test_toxiproxy_latency_toxic_adds_latency_and_removal_restores_it(
     wait_ready(spec, processes.start(spec), 15, run_dir.log_file(spec.name))
     with Toxiproxy(topology.toxiproxy_url) as api:
         assert api.version() == installing.TOXIPROXY_VERSION.lstrip("v")
-        api.ensure_proxies(topology)
-        api.ensure_proxies(topology)
+        ensure_proxies(api, topology)
+        ensure_proxies(api, topology)
         proxy = api.proxies()["acquirer"]
         assert proxy["enabled"] and proxy["upstream"] == f"{topology.host}:{topology.ports.internal.acquirer}"
         url = f"http://{topology.host}:{topology.proxies['acquirer'].listen}/"

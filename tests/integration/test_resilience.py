@@ -17,10 +17,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from paychaos.experiments.verdicts import CheckResult
+from paychaos.faults.toxiproxy import Toxiproxy
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.balancing import servers_not_up
-from paychaos.platform.runtime.toxiproxy import Toxiproxy
+from paychaos.probes.verdicts import CheckResult
 
 from .traffic import breakers_open, mixed_load, success_ratio
 

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_flows_cut, judge_recovery
 from paychaos.experiments.spec import Breaker, Recovery
-from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.invariants import LEDGER_DSN_ENV, LEDGER_DSN_FILE_ENV, LedgerUnavailable, ledger_dsn, shown
+from paychaos.probes.judging import judge_breaker_closes, judge_fails_fast, judge_flows_cut, judge_recovery
+from paychaos.probes.verdicts import Sample
 
 VOCABULARY = load_catalogue().vocabulary
 FAILS_FAST = Breaker(name="acquirer", fails_fast_below=timedelta(milliseconds=100), closes_within=timedelta(seconds=5))
@@ -74,7 +74,7 @@ def test_the_ledger_dsn_is_the_secret_file_then_the_variable_then_the_platform_s
 
 
 def test_an_exercise_seen_fewer_times_than_asked_is_inconclusive_with_a_negative_margin() -> None:
-    from paychaos.experiments.judging import judge_exercised
+    from paychaos.probes.judging import judge_exercised
 
     short = judge_exercised("after", "takeovers", 2, 1, "payments taken over", {"query": "q"})
     assert (short.verdict, short.observed, short.margin) == ("inconclusive", 1, -1.0)
@@ -96,8 +96,8 @@ class _Prometheus:
 
 
 def test_an_slo_window_withtoo_few_requests_for_its_bound_says_why_and_how_many() -> None:
-    from paychaos.experiments.judging import too_few_requests
     from paychaos.probes.catalogue import Slo
+    from paychaos.probes.judging import too_few_requests
 
     p99 = Slo.model_validate({"description": "d", "query": "q[$window]", "objective": {"below": "1s"}, "unit": "seconds",
                               "volume": "sum(increase(c[$window]))", "quantile": 0.99})
@@ -147,7 +147,7 @@ def test_retried_payments_count_the_ones_the_app_gave_up_on_too(tmp_path) -> Non
     import json
     from types import SimpleNamespace
 
-    from paychaos.experiments.judging import _client_count
+    from paychaos.probes.judging import _client_count
 
     acks, unanswered = tmp_path / "acknowledged.jsonl", tmp_path / "unanswered.jsonl"
     acks.write_text("".join(json.dumps(r) + "\n" for r in [{"key": "a", "attempts": 1}, {"key": "b", "attempts": 2}]))
@@ -160,7 +160,7 @@ def test_retried_payments_count_the_ones_the_app_gave_up_on_too(tmp_path) -> Non
 
 
 def test_a_breaker_that_stayed_closed_failed_only_if_some_replica_saw_enough_calls() -> None:
-    from paychaos.experiments.judging import why_still_closed
+    from paychaos.probes.judging import why_still_closed
 
     closed = {"payment-az-a-1": "closed", "payment-az-b-1": "closed"}
     verdict, why = why_still_closed({"payment-az-a-1": 3, "payment-az-b-1": 4}, closed, 5, "20s")
@@ -177,7 +177,7 @@ def test_a_breaker_that_stayed_closed_failed_only_if_some_replica_saw_enough_cal
 def test_a_breaker_whose_trip_count_nobody_knows_is_inconclusive_not_failed() -> None:
     # A target that cannot say its breaker's settings, and a spec without callsToOpen: 40 calls may
     # or may not have been enough, so a closed breaker is not held against the stack.
-    from paychaos.experiments.judging import why_still_closed
+    from paychaos.probes.judging import why_still_closed
 
     verdict, why = why_still_closed({"payment-1": 40}, {"payment-1": "closed"}, None, "20s")
     assert verdict == "inconclusive" and "give callsToOpen" in why and "40 calls" in why

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paychaos.experiments.judging import judge_breaker_closes, judge_fails_fast, judge_lag
 from paychaos.experiments.running import recovery_time, time_to_detect
-from paychaos.experiments.sampling import SAMPLE_WINDOW
 from paychaos.experiments.spec import Breaker, KafkaLag
-from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
-from paychaos.probes.series import Vocabulary, breakers_open, names_in
+from paychaos.probes.judging import judge_breaker_closes, judge_fails_fast, judge_lag
+from paychaos.probes.series import SAMPLE_WINDOW, Vocabulary, breakers_open, names_in
+from paychaos.probes.verdicts import Sample
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = load_catalogue(ROOT / "probes")

@@ -110,8 +110,11 @@ class FakeTarget:
     def unsettled(self, vocabulary: Vocabulary) -> list[str]:
         return []
 
-    def calls_to_open(self) -> int | None:
+    def calls_to_open(self, breaker: str) -> int | None:
         return None
+
+    def vocabulary(self, catalogue: Vocabulary) -> Vocabulary:
+        return catalogue
 
     def inventory(self) -> Inventory | None:
         return Inventory(replicas={}, zones=("az-a",), proxies=("card",), topics={}, brokers=())
@@ -142,7 +145,7 @@ def test_compiled_activities_carry_their_target() -> None:
 
 def test_an_unknown_platform_is_refused_and_a_registered_one_resolves(fake: FakeTarget, monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'kubernetes' yet: supported are fake, local"):
+    with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'kubernetes' yet: supported are external, fake, local"):
         targets.resolve("kubernetes", "payments")
     assert targets.from_arguments(fake.arguments()) is fake
     # An export from before activities carried their target: the local stack of PAYCHAOS_RUN_DIR.
@@ -197,9 +200,9 @@ def test_the_lock_is_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(fake: 
 def test_every_fault_kind_has_a_planner_a_headline_and_a_local_driver_and_every_check_kind_a_judge() -> None:
     # Adding a kind means one model in the spec plus one entry in each registry: nothing else
     # dispatches on the kind, so a missing entry is the only way to forget one.
-    from paychaos.experiments.judging import JUDGES
     from paychaos.experiments.spec import CHECK_KINDS, FAULT_KINDS
     from paychaos.faults.planning import HEADLINES, PLANNERS
+    from paychaos.probes.judging import JUDGES
     from paychaos.targets.local.driver import FAULT_KINDS as LOCAL
 
     assert set(PLANNERS) == set(HEADLINES) == set(LOCAL) == set(FAULT_KINDS)
@@ -224,8 +227,8 @@ def _context(target: FakeTarget, vocabulary: Vocabulary | None = None) -> Any:
 
 
 def test_a_check_that_cannot_reach_its_evidence_is_an_error_that_says_where(fake: FakeTarget) -> None:
-    from paychaos.experiments.judging import judge
     from paychaos.experiments.spec import Check
+    from paychaos.probes.judging import judge
 
     ctx = _context(fake)
     # No sample showed the breaker open, and the target's Prometheus cannot say whether it had the chance.
@@ -236,8 +239,8 @@ def test_a_check_that_cannot_reach_its_evidence_is_an_error_that_says_where(fake
 
 
 def test_a_breaker_whose_vocabulary_cannot_tell_if_it_had_the_chance_is_inconclusive_not_failed(fake: FakeTarget) -> None:
-    from paychaos.experiments.judging import judge
     from paychaos.experiments.spec import Check
+    from paychaos.probes.judging import judge
 
     bare = Vocabulary.model_validate({"traffic": {"rps": "r", "errorRatio": "e", "p99": "p"},
                                       "breakers": {"names": {"acquirer": {"open": "o"}}}})
@@ -247,7 +250,7 @@ def test_a_breaker_whose_vocabulary_cannot_tell_if_it_had_the_chance_is_inconclu
 
 def test_a_stop_condition_that_holds_records_why_and_stops_the_run_once(fake: FakeTarget, monkeypatch: pytest.MonkeyPatch) -> None:
     from paychaos.ctk import control
-    from paychaos.experiments.verdicts import Sample
+    from paychaos.probes.verdicts import Sample
 
     class Samples:
         def __init__(self, samples: list[Sample]) -> None:

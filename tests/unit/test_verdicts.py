@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paychaos.experiments.verdicts import (
+from paychaos.probes.verdicts import (
     CheckResult,
     Sample,
     final_verdict,
@@ -106,7 +106,7 @@ def test_steady_state_failing_before_the_method_fails_the_run_although_chaostool
 
 
 def test_fail_fast_is_judged_only_once_every_replica_has_been_open_for_a_while() -> None:
-    from paychaos.experiments.verdicts import refused_while_open
+    from paychaos.probes.verdicts import refused_while_open
 
     def s(t: float, opened: int, p50: float) -> Sample:
         return Sample(t, {"breaker_open:acquirer": opened, "breaker_replicas:acquirer": 3, "breaker_fails_fast:acquirer": p50})
@@ -142,7 +142,7 @@ def test_a_steady_state_too_thin_to_judge_is_inconclusive_not_failed() -> None:
 
 
 def test_margin_is_the_headroom_inside_the_bound_in_its_unit() -> None:
-    from paychaos.experiments.verdicts import margin
+    from paychaos.probes.verdicts import margin
 
     assert margin(0.4, below=1.0) == 0.6
     assert margin(1.2, below=1.0) == -0.2
@@ -163,7 +163,7 @@ def test_requests_needed_before_a_window_says_anything() -> None:
 
 
 def test_a_ratio_over_too_few_requests_fails_only_when_its_whole_interval_breaks_the_bound() -> None:
-    from paychaos.experiments.verdicts import surely_breached
+    from paychaos.probes.verdicts import surely_breached
 
     # Balance payments starved by a cascade: 22 of 74 answered without a server error.
     assert surely_breached(22 / 74, 74, None, 0.99) == (0.2053, 0.4093)

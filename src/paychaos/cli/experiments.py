@@ -12,31 +12,58 @@ from rich.markup import escape
 from rich.text import Text
 
 from paychaos.cli.console import err, fail, say
+from paychaos.cli.targeting import load_target_file
 from paychaos.experiments.loading import Problem, SpecError, load_experiment
-from paychaos.experiments.references import ProbeNames
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.targets import Inventory
+from paychaos.probes.catalogue import Catalogue, CatalogueError, load_catalogue
+from paychaos.targets import Inventory, catalogue_of
 from paychaos.targets.local import inventory_of_file
-from paychaos.probes.catalogue import CatalogueError, load_catalogue
 
 
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Experiment files, or folders of *.yaml", metavar="FILE", show_default=False)],
+    files: Annotated[list[Path] | None, typer.Argument(help="Experiment files, or folders of *.yaml", metavar="FILE", show_default=False)] = None,
     topology: Annotated[
         Path | None, typer.Option(help="Check services, zones, proxies and brokers against this topology; default: the packaged one")
     ] = None,
+    target_file: Annotated[Path | None, typer.Option(
+        "--target", metavar="FILE", help="Check this target file (kind: Target), then the experiments against the stack it describes")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results on stdout")] = False,
 ) -> None:
     """Check experiment files without running anything: every problem of every file, one line each.
 
     Each problem reads `file:line: field.path: what was expected`. Names of services, zones,
     proxies and Kafka brokers are checked against the topology, SLO and invariant names against
-    the probe catalogue (`probes/`). Exits 1 if any file is invalid.
+    the probe catalogue (`probes/`). With `--target FILE`, the target file itself is checked, and
+    the experiments against what that stack exposes (its proxies, the faults its driver can
+    inject, its series). Exits 1 if any file is invalid.
     """
-    topo = _inventory(topology)
-    probes = _probes()
+    if not files and target_file is None:
+        raise fail("give experiment files (or folders of them) to check, or --target FILE", code=2)
     results = []
-    for path in _expand(files):
+    probes = _probes()
+    if target_file is not None:
+        if topology is not None:
+            raise fail("give --topology (the reference platform's) or --target (a target file), not both", code=2)
+        try:
+            target = load_target_file(target_file)
+        except SpecError as exc:
+            results.append({"file": str(target_file), "valid": False, "name": None, "problems": [_as_dict(p) for p in exc.problems]})
+            if not as_json:
+                for problem in exc.problems:
+                    err.print(Text(str(problem)), soft_wrap=True)
+            topo = None  # the experiments are still checked, without the target's names
+        else:
+            results.append({"file": str(target_file), "valid": True, "name": target.document.metadata.name, "problems": []})
+            topo = target.inventory()
+            if not as_json:
+                err.print(Text.assemble(("✓ ", "green"), f"target {target.document.metadata.name}", (f"  {target_file}", "dim")))
+                if topo is None:
+                    say(escape(f"its Toxiproxy ({target.spec.toxiproxy}) does not answer: proxy names not checked"))
+            if probes is not None:
+                probes = catalogue_of(target, probes)
+    else:
+        topo = _inventory(topology)
+    for path in _expand(files or []):
         try:
             experiment = load_experiment(path, topo, probes=probes)
         except SpecError as exc:
@@ -104,7 +131,7 @@ def _inventory(path: Path | None) -> Inventory:
         raise fail(escape(f"{path}: not a valid topology: {str(exc).splitlines()[0]}")) from None
 
 
-def _probes() -> ProbeNames | None:
+def _probes() -> Catalogue | None:
     try:
         return load_catalogue()
     except CatalogueError as exc:

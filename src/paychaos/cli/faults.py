@@ -10,24 +10,16 @@ from typing import Annotated, Any
 import typer
 
 from paychaos.cli.console import err, fail, say
+from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.loading import SpecError, load_experiment
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.faults import records
 from paychaos.faults.driving import TargetUnreachable
 from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
-from paychaos.targets.local import LocalTarget
-
-RunDirOption = Annotated[
-    Path | None,
-    typer.Option("--run-dir", help="Where the stack keeps its state [env: PAYCHAOS_RUN_DIR; default .paychaos/run]"),
-]
+from paychaos.targets import Target
 
 
-def _target(path: Path | None) -> LocalTarget:
-    return LocalTarget.at(str(path) if path else None)
-
-
-def _load(path: Path, target: LocalTarget) -> ChaosExperiment:
+def _load(path: Path, target: Target) -> ChaosExperiment:
     # With the running stack's names the loader also checks the spec's (file:line errors).
     try:
         return load_experiment(path, target.inventory())
@@ -39,13 +31,14 @@ def plan(
     experiment: Annotated[Path, typer.Argument(help="An experiment file (ChaosExperiment YAML)", metavar="EXP.yaml")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")] = False,
     run_dir: RunDirOption = None,
+    target_file: TargetOption = None,
 ) -> None:
     """Show exactly what each fault of an experiment would hit on the running stack; change nothing.
 
     Replicas by name and pid, the zone, the Kafka broker and its zone, the proxy and its toxics.
     Exits 1 when a fault is refused (blast-radius limits, unknown names).
     """
-    target = _target(run_dir)
+    target = chosen_target(run_dir, target_file)
     spec = _load(experiment, target)
     driver = target.driver()
     try:
@@ -76,6 +69,7 @@ def plan(
 
 def halt(
     run_dir: RunDirOption = None,
+    target_file: TargetOption = None,
     force: Annotated[bool, typer.Option("--force", help="Also revert faults of a run that is still alive")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the stack to be whole again")] = 120.0,
 ) -> None:
@@ -84,7 +78,7 @@ def halt(
     Prints what it reverted and waits until the stack is whole again. Faults of a run that is
     still alive are left to it unless `--force`.
     """
-    target = _target(run_dir)
+    target = chosen_target(run_dir, target_file)
     driver, ledger = target.driver(), target.ledger()
     try:
         reverted = records.halt(ledger, driver, include_live=force)

@@ -8,15 +8,17 @@ from typing import Annotated
 import typer
 
 from paychaos.cli.console import err, fail, say
+from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.loading import SpecError
 from paychaos.experiments.suites import Suite, load_suite
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.installing import MissingTool
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import supervisor_alive
-from paychaos.targets.local import LocalTarget
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.reporting.journals import Journals
+from paychaos.targets import Target, catalogue_of
+from paychaos.targets.local import LocalTarget
 
 DEFAULT_SUITE = Path("experiments/suites/pre-campaign.yaml")
 
@@ -28,30 +30,36 @@ def gate(
     report: Annotated[Path | None, typer.Option(help="The HTML report [default: OUT/report.html]")] = None,
     runbooks: Annotated[Path, typer.Option(help="Where the runbooks are written, with their index")] = Path("runbooks"),
     keep: Annotated[bool, typer.Option("--keep", help="Leave a stack this gate started running afterwards")] = False,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack's run directory [env: PAYCHAOS_RUN_DIR]")] = None,
+    run_dir: RunDirOption = None,
+    target_file: TargetOption = None,
 ) -> None:
     """Run a suite of experiments as a readiness gate: exit 0 only if every experiment passed.
 
-    Uses the running stack, or starts one (and stops it afterwards unless --keep). Between two
+    Uses the running stack, or starts one (and stops it afterwards unless --keep); with `--target
+    FILE`, the stack that file describes (never started or stopped here). Between two
     experiments the stack must settle back to healthy. Writes OUT/junit.xml (a testcase per
     experiment and per check), OUT/report.html (plots and evidence), OUT/summary.md (for a CI job
     summary; also appended to $GITHUB_STEP_SUMMARY when set), the journals in OUT/journals/, and a
     runbook per experiment, written from what this run observed.
     """
     rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
-    passed = run_gate(suite, rd, out=out, junit=junit or out / "junit.xml", report=report or out / "report.html",
+    target = chosen_target(run_dir, target_file) if target_file is not None else None
+    passed = run_gate(suite, rd, target=target, out=out, junit=junit or out / "junit.xml", report=report or out / "report.html",
                       runbooks=runbooks, keep=keep)
     raise typer.Exit(0 if passed else 1)
 
 
-def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, runbooks: Path, keep: bool) -> bool:
-    """The gate from suite file to written outputs; whether it passed. Raises typer.Exit on bad input."""
+def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, runbooks: Path, keep: bool,
+             target: Target | None = None) -> bool:
+    """The gate from suite file to written outputs; whether it passed. Raises typer.Exit on bad input.
+    ``target``: a stack this gate neither starts nor stops; the local stack of ``rd`` when None."""
     from paychaos.experiments.gating import gate_passed, run_suite
 
-    running = supervisor_alive(rd) is not None
+    running = target is not None or supervisor_alive(rd) is not None
+    on = target or LocalTarget(rd)
     try:
-        catalogue = load_catalogue()
-        loaded = load_suite(suite, LocalTarget(rd).inventory() if running else None, probes=catalogue)
+        catalogue = catalogue_of(on, load_catalogue())
+        loaded = load_suite(suite, on.inventory() if running else None, probes=catalogue)
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"gate {loaded.name}: {len(loaded.planned)} experiments — {', '.join(p.experiment.name for p in loaded.planned)}")
@@ -63,7 +71,7 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
             raise fail(str(exc)) from None
         started_here = True
     try:
-        entries = run_suite(loaded, LocalTarget(rd), catalogue.vocabulary, out.resolve(), say)
+        entries = run_suite(loaded, on, catalogue.vocabulary, out.resolve(), say)
     finally:
         if started_here and not keep:
             stacking.down(rd, progress=say)

@@ -9,13 +9,15 @@ from typing import Annotated
 import typer
 
 from paychaos.cli.console import err, fail, say
+from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.loading import SpecError, load_experiment
-from paychaos.experiments.verdicts import EXIT_CODES
+from paychaos.experiments.spec import ChaosExperiment
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
+from paychaos.probes.verdicts import EXIT_CODES
 from paychaos.reporting import formatting
-from paychaos.targets import UnsupportedTarget, for_spec
-from paychaos.targets.local import LocalTarget
+from paychaos.targets import Target, UnsupportedTarget, catalogue_of, for_spec
+from paychaos.targets.external import TargetFileError
 
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "inconclusive": "bold yellow", "aborted": "bold yellow", "error": "bold red"}
 CHECK_MARKS = {"passed": "[green]✓[/]", "inconclusive": "[yellow]?[/]"}
@@ -26,9 +28,14 @@ def run(
     journal: Annotated[Path, typer.Option(help="Where to write the journal (Chaos Toolkit format + a paychaos section)")] = Path(
         "out/journal.json"
     ),
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack's run directory [env: PAYCHAOS_RUN_DIR]")] = None,
+    run_dir: RunDirOption = None,
+    target_file: TargetOption = None,
 ) -> None:
     """Run an experiment against the stack: load, faults on the timeline, checks, verdict.
+
+    The stack is the reference platform's (`paychaos stack up`, `--run-dir`), or your own,
+    described by a target file (`--target FILE`): then the file decides where it runs, whatever
+    the experiment's `target` says, and a fault its driver cannot inject is refused up front.
 
     Every fault is reverted whatever happens (success, failure, stop condition, Ctrl-C, SIGTERM);
     if this process dies, `paychaos halt` reverts what it left. Exits 0 only when the verdict
@@ -38,16 +45,18 @@ def run(
     from paychaos.experiments.running import NotRunnable
     from paychaos.experiments.running import run as run_experiment
 
-    local = LocalTarget.at(str(run_dir) if run_dir else None)
+    chosen = chosen_target(run_dir, target_file)
     try:
-        spec = load_experiment(experiment, local.inventory(), probes=load_catalogue())
+        spec = load_experiment(experiment, chosen.inventory(), probes=catalogue_of(chosen, load_catalogue()))
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"running {spec.name}: {spec.spec.description}")
     try:
-        target = for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)
+        target = chosen if target_file is not None else _spec_target(spec, chosen)
+        if target_file is not None:
+            say(f"on {target.where}")
         outcome = run_experiment(spec, target=target, journal_path=journal.resolve(), progress=say)
-    except (NotRunnable, UnsupportedTarget) as exc:
+    except (NotRunnable, UnsupportedTarget, TargetFileError) as exc:
         raise fail(str(exc)) from None
     for check in outcome.journal["paychaos"]["checks"]:
         mark = CHECK_MARKS.get(check["verdict"], "[red]✗[/]")
@@ -67,13 +76,15 @@ def export(
     experiment: Annotated[Path, typer.Argument(help="An experiment YAML")],
     format: Annotated[str, typer.Option("--format", help="Only `chaostoolkit` for now")] = "chaostoolkit",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="The stack the exported experiment targets")] = None,
+    run_dir: RunDirOption = None,
+    target_file: TargetOption = None,
     out_dir: Annotated[Path, typer.Option(help="Where the exported run keeps its load artifacts")] = Path("out/artifacts"),
 ) -> None:
     """Compile an experiment to a Chaos Toolkit experiment that plain `chaos run` executes.
 
     The export declares the paychaos control, so `chaos run` gets the same load, sampling,
     stop conditions and reverts as `paychaos run` (the verdict is in the journal's probe outputs).
+    Its activities carry the target (`--run-dir` or `--target`): `chaos run` needs no environment.
     """
     if format != "chaostoolkit":
         raise fail(f"unknown format {format!r}: expected chaostoolkit")
@@ -81,9 +92,9 @@ def export(
         spec = load_experiment(experiment)
     except SpecError as exc:
         raise fail(str(exc)) from None
-    local = LocalTarget.at(str(run_dir) if run_dir else None)
+    chosen = chosen_target(run_dir, target_file)
     try:
-        target = for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)
+        target = chosen if target_file is not None else _spec_target(spec, chosen)
     except UnsupportedTarget as exc:
         raise fail(str(exc)) from None
     text = json.dumps(compile_experiment(spec, target.arguments(), str(out_dir.resolve())), indent=2)
@@ -92,3 +103,8 @@ def export(
         say(f"wrote {output}")
     else:
         typer.echo(text)
+
+
+def _spec_target(spec: ChaosExperiment, local: Target) -> Target:
+    """The target the experiment's own ``target`` names (its local stack is ``--run-dir``'s)."""
+    return for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)

@@ -13,9 +13,9 @@ from paychaos.ctk import timeline
 from paychaos.experiments import context
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.spec import Fault, Limits
-from paychaos.experiments.verdicts import CheckResult
 from paychaos.faults import records
 from paychaos.faults.planning import PlanError, partitions_needed, plan_fault
+from paychaos.probes.verdicts import CheckResult
 from paychaos.targets import from_arguments
 
 __all__ = ["inject_fault", "revert_fault", "halt_all"]

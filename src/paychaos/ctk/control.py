@@ -17,10 +17,10 @@ from paychaos.experiments import context
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.sampling import Sampler
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import Sample, bounds, stop_condition_met
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.probes.prometheus import Prometheus
-from paychaos.targets import from_arguments
+from paychaos.probes.verdicts import Sample, bounds, stop_condition_met
+from paychaos.targets import catalogue_of, from_arguments
 
 log = logging.getLogger("paychaos.control")
 
@@ -39,7 +39,7 @@ def configure_control(spec: dict[str, Any], out_dir: str, target: dict[str, str]
         experiment=experiment,
         target=on,
         endpoints=on.endpoints(),
-        catalogue=load_catalogue(),
+        catalogue=catalogue_of(on, load_catalogue()),
         out_dir=Path(out_dir),
     )
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

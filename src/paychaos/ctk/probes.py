@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from paychaos.experiments import context
-from paychaos.experiments.judging import judge as judge_check
-from paychaos.experiments.judging import judge_exercises
 from paychaos.experiments.spec import Check
+from paychaos.probes.judging import judge as judge_check
+from paychaos.probes.judging import judge_exercises
 
 __all__ = ["exercised", "judge", "steady_state"]
 

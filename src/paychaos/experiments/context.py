@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import CheckResult, Sample
 from paychaos.probes.catalogue import Catalogue
+from paychaos.probes.verdicts import CheckResult, Sample
 from paychaos.targets import Endpoints, Target
 
 

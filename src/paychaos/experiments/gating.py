@@ -19,9 +19,9 @@ from typing import Any
 
 from paychaos.experiments.journal import CheckRecord, Section, Verdict
 from paychaos.experiments.suites import Planned, Suite, Thresholds
-from paychaos.experiments.verdicts import EXIT_CODES, CheckResult
 from paychaos.faults import records
 from paychaos.probes.series import Vocabulary
+from paychaos.probes.verdicts import EXIT_CODES, CheckResult
 from paychaos.targets import Target
 
 Progress = Callable[[str], None]
@@ -103,7 +103,7 @@ def run_entry(planned: Planned, target: Target, journals: Path, progress: Progre
     journal_path = journals / f"{name}.json"
     journal_path.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "paychaos.cli", "run", str(planned.path), "--journal", str(journal_path),
-            "--run-dir", target.arguments()["location"]]
+            *_where(target)]
     started = time.monotonic()
     # stderr is the child's live progress: the user watches it as if they had run it themselves.
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=None, check=False)
@@ -125,6 +125,15 @@ def run_entry(planned: Planned, target: Target, journals: Path, progress: Progre
         entry.verdict, entry.reason = "error", f"{len(leftovers)} faults outlived the run and were reverted by the gate"
     entry.gate_checks = threshold_checks(journal["paychaos"].get("times") or {}, planned.entry.thresholds)
     return entry
+
+
+# How `paychaos run` is told each platform's location (its run dir, its target file).
+LOCATION_OPTIONS = {"local": "--run-dir", "external": "--target"}
+
+
+def _where(target: Target) -> list[str]:
+    arguments = target.arguments()
+    return [LOCATION_OPTIONS[arguments["platform"]], arguments["location"]]
 
 
 def _read_journal(path: Path) -> dict[str, Any] | None:

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from paychaos.experiments.verdicts import CheckResult, FinalVerdict
-from paychaos.experiments.verdicts import Verdict as CheckVerdict
+from paychaos.probes.verdicts import CheckResult, FinalVerdict
+from paychaos.probes.verdicts import Verdict as CheckVerdict
 
 
 class _Record(BaseModel):

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from pydantic.alias_generators import to_snake
 
-from paychaos.experiments.locating import Segment
 from paychaos import targets
-from paychaos.targets import Inventory
-from paychaos.experiments.spec import ChaosExperiment
+from paychaos.experiments.locating import Segment
+from paychaos.experiments.spec import ChaosExperiment, Target
 from paychaos.probes.series import SERIES_FILE, Vocabulary
+from paychaos.targets import Inventory
 
 Reference = tuple[tuple[Segment, ...], str]
 
@@ -60,8 +60,10 @@ def _one_of(what: str, value: object, known: Iterable[object]) -> str:
 def check_references(exp: ChaosExperiment, inventory: Inventory | None, probes: ProbeNames | None) -> list[Reference]:
     out: list[Reference] = []
     if exp.spec.target.platform not in targets.supported():
+        # The platforms a spec may name that have a driver (a stack of one's own is `--target FILE`).
+        named = [p for p in get_args(Target.model_fields["platform"].annotation) if p in targets.supported()]
         out.append((("spec", "target", "platform"), f"no driver for platform {exp.spec.target.platform!r} yet: "
-                    f"supported are {', '.join(targets.supported())}"))
+                    f"supported are {', '.join(named)}"))
     limits = exp.spec.limits
     on_target = inventory is not None and exp.spec.target.platform == "local"
     for i, fault in enumerate(exp.spec.faults):
@@ -83,6 +85,9 @@ def check_references(exp: ChaosExperiment, inventory: Inventory | None, probes: 
 
 
 def _target_problems(fault: Any, inventory: Inventory) -> list[Reference]:
+    if inventory.fault_kinds is not None and fault.kind not in inventory.fault_kinds:
+        can = ", ".join(inventory.fault_kinds) or "no fault at all"
+        return [((), f"the target's driver cannot inject {fault.kind}: it has {can}")]
     out: list[Reference] = []
     if fault.pod_kill is not None:
         kill = fault.pod_kill

@@ -20,10 +20,10 @@ from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.context import RunContext
 from paychaos.experiments.journal import CheckRecord, FaultRecord, LoadFiles, Section, TimelineEvent, Times, Verdict
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import FinalVerdict, Sample, bound_holds, bounds, final_verdict, first_time
 from paychaos.faults import records
 from paychaos.probes.catalogue import Slo
 from paychaos.probes.series import breakers_open
+from paychaos.probes.verdicts import FinalVerdict, Sample, bound_holds, bounds, final_verdict, first_time
 from paychaos.targets import Target
 
 Progress = Callable[[str], None]

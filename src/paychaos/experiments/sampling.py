@@ -13,13 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from paychaos.experiments.verdicts import Sample
 from paychaos.probes.catalogue import Catalogue
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
+from paychaos.probes.series import SAMPLE_WINDOW
+from paychaos.probes.verdicts import Sample
 
 log = logging.getLogger("paychaos.sampling")
 
-SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to see a fault begin
 
 
 class Sampler:

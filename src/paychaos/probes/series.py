@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 SERIES_FILE = "series.yaml"
+SAMPLE_WINDOW = "5s"  # rate() windows of per-second samples: short enough to see a fault begin
 
 
 class _Model(BaseModel):

@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import bounds
 from paychaos.probes.catalogue import Slo
+from paychaos.probes.verdicts import bounds
 
 GROUP = "paychaos-slo"
 WINDOW = "5m"

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from paychaos.experiments.journal import CheckRecord, FaultRecord, Section, TimelineEvent, Times, Verdict
 from paychaos.experiments.spec import ChaosExperiment
-from paychaos.experiments.verdicts import first_in
+from paychaos.probes.verdicts import first_in
 
 # What every renderer takes: (experiment name, its journal dict, or None when the run left none).
 Journals = Sequence[tuple[str, Mapping[str, Any] | None]]

@@ -18,8 +18,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from paychaos.durations import format_duration
 from paychaos.experiments.spec import ChaosExperiment, Fault
-from paychaos.experiments.verdicts import bound_holds, bounds
 from paychaos.probes.catalogue import Slo
+from paychaos.probes.verdicts import bound_holds, bounds
 from paychaos.reporting import formatting
 from paychaos.reporting.alerts import alert_name, referenced_slos
 from paychaos.reporting.journals import JournalError, Run, points, read_run

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
+from paychaos.faults import toxiproxy
 from paychaos.faults.driving import FaultDriver
 from paychaos.faults.records import FaultLedger
+from paychaos.probes.catalogue import Catalogue
+from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 from paychaos.probes.series import Vocabulary
 
 
@@ -44,6 +47,8 @@ class Inventory:
     proxies: tuple[str, ...]
     topics: Mapping[str, int]
     brokers: tuple[int, ...]
+    # The fault kinds its driver can inject (None: every kind the spec language has).
+    fault_kinds: tuple[str, ...] | None = None
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -74,9 +79,13 @@ class Target(Protocol):
         """What keeps it from being the healthy baseline an experiment starts from; [] if nothing."""
         ...
 
-    def calls_to_open(self) -> int | None:
-        """Calls under a fault after which a closed breaker counts against it, from the target's
-        own breaker settings when it knows them (a spec's ``callsToOpen`` overrides it)."""
+    def calls_to_open(self, breaker: str) -> int | None:
+        """Calls under a fault after which the closed breaker ``breaker`` counts against it, from
+        the target's own breaker settings when it knows them (a spec's ``callsToOpen`` overrides it)."""
+        ...
+
+    def vocabulary(self, catalogue: Vocabulary) -> Vocabulary:
+        """The series its probes read: the catalogue's, or the target's own where it gives them."""
         ...
 
     def inventory(self) -> Inventory | None:
@@ -91,7 +100,10 @@ class Target(Protocol):
 Factory = Callable[[str | None], Target]  # the location (a run dir, a namespace) -> the target
 
 # Import paths, not imports: resolving one platform never loads another's client libraries.
-_FACTORIES: dict[str, str | Factory] = {"local": "paychaos.targets.local:LocalTarget.at"}
+_FACTORIES: dict[str, str | Factory] = {
+    "local": "paychaos.targets.local:LocalTarget.at",
+    "external": "paychaos.targets.external:ExternalTarget.at",  # a stack described by a target file
+}
 
 
 def register(platform: str, factory: Factory) -> None:
@@ -132,3 +144,26 @@ def from_arguments(arguments: Mapping[str, str] | None) -> Target:
     (an experiment exported before activities carried their target)."""
     arguments = arguments or {}
     return resolve(arguments.get("platform", "local"), arguments.get("location"))
+
+
+def unsettled_at(prometheus_url: str, toxiproxy_url: str | None, vocabulary: Vocabulary) -> list[str]:
+    """What a target's endpoints say keeps it from being a healthy baseline: a toxic left on a
+    proxy, a series of the vocabulary's ``settled`` that is not zero; [] if nothing."""
+    problems: list[str] = []
+    try:
+        if toxiproxy_url is not None:
+            problems += toxiproxy.active_toxics(toxiproxy_url)
+        with Prometheus(prometheus_url, timeout=2) as prometheus:
+            # Each must be zero before an experiment starts (the catalogue's series.yaml `settled`).
+            for series in vocabulary.settled:
+                value = prometheus.scalar(series.query) or 0.0
+                if value > 0:
+                    problems.append(f"{series.what}: {value:g}" + (f" ({series.hint})" if series.hint else ""))
+    except (toxiproxy.ToxiproxyError, PrometheusUnavailable) as exc:
+        problems.append(f"cannot read the target's health: {exc}")
+    return problems
+
+
+def catalogue_of(target: Target, catalogue: Catalogue) -> Catalogue:
+    """The probe catalogue as it reads ``target``: its series where the target gives its own."""
+    return replace(catalogue, series=target.vocabulary(catalogue.vocabulary))

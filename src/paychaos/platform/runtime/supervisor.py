@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from paychaos.faults.toxiproxy import Toxiproxy
 from paychaos.platform.runtime import kafka, postgres, toxiproxy
 from paychaos.platform.runtime.balancing import haproxy_process, servers_not_up
 from paychaos.platform.runtime.installing import Tools, locate
@@ -287,8 +288,8 @@ class Supervisor:
         self.message = "creating Kafka topics and Toxiproxy proxies"
         self.publish()
         kafka.ensure_topics(topology, timeout=topology.supervisor.ready_timeout.total_seconds())
-        with toxiproxy.Toxiproxy(topology.toxiproxy_url) as proxies:
-            proxies.ensure_proxies(topology)
+        with Toxiproxy(topology.toxiproxy_url) as proxies:
+            toxiproxy.ensure_proxies(proxies, topology)
 
         replicas = replica_processes(topology, run_dir)
         for service in ("ledger", "acquirer", "payment", "campaign", "gateway"):

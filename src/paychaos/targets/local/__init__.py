@@ -11,11 +11,9 @@ from paychaos.faults.records import FileLedger
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.stacking import current_topology
 from paychaos.platform.runtime.state import read_state, supervisor_alive
-from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology, load_topology
-from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 from paychaos.probes.series import Vocabulary
-from paychaos.targets import Endpoints, Inventory
+from paychaos.targets import Endpoints, Inventory, unsettled_at
 from paychaos.targets.local.driver import LocalDriver
 
 
@@ -66,22 +64,13 @@ class LocalTarget:
         problems += [f"zone {z} marked down" for z in state.zones_down]
         problems += [f"{p.name} held down" for p in state.processes if p.held]
         topology = self.topology()
-        try:
-            with Toxiproxy(topology.toxiproxy_url, timeout=2) as toxiproxy:
-                proxies = toxiproxy.proxies()
-            problems += [f"toxic {t['name']} on {n}" for n, proxy in proxies.items() for t in proxy.get("toxics", [])]
-            with Prometheus(topology.prometheus_url, timeout=2) as prometheus:
-                # Each must be zero before an experiment starts (the catalogue's series.yaml `settled`).
-                for series in vocabulary.settled:
-                    value = prometheus.scalar(series.query) or 0.0
-                    if value > 0:
-                        problems.append(f"{series.what}: {value:g}" + (f" ({series.hint})" if series.hint else ""))
-        except (ToxiproxyError, PrometheusUnavailable) as exc:
-            problems.append(f"cannot read the stack's health: {exc}")
-        return problems
+        return problems + unsettled_at(topology.prometheus_url, topology.toxiproxy_url, vocabulary)
 
-    def calls_to_open(self) -> int | None:
-        return self.topology().resilience.breaker.calls_to_open
+    def calls_to_open(self, breaker: str) -> int | None:
+        return self.topology().resilience.breaker.calls_to_open  # the one setting every breaker of the platform has
+
+    def vocabulary(self, catalogue: Vocabulary) -> Vocabulary:
+        return catalogue  # the catalogue's series.yaml describes this platform
 
     def arguments(self) -> dict[str, str]:
         return {"platform": self.platform, "location": str(self.run_dir.root)}

@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 
+from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
 from paychaos.faults.planning import (
     FaultPlan,
     Observed,
     ObservedBroker,
-    ObservedProxy,
     ObservedReplica,
     PartitionRef,
 )
@@ -32,10 +32,8 @@ from paychaos.platform.runtime import kafka
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.stacking import current_topology
 from paychaos.platform.runtime.state import ProcessState, StackState, read_state, supervisor_alive
-from paychaos.processes import alive
-from paychaos.platform.runtime.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.platform.topology import Topology
-
+from paychaos.processes import alive
 
 IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request (podKill inFlight)
 # How long a victim's workers must have been busy without a break before the kill. A request
@@ -95,17 +93,7 @@ class LocalDriver:
                            pid=p.pid, started=p.create_time)
             for p in state.processes if p.kind == "kafka"
         )
-        try:
-            with Toxiproxy(topology.toxiproxy_url) as api:
-                found = api.proxies()
-        except ToxiproxyError as exc:
-            raise TargetUnreachable(str(exc)) from None
-        proxies = tuple(
-            ObservedProxy(name=name,
-                          upstream=topology.proxies[name].upstream if name in topology.proxies else str(data.get("upstream")),
-                          toxics=tuple(t["name"] for t in data.get("toxics", [])))
-            for name, data in sorted(found.items())
-        )
+        proxies = toxiproxy.observed_proxies(topology.toxiproxy_url, {n: p.upstream for n, p in topology.proxies.items()})
         leaders: dict[PartitionRef, int] = {}
         errors: dict[PartitionRef, str] = {}
         for topic, partition in partitions:
@@ -257,42 +245,20 @@ class LocalDriver:
     def _lifted(self, plan: FaultPlan, running: bool) -> bool:
         return not running or self._unrestricted(plan)
 
-    # slowDownstream: Toxiproxy toxics on the proxy.
+    # slowDownstream: Toxiproxy toxics on the proxy (the operations any Toxiproxy target shares).
     def _add_toxics(self, plan: FaultPlan) -> dict[str, Any]:
-        assert plan.proxy is not None
-        try:
-            with Toxiproxy(self._topology().toxiproxy_url) as api:
-                for toxic in plan.toxics:
-                    api.add_toxic(plan.proxy, toxic.name, toxic.type, dict(toxic.attributes), stream=toxic.stream)  # type: ignore[arg-type]
-                present = {t["name"]: t for t in api.toxics(plan.proxy)}
-        except ToxiproxyError as exc:
-            raise TargetUnreachable(str(exc)) from None
-        missing = [t.name for t in plan.toxics if t.name not in present]
-        if missing:
-            raise InjectionFailed(f"Toxiproxy accepted but does not list {', '.join(missing)} on proxy {plan.proxy}")
-        return {"proxy": plan.proxy, "toxics": [present[t.name] for t in plan.toxics]}
+        return toxiproxy.add_toxics(self._topology().toxiproxy_url, plan)
 
     def _remove_toxics(self, plan: FaultPlan) -> None:
-        assert plan.proxy is not None
         try:
-            with Toxiproxy(self._topology().toxiproxy_url) as api:
-                for toxic in plan.toxics:
-                    api.remove_toxic(plan.proxy, toxic.name)
-        except (ToxiproxyError, TargetUnreachable) as exc:
+            toxiproxy.remove_toxics(self._topology().toxiproxy_url, plan)
+        except (RevertFailed, TargetUnreachable):
             if self._running():
-                raise RevertFailed(f"could not remove toxics from proxy {plan.proxy}: {exc}") from None
+                raise
             # No stack: Toxiproxy keeps toxics in memory only, so they died with it.
 
     def _toxics_gone(self, plan: FaultPlan, running: bool) -> bool:
-        if not running:
-            return True
-        assert plan.proxy is not None
-        try:
-            with Toxiproxy(self._topology().toxiproxy_url) as api:
-                present = {t["name"] for t in api.toxics(plan.proxy)}
-        except ToxiproxyError:
-            return False
-        return not present & {t.name for t in plan.toxics}
+        return not running or toxiproxy.toxics_gone(self._topology().toxiproxy_url, plan)
 
     def _admission_urls(self, plan: FaultPlan) -> dict[str, str]:
         topology = self._topology()

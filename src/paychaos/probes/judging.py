@@ -1,4 +1,9 @@
-"""Judging one check of a spec in one phase, from live queries and the run's samples."""
+"""Judging one check of a spec in one phase, from live queries and the run's samples.
+
+A judge reads the run through ``Run`` (what has been sampled, the clock, the endpoints, the
+catalogue): the engine's run context is one, a unit test's fake another. The verdict rules
+themselves (``probes.verdicts``) are pure. ``JUDGES`` holds one judge per check kind.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from paychaos.experiments.context import RunContext
-from paychaos.experiments.sampling import SAMPLE_WINDOW
-from paychaos.experiments.spec import Breaker, Check, EventualInvariant, KafkaLag, Recovery, SloBound
-from paychaos.experiments.verdicts import (
+from paychaos.experiments.spec import Breaker, ChaosExperiment, Check, EventualInvariant, KafkaLag, Recovery, SloBound
+from paychaos.probes.catalogue import Catalogue, CatalogueError, Slo
+from paychaos.probes.invariants import Acknowledged, LedgerUnavailable, check_invariants, engine_for, ledger_dsn
+from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
+from paychaos.probes.series import SAMPLE_WINDOW, Vocabulary, breaker_key, fill, lag_key
+from paychaos.probes.verdicts import (
     OPEN_SETTLE,
     CheckResult,
     Sample,
@@ -27,27 +34,60 @@ from paychaos.experiments.verdicts import (
     surely_breached,
     weighted_ratio,
 )
-from paychaos.probes.catalogue import CatalogueError, Slo
-from paychaos.probes.invariants import Acknowledged, LedgerUnavailable, check_invariants, engine_for, ledger_dsn
-from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
-from paychaos.probes.series import Vocabulary, breaker_key, fill, lag_key
+
+
+class Endpoints(Protocol):
+    @property
+    def prometheus_url(self) -> str: ...
+    @property
+    def ledger_dsn(self) -> str | None: ...
+
+
+class BreakerSettings(Protocol):
+    def calls_to_open(self, breaker: str) -> int | None: ...
+
+
+class Run(Protocol):
+    """What a judge reads of the run it judges."""
+
+    experiment: ChaosExperiment
+    catalogue: Catalogue
+    endpoints: Endpoints
+    target: BreakerSettings
+    method_started: float | None
+    stop_reason: str | None
+    timeline: list[Any]  # events, each with .event (its name) and .wall (time.time())
+    load: Any  # the load runner: where its client records are (None without load)
+
+    def now(self) -> float:
+        """Seconds since the method started."""
+        ...
+
+    def started_at(self) -> float:
+        """The wall-clock time the method started (``time.time()``)."""
+        ...
+
+    def samples(self) -> list[Sample]:
+        """The samples so far, ``t`` in seconds since the method started."""
+        ...
+
 
 STEADY_WINDOW = "30s"
 GRACE = 2.0  # seconds of samples allowed past a deadline: Prometheus scrapes once a second
 CLOCK_SLACK = 1.0  # seconds a pass must still have had when refused to count as a cut flow
 
 
-def faults_window(ctx: RunContext) -> tuple[float, float]:
+def faults_window(ctx: Run) -> tuple[float, float]:
     faults = ctx.experiment.spec.faults
     return min(f.at.total_seconds() for f in faults), max(f.ends_at.total_seconds() for f in faults)
 
 
-def _wait_until(ctx: RunContext, t: float) -> None:
+def _wait_until(ctx: Run, t: float) -> None:
     while ctx.now() < t and ctx.stop_reason is None:
         time.sleep(0.2)
 
 
-def judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def judge(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     try:
         return _judge(ctx, check, phase)
     except (CatalogueError, PrometheusUnavailable, LedgerUnavailable) as exc:
@@ -63,11 +103,11 @@ def _name(check: Check) -> str:
     return str(getattr(value, "name", None) or getattr(value, "slo", None) or check.kind)
 
 
-def _judge(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     return JUDGES[check.kind](ctx, check, phase)
 
 
-def _window(ctx: RunContext, phase: str) -> tuple[float, float]:
+def _window(ctx: Run, phase: str) -> tuple[float, float]:
     """The seconds a check of ``phase`` judges: the whole run so far for the steady state, the
     faults' window for expect, from the last revert on for after."""
     start, end = faults_window(ctx)
@@ -76,7 +116,7 @@ def _window(ctx: RunContext, phase: str) -> tuple[float, float]:
     return (start, end) if phase == "expect" else (end, ctx.now())
 
 
-def _judge_invariant(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_invariant(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     if isinstance(check.invariant, EventualInvariant):
         return judge_eventual_invariant(ctx, check.invariant, phase)
     assert check.invariant is not None
@@ -84,7 +124,7 @@ def _judge_invariant(ctx: RunContext, check: Check, phase: str) -> list[CheckRes
     return judge_invariants(ctx, names, phase)
 
 
-def _judge_slo(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_slo(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     assert check.slo is not None
     name = check.slo if isinstance(check.slo, str) else check.slo.name
     slo = ctx.catalogue.slo(name)
@@ -95,7 +135,7 @@ def _judge_slo(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
     return [judge_slo_window(ctx, name, slo, bound, _window(ctx, phase), hold, phase)]
 
 
-def _judge_breaker(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_breaker(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     b = check.breaker
     assert b is not None
     start, end = faults_window(ctx)
@@ -114,21 +154,21 @@ def _judge_breaker(ctx: RunContext, check: Check, phase: str) -> list[CheckResul
     return results
 
 
-def _judge_recovery(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_recovery(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     assert check.recovery is not None
     end = faults_window(ctx)[1]
     _wait_until(ctx, end + check.recovery.within.total_seconds() + GRACE)
     return [judge_recovery(ctx.samples(), end, check.recovery, ctx.catalogue.slo(check.recovery.slo), phase)]
 
 
-def _judge_kafka(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_kafka(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     assert check.kafka is not None
     end = faults_window(ctx)[1]
     _wait_until(ctx, end + check.kafka.within.total_seconds() + GRACE)
     return [judge_lag(ctx.samples(), end, check.kafka, phase, ctx.catalogue.vocabulary)]
 
 
-def _judge_traffic(ctx: RunContext, check: Check, phase: str) -> list[CheckResult]:
+def _judge_traffic(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     assert check.traffic is not None
     results = []
     if check.traffic.flows_cut_at_most is not None:
@@ -150,7 +190,7 @@ def _judge_traffic(ctx: RunContext, check: Check, phase: str) -> list[CheckResul
 
 
 # The judge of each check kind (spec.CHECK_KINDS; a unit test holds them to it).
-JUDGES: dict[str, Callable[[RunContext, Check, str], list[CheckResult]]] = {
+JUDGES: dict[str, Callable[[Run, Check, str], list[CheckResult]]] = {
     "slo": _judge_slo,
     "invariant": _judge_invariant,
     "breaker": _judge_breaker,
@@ -183,11 +223,11 @@ def judge_flows_cut(refusals: list[dict[str, Any]], at_most: int, phase: str) ->
     return CheckResult(phase, "traffic", "flows-cut", verdict, len(cut), threshold, detail, evidence, float(at_most - len(cut)))
 
 
-def _refusals(ctx: RunContext) -> list[dict[str, Any]]:
+def _refusals(ctx: Run) -> list[dict[str, Any]]:
     return _load_record(ctx, "refusals")
 
 
-def _load_record(ctx: RunContext, kind: str) -> list[dict[str, Any]]:
+def _load_record(ctx: Run, kind: str) -> list[dict[str, Any]]:
     """One of the load's records so far (``refusals``, ``unanswered``): the workers' parts while a
     distributed load runs (the merged file appears only when it stops), else the single file."""
     path = getattr(ctx.load, f"{kind}_path", None)
@@ -213,7 +253,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def judge_slo_window(
-    ctx: RunContext, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: tuple[float, float],
+    ctx: Run, name: str, slo: Slo, bound: tuple[float | None, float | None, str], window: tuple[float, float],
     hold: float, phase: str,
 ) -> CheckResult:
     """An SLO over a phase's window. Without ``for:`` it is one value over every request of the
@@ -297,7 +337,7 @@ def _sampled(vocabulary: Vocabulary, key: str) -> str | None:
     return vocabulary.sampled(SAMPLE_WINDOW).get(key)
 
 
-def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: float, phase: str) -> CheckResult:
+def judge_breaker_opens(ctx: Run, breaker: Breaker, start: float, end: float, phase: str) -> CheckResult:
     """Some replica's breaker open within ``breaker.opensWithin`` of the fault's start.
 
     A breaker that stayed closed failed only if it had the chance: if no replica's breaker
@@ -316,7 +356,7 @@ def judge_breaker_opens(ctx: RunContext, breaker: Breaker, start: float, end: fl
         verdict, detail = "inconclusive", (f"breaker open not observed, and {SERIES_FILE_HINT} gives no calls or states "
                                           f"series for breaker {breaker.name!r} to tell whether it had the chance")
     elif delay is None:
-        needed = breaker.calls_to_open or ctx.target.calls_to_open()
+        needed = breaker.calls_to_open or ctx.target.calls_to_open(breaker.name)
         deadline = min(end, start + within)
         span = f"{max(1, round(deadline - start))}s"
         calls_query = fill(queries.calls, name=breaker.name, window=span)  # type: ignore[union-attr,arg-type]
@@ -443,7 +483,7 @@ STEADY_EVIDENCE_WAIT = 30.0  # seconds a steady-state SLO waits for enough reque
 
 
 def judge_steady_slo(
-    ctx: RunContext, name: str, slo: Slo, bound: tuple[float | None, float | None, str], phase: str
+    ctx: Run, name: str, slo: Slo, bound: tuple[float | None, float | None, str], phase: str
 ) -> CheckResult:
     """The steady state over the last 30 s of traffic: before the faults, while the load is young
     (the window still holds too few requests) it waits for more rather than judge thin evidence,
@@ -463,7 +503,7 @@ def judge_steady_slo(
         time.sleep(1.0)
 
 
-def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[CheckResult]:
+def judge_invariants(ctx: Run, names: list[str], phase: str) -> list[CheckResult]:
     queries = {n: ctx.catalogue.invariant(n) for n in names}
     acknowledged = _acknowledged(ctx)
     engine = engine_for(ledger_dsn(ctx.endpoints.ledger_dsn))
@@ -482,7 +522,7 @@ def judge_invariants(ctx: RunContext, names: list[str], phase: str) -> list[Chec
 EVENTUAL_RETRY = 1.0  # seconds between two judgements of an invariant that is still converging
 
 
-def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: str) -> list[CheckResult]:
+def judge_eventual_invariant(ctx: Run, check: EventualInvariant, phase: str) -> list[CheckResult]:
     """Judge again until the invariant holds or ``within`` has passed since this phase began.
 
     The phase begins after the revert (``after``) or at the end (``steadyState.after``), so the
@@ -501,13 +541,13 @@ def judge_eventual_invariant(ctx: RunContext, check: EventualInvariant, phase: s
     return [result]
 
 
-def _client_records(ctx: RunContext) -> list[dict[str, Any]]:
+def _client_records(ctx: Run) -> list[dict[str, Any]]:
     """The load's record of what the app was told is final, one dict per answer."""
     path = getattr(ctx.load, "acknowledged_path", None)
     return _read_jsonl(path) if path is not None else []
 
 
-def _acknowledged(ctx: RunContext) -> list[Acknowledged]:
+def _acknowledged(ctx: Run) -> list[Acknowledged]:
     """Completed payments as the invariants join them; both taps of a double tap answered with
     the same payment are one row (two payments for one key are two rows, and a violation)."""
     rows: dict[tuple[str, str], Acknowledged] = {}
@@ -518,7 +558,7 @@ def _acknowledged(ctx: RunContext) -> list[Acknowledged]:
     return list(rows.values())
 
 
-def judge_exercises(ctx: RunContext, wanted: dict[str, int], phase: str) -> list[CheckResult]:
+def judge_exercises(ctx: Run, wanted: dict[str, int], phase: str) -> list[CheckResult]:
     """How often the run walked each path the spec says it must (from the method start until
     now); fewer than asked is inconclusive: the checks guarding that path saw nothing to judge."""
     span = f"{max(1, round(ctx.now()))}s"
@@ -552,7 +592,7 @@ def judge_exercised(phase: str, name: str, needed: int, seen: int, description: 
     return CheckResult(phase, "exercise", name, verdict, seen, f">= {needed}", detail, evidence, float(seen - needed))
 
 
-def _client_count(ctx: RunContext, what: str) -> int:
+def _client_count(ctx: Run, what: str) -> int:
     """Counted from the load's record: payments the app retried with the same key (answered in
     the end or given up on), or double-tapped (sent twice at once with the same key; both taps
     count once)."""
