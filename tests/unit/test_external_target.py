@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from paychaos.cli.app import app
+from paychaos.cli.targeting import chosen_target
 from paychaos.experiments.loading import SpecError, parse_experiment
+from paychaos.faults import records
+from paychaos.faults.driving import InjectionFailed
+from paychaos.faults.planning import FaultPlan
 from paychaos.probes.catalogue import load_catalogue
 from paychaos.targets import Inventory, catalogue_of, from_arguments
-from paychaos.targets.external import ExternalTarget, TargetFileError, overlay
+from paychaos.targets.external import ExternalTarget, TargetFileError, ToxiproxyDriver, overlay
+from paychaos.targets.local import LocalTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -132,3 +138,31 @@ def test_a_fault_the_targets_driver_cannot_inject_is_refused_at_validation() -> 
 def test_run_dir_and_target_are_one_or_the_other(target_file: Path) -> None:
     result = runner.invoke(app, ["halt", "--run-dir", "x", "--target", str(target_file)])
     assert result.exit_code == 2 and "not both" in result.stderr
+
+
+def test_a_fault_kind_the_driver_refuses_leaves_no_record_that_halt_would_trip_on(tmp_path: Path) -> None:
+    ledger, driver = records.FileLedger(tmp_path), ToxiproxyDriver("http://127.0.0.1:9")
+    plan = FaultPlan(experiment="x", index=0, kind="poisonEvents", at=1.0, duration=5.0, topic="payments", poison=5)
+    with pytest.raises(InjectionFailed, match="injects slowDownstream only, not poisonEvents"):
+        records.inject(ledger, driver, plan)
+    assert ledger.records() == [] and records.halt(ledger, driver) == []
+
+
+def test_with_its_toxiproxy_silent_the_fault_kinds_are_still_checked(target_file: Path, tmp_path: Path) -> None:
+    target_file.write_text(TARGET.replace("  edge: http://127.0.0.1:9\n", "  edge: http://127.0.0.1:9\n  toxiproxy: http://127.0.0.1:9\n"))
+    spec = tmp_path / "two.yaml"
+    spec.write_text(SLOW_THEN_KILL)
+    result = runner.invoke(app, ["validate", "--target", str(target_file), str(spec)])
+    assert result.exit_code == 1
+    assert "proxy names not checked" in result.stderr
+    assert f"{spec}:8: spec.faults[1].podKill: the target's driver cannot inject podKill" in result.stderr
+    assert "proxy" not in result.stderr.split("podKill")[-1]  # the unknown proxy list is not held against it
+
+
+def test_the_environment_names_the_target_unless_a_run_dir_is_given(target_file: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYCHAOS_TARGET", str(target_file))
+    assert isinstance(chosen_target(None, None), ExternalTarget)
+    assert isinstance(chosen_target(tmp_path / "run", None), LocalTarget)  # an explicit --run-dir wins over the environment
+    local = LocalTarget.at(str(tmp_path / "run"))
+    assert isinstance(chosen_target(None, None, json.dumps(local.arguments())), LocalTarget)

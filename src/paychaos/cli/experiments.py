@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from paychaos.cli.console import err, fail, say
-from paychaos.cli.targeting import load_target_file
+from paychaos.cli.targeting import load_target_file, target_from_environment
 from paychaos.experiments.loading import Problem, SpecError, load_experiment
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.probes.catalogue import Catalogue, CatalogueError, load_catalogue
@@ -26,7 +26,8 @@ def validate(
         Path | None, typer.Option(help="Check services, zones, proxies and brokers against this topology; default: the packaged one")
     ] = None,
     target_file: Annotated[Path | None, typer.Option(
-        "--target", metavar="FILE", help="Check this target file (kind: Target), then the experiments against the stack it describes")] = None,
+        "--target", metavar="FILE",
+        help="Check this target file (kind: Target), then the experiments against the stack it describes [env: PAYCHAOS_TARGET]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results on stdout")] = False,
 ) -> None:
     """Check experiment files without running anything: every problem of every file, one line each.
@@ -37,6 +38,7 @@ def validate(
     the experiments against what that stack exposes (its proxies, the faults its driver can
     inject, its series). Exits 1 if any file is invalid.
     """
+    target_file = target_file or target_from_environment()
     if not files and target_file is None:
         raise fail("give experiment files (or folders of them) to check, or --target FILE", code=2)
     results = []
@@ -57,7 +59,7 @@ def validate(
             topo = target.inventory()
             if not as_json:
                 err.print(Text.assemble(("✓ ", "green"), f"target {target.document.metadata.name}", (f"  {target_file}", "dim")))
-                if topo is None:
+                if topo.proxies is None:
                     say(escape(f"its Toxiproxy ({target.spec.toxiproxy}) does not answer: proxy names not checked"))
             if probes is not None:
                 probes = catalogue_of(target, probes)

@@ -89,7 +89,7 @@ def halt(
     for record in reverted:
         err.print(f"reverted {record.id}: {record.summary} (left by pid {record.owner.pid})")
     for record in records.live_records(ledger):
-        say(f"left {record.id} to its live run (pid {record.owner.pid}); `paychaos halt --force` reverts it too")
+        say(f"left {record.id} to its live run (pid {record.owner.pid}); `paychaos halt --force` (with the same target) reverts it too")
     if not reverted:
         err.print("nothing to revert")
         return
@@ -101,5 +101,5 @@ def halt(
             time.sleep(0.5)
     if pending:
         raise fail(f"reverted, but not whole again after {timeout:.0f}s: "
-                   f"{', '.join(r.id for r in pending)} (see `paychaos stack status`)")
-    err.print(f"[green]stack whole again[/]: {len(reverted)} fault(s) reverted")
+                   f"{', '.join(r.id for r in pending)} on {target.where}")
+    err.print(f"[green]whole again[/]: {len(reverted)} fault(s) reverted on {target.where}")

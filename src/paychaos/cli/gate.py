@@ -43,7 +43,8 @@ def gate(
     runbook per experiment, written from what this run observed.
     """
     rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
-    target = chosen_target(run_dir, target_file) if target_file is not None else None
+    chosen = chosen_target(run_dir, target_file)
+    target = chosen if chosen.platform != "local" else None  # the local stack may be started here
     passed = run_gate(suite, rd, target=target, out=out, junit=junit or out / "junit.xml", report=report or out / "report.html",
                       runbooks=runbooks, keep=keep)
     raise typer.Exit(0 if passed else 1)

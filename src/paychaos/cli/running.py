@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from paychaos.cli.console import err, fail, say
-from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
+from paychaos.cli.targeting import RunDirOption, TargetArgumentsOption, TargetOption, chosen_target
 from paychaos.experiments.compiling import compile_experiment
 from paychaos.experiments.loading import SpecError, load_experiment
 from paychaos.experiments.spec import ChaosExperiment
@@ -30,6 +30,7 @@ def run(
     ),
     run_dir: RunDirOption = None,
     target_file: TargetOption = None,
+    target_arguments: TargetArgumentsOption = None,
 ) -> None:
     """Run an experiment against the stack: load, faults on the timeline, checks, verdict.
 
@@ -45,15 +46,15 @@ def run(
     from paychaos.experiments.running import NotRunnable
     from paychaos.experiments.running import run as run_experiment
 
-    chosen = chosen_target(run_dir, target_file)
+    chosen = chosen_target(run_dir, target_file, target_arguments)
     try:
         spec = load_experiment(experiment, chosen.inventory(), probes=catalogue_of(chosen, load_catalogue()))
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     say(f"running {spec.name}: {spec.spec.description}")
     try:
-        target = chosen if target_file is not None else _spec_target(spec, chosen)
-        if target_file is not None:
+        target = _spec_target(spec, chosen)
+        if target is chosen:
             say(f"on {target.where}")
         outcome = run_experiment(spec, target=target, journal_path=journal.resolve(), progress=say)
     except (NotRunnable, UnsupportedTarget, TargetFileError) as exc:
@@ -88,13 +89,13 @@ def export(
     """
     if format != "chaostoolkit":
         raise fail(f"unknown format {format!r}: expected chaostoolkit")
-    try:
-        spec = load_experiment(experiment)
-    except SpecError as exc:
-        raise fail(str(exc)) from None
     chosen = chosen_target(run_dir, target_file)
     try:
-        target = chosen if target_file is not None else _spec_target(spec, chosen)
+        # Checked against the target it will run on, as `run` does (a fault its driver lacks is refused here).
+        spec = load_experiment(experiment, chosen.inventory() if chosen.platform != "local" else None)
+        target = _spec_target(spec, chosen)
+    except SpecError as exc:
+        raise fail(str(exc)) from None
     except UnsupportedTarget as exc:
         raise fail(str(exc)) from None
     text = json.dumps(compile_experiment(spec, target.arguments(), str(out_dir.resolve())), indent=2)
@@ -105,6 +106,10 @@ def export(
         typer.echo(text)
 
 
-def _spec_target(spec: ChaosExperiment, local: Target) -> Target:
-    """The target the experiment's own ``target`` names (its local stack is ``--run-dir``'s)."""
-    return for_spec(spec.spec.target.platform, run_dir=local.arguments()["location"], namespace=spec.spec.target.namespace)
+def _spec_target(spec: ChaosExperiment, chosen: Target) -> Target:
+    """Where the experiment runs: a target chosen on the command line other than the local stack
+    (a target file) decides; otherwise the experiment's own ``target`` (its local stack is
+    ``--run-dir``'s)."""
+    if chosen.platform != "local":
+        return chosen
+    return for_spec(spec.spec.target.platform, run_dir=chosen.arguments()["location"], namespace=spec.spec.target.namespace)

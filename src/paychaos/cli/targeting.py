@@ -3,6 +3,8 @@ described by a target file (``--target``)."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +12,8 @@ import typer
 
 from paychaos.cli.console import fail
 from paychaos.experiments.loading import SpecError, parse_document, read_document
-from paychaos.targets import Target
-from paychaos.targets.external import KIND, ExternalTarget, TargetFile
+from paychaos.targets import Target, UnsupportedTarget, from_arguments
+from paychaos.targets.external import KIND, ExternalTarget, TargetFile, TargetFileError
 from paychaos.targets.local import LocalTarget
 
 RunDirOption = Annotated[
@@ -20,10 +22,19 @@ RunDirOption = Annotated[
 ]
 TargetOption = Annotated[
     Path | None,
-    typer.Option("--target", envvar="PAYCHAOS_TARGET", metavar="FILE",
+    typer.Option("--target", metavar="FILE",
                  help="A target file (kind: Target) describing a stack paychaos did not start: its Prometheus, "
-                      "edge, ledger DSN file and Toxiproxy (see examples/targets/) [env: PAYCHAOS_TARGET]"),
+                      "edge, ledger DSN file and Toxiproxy (see targets/java-payments.yaml) [env: PAYCHAOS_TARGET, "
+                      "unless --run-dir is given]"),
 ]
+# How the gate hands a `paychaos run` child its target, whatever the platform: Target.arguments() as JSON.
+TargetArgumentsOption = Annotated[str | None, typer.Option("--target-arguments", hidden=True)]
+TARGET_ENV = "PAYCHAOS_TARGET"
+
+
+def target_from_environment() -> Path | None:
+    configured = os.environ.get(TARGET_ENV)
+    return Path(configured) if configured else None
 
 
 def load_target_file(path: Path) -> ExternalTarget:
@@ -32,11 +43,20 @@ def load_target_file(path: Path) -> ExternalTarget:
     return ExternalTarget(document, path)
 
 
-def chosen_target(run_dir: Path | None, target_file: Path | None) -> Target:
-    """The target of ``--target FILE`` or ``--run-dir DIR`` (the local stack by default)."""
+def chosen_target(run_dir: Path | None, target_file: Path | None, arguments: str | None = None) -> Target:
+    """The target of ``--target FILE`` or ``--run-dir DIR``, the flags before the environment
+    (``PAYCHAOS_TARGET``, then ``PAYCHAOS_RUN_DIR``); the local stack by default. ``arguments``:
+    a target's own ``arguments()`` as JSON (the gate's children)."""
+    if arguments is not None:
+        try:
+            return from_arguments(json.loads(arguments))
+        except (ValueError, UnsupportedTarget, TargetFileError) as exc:
+            raise fail(f"--target-arguments: {exc}", code=2) from None
+    if target_file is not None and run_dir is not None:
+        raise fail("give --run-dir (a stack `paychaos stack up` started) or --target (a target file), not both", code=2)
+    if run_dir is None:
+        target_file = target_file or target_from_environment()
     if target_file is not None:
-        if run_dir is not None:
-            raise fail("give --run-dir (a stack `paychaos stack up` started) or --target (a target file), not both", code=2)
         try:
             return load_target_file(target_file)
         except SpecError as exc:

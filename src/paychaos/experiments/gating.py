@@ -103,7 +103,7 @@ def run_entry(planned: Planned, target: Target, journals: Path, progress: Progre
     journal_path = journals / f"{name}.json"
     journal_path.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "paychaos.cli", "run", str(planned.path), "--journal", str(journal_path),
-            *_where(target)]
+            "--target-arguments", json.dumps(target.arguments())]
     started = time.monotonic()
     # stderr is the child's live progress: the user watches it as if they had run it themselves.
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=None, check=False)
@@ -125,15 +125,6 @@ def run_entry(planned: Planned, target: Target, journals: Path, progress: Progre
         entry.verdict, entry.reason = "error", f"{len(leftovers)} faults outlived the run and were reverted by the gate"
     entry.gate_checks = threshold_checks(journal["paychaos"].get("times") or {}, planned.entry.thresholds)
     return entry
-
-
-# How `paychaos run` is told each platform's location (its run dir, its target file).
-LOCATION_OPTIONS = {"local": "--run-dir", "external": "--target"}
-
-
-def _where(target: Target) -> list[str]:
-    arguments = target.arguments()
-    return [LOCATION_OPTIONS[arguments["platform"]], arguments["location"]]
 
 
 def _read_journal(path: Path) -> dict[str, Any] | None:

@@ -104,7 +104,7 @@ def _target_problems(fault: Any, inventory: Inventory) -> list[Reference]:
                 out.append((("count",), f"{kill.count} is more than the {replicas} replicas of {kill.service}{where}"))
     if fault.zone_loss is not None and fault.zone_loss.zone not in inventory.zones:
         out.append((("zone",), _one_of("zone", fault.zone_loss.zone, inventory.zones)))
-    if fault.slow_downstream is not None and fault.slow_downstream.proxy not in inventory.proxies:
+    if fault.slow_downstream is not None and inventory.proxies is not None and fault.slow_downstream.proxy not in inventory.proxies:
         out.append((("proxy",), _one_of("proxy", fault.slow_downstream.proxy, inventory.proxies)))
     if fault.admission_restriction is not None and fault.admission_restriction.service not in inventory.services:
         out.append((("service",), _one_of("service", fault.admission_restriction.service, inventory.services)))

@@ -48,16 +48,28 @@ class BreakerSettings(Protocol):
 
 
 class Run(Protocol):
-    """What a judge reads of the run it judges."""
+    """What a judge reads of the run it judges (read only)."""
 
-    experiment: ChaosExperiment
-    catalogue: Catalogue
-    endpoints: Endpoints
-    target: BreakerSettings
-    method_started: float | None
-    stop_reason: str | None
-    timeline: list[Any]  # events, each with .event (its name) and .wall (time.time())
-    load: Any  # the load runner: where its client records are (None without load)
+    @property
+    def experiment(self) -> ChaosExperiment: ...
+    @property
+    def catalogue(self) -> Catalogue: ...
+    @property
+    def endpoints(self) -> Endpoints: ...
+    @property
+    def target(self) -> BreakerSettings: ...
+    @property
+    def method_started(self) -> float | None: ...
+    @property
+    def stop_reason(self) -> str | None: ...
+    @property
+    def timeline(self) -> list[Any]:
+        """Events, each with .event (its name) and .wall (``time.time()``)."""
+        ...
+    @property
+    def load(self) -> Any:
+        """The load runner, where its client records are (None without load)."""
+        ...
 
     def now(self) -> float:
         """Seconds since the method started."""
@@ -329,7 +341,7 @@ def _judge_thin(prom: Prometheus, name: str, slo: Slo, window: str, at: float | 
 
 INERT_STATES = {"disabled", "forced_open", "metrics_only"}  # states in which failures never trip it
 
-SERIES_FILE_HINT = "the catalogue's series.yaml"
+SERIES_FILE_HINT = "the series vocabulary (probes/series.yaml, or the target file's series)"
 
 
 def _sampled(vocabulary: Vocabulary, key: str) -> str | None:

@@ -44,7 +44,7 @@ class Inventory:
 
     replicas: Mapping[str, Mapping[str, int]]  # service -> zone -> replicas there
     zones: tuple[str, ...]
-    proxies: tuple[str, ...]
+    proxies: tuple[str, ...] | None  # None: the target cannot say now (its proxy names are not checked)
     topics: Mapping[str, int]
     brokers: tuple[int, ...]
     # The fault kinds its driver can inject (None: every kind the spec language has).

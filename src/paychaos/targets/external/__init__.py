@@ -187,13 +187,13 @@ class ExternalTarget:
             return catalogue
         return Vocabulary.model_validate(overlay(catalogue.model_dump(by_alias=True, exclude_none=True), self.spec.series))
 
-    def inventory(self) -> Inventory | None:
-        proxies: tuple[str, ...] = ()
+    def inventory(self) -> Inventory:
+        proxies: tuple[str, ...] | None = ()
         if self.spec.toxiproxy is not None:
             try:
                 proxies = tuple(p.name for p in toxiproxy.observed_proxies(self.spec.toxiproxy))
             except TargetUnreachable:
-                return None  # cannot say which proxies exist: names are checked when the run starts
+                proxies = None  # cannot say which exist: proxy names are checked when the run starts
         zones = self.spec.zones or sorted({z for per_zone in self.spec.services.values() for z in per_zone})
         return Inventory(replicas=self.spec.services, zones=tuple(zones), proxies=proxies, topics={}, brokers=(),
                          fault_kinds=FAULT_KINDS if self.spec.toxiproxy is not None else ())
@@ -225,11 +225,19 @@ class ToxiproxyDriver:
 
     def revert(self, record: FaultRecord) -> None:
         self._check_driver(record)
-        toxiproxy.remove_toxics(self._url(), record.fault_plan)
+        if record.kind not in FAULT_KINDS:
+            return  # refused before anything was done: its record is all there is to forget
+        try:
+            url = self._url()
+        except TargetUnreachable as exc:
+            raise RevertFailed(str(exc)) from None
+        toxiproxy.remove_toxics(url, record.fault_plan)
 
     def verify_reverted(self, record: FaultRecord) -> bool:
         self._check_driver(record)
-        return toxiproxy.toxics_gone(self._url(), record.fault_plan)
+        if record.kind not in FAULT_KINDS:
+            return True  # refused: it never touched the target
+        return self.url is not None and toxiproxy.toxics_gone(self.url, record.fault_plan)
 
     def _check_driver(self, record: FaultRecord) -> None:
         if record.driver != self.name:
