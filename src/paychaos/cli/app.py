@@ -29,6 +29,7 @@ app.command()(reports.runbook)
 app.command()(reports.alerts)
 app.command()(experiments.validate)
 app.command()(experiments.schema)
+app.command()(experiments.crds)
 
 
 def main() -> None:
