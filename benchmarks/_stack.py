@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from paychaos.installing import MissingTool
 from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.installing import MissingTool
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import supervisor_alive
 from paychaos.platform.topology import Topology

@@ -23,8 +23,9 @@ from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from paychaos.faults.toxiproxy import Toxiproxy, ToxiproxyError
+from paychaos.installing import CACHE_DIR_ENV
 from paychaos.platform.runtime import installing, kafka, postgres
-from paychaos.platform.runtime.paths import CACHE_DIR_ENV, RUN_DIR_ENV, RunDir
+from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
 from paychaos.platform.runtime.processes import HttpReady, ProcessSpec, TcpReady
 from paychaos.platform.runtime.toxiproxy import ensure_proxies, toxiproxy_process
 from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from paychaos.cli import demo, experiments, faults, gate, load, reports, running, stack
+from paychaos.cli import cluster, demo, experiments, faults, gate, load, reports, running, stack
 
 app = typer.Typer(
     name="paychaos",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stack.app, name="stack")
+app.add_typer(cluster.app, name="cluster")
 app.command()(demo.demo)
 app.command(name="load")(load.load)
 app.command()(faults.plan)

@@ -10,7 +10,8 @@ import typer
 
 from paychaos.cli.console import err, fail, say
 from paychaos.cli.gate import DEFAULT_SUITE, run_gate
-from paychaos.platform.runtime.installing import MissingTool, install
+from paychaos.installing import MissingTool
+from paychaos.platform.runtime.installing import install
 from paychaos.platform.runtime.paths import RunDir
 
 

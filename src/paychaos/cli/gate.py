@@ -11,8 +11,8 @@ from paychaos.cli.console import err, fail, say
 from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.loading import SpecError
 from paychaos.experiments.suites import Suite, load_suite
+from paychaos.installing import MissingTool
 from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.installing import MissingTool
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.platform.runtime.state import supervisor_alive
 from paychaos.probes.catalogue import CatalogueError, load_catalogue

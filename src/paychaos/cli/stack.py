@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from paychaos.cli.console import err, fail, say
+from paychaos.installing import MissingTool
 from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.installing import MissingTool, install as install_tools
+from paychaos.platform.runtime.installing import install as install_tools
 from paychaos.platform.runtime.paths import RunDir
 
 app = typer.Typer(

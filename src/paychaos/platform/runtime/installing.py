@@ -6,19 +6,18 @@ raises `MissingTool` (one line naming the fix) when something is not there.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from paychaos.platform.runtime.paths import cache_dir
+from paychaos.installing import InstallError, MissingTool, Progress, cache_dir, locked, run_logged
 
 # Kafka 4.x brokers are compiled for Java 17 (class file 61) and run KRaft only.
 KAFKA_VERSION = "4.4.0"
@@ -32,20 +31,6 @@ APT_PACKAGES = ("haproxy", "prometheus", "wrk")
 MIN_JAVA = 17
 
 INSTALL_COMMAND = "paychaos stack install"
-Progress = Callable[[str], None]
-
-
-class MissingTool(Exception):
-    """A tool the stack needs is not there; the message says what and the command that fixes it."""
-
-    def __init__(self, what: str, fix: str) -> None:
-        super().__init__(f"{what}: run `{fix}`")
-        self.what = what
-        self.fix = fix
-
-
-class InstallError(Exception):
-    """A step of `stack install` failed; the message is one line and points at the full log."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +67,7 @@ def install(progress: Progress = print) -> Tools:
     """Install whatever is missing (a no-op when all is cached) and return where it all is."""
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / ".install.lock"):
+    with locked(root / ".install.lock"):
         _check_java(progress)
         _install_system_packages(progress)
         _install_kafka(root, progress)
@@ -149,37 +134,6 @@ def _toxiproxy() -> Path:
 # --- installing -------------------------------------------------------------------------------
 
 
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    # Two installs at once (a developer and a test session) would otherwise corrupt the cache.
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _run(argv: list[str], log: Path, what: str, env: dict[str, str] | None = None,
-         on_line: Callable[[str], None] | None = None) -> None:
-    """Run a step, keep its full output in `log`, and fail with one line if it fails."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    last = ""
-    with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, **(env or {})})
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            out.write(line)
-            if line.strip():
-                last = line.strip()
-            if on_line is not None:
-                on_line(line)
-        code = proc.wait()
-    if code != 0:
-        raise InstallError(f"{what} failed (exit {code}): {last[:200]} — full log: {log}")
-
-
 def _check_java(progress: Progress) -> None:
     java = _java()
     out = subprocess.run([str(java), "-version"], capture_output=True, text=True).stderr
@@ -205,16 +159,16 @@ def _install_system_packages(progress: Progress) -> None:
     if not any(Path("/var/lib/apt/lists").glob("*_Packages*")):
         # A fresh machine has no package lists yet: apt-get install would find nothing.
         progress("fetching Debian package lists (apt-get update)")
-        _run(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
+        run_logged(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
     with _services_not_started():
         try:
-            _run(command.split(), apt_log, "apt-get install",
+            run_logged(command.split(), apt_log, "apt-get install",
                  env={"DEBIAN_FRONTEND": "noninteractive"}, on_line=lambda line: _apt_progress(line, progress))
         except InstallError:
             # Stale package lists name versions the mirror no longer has: refresh once and retry.
             progress("apt-get install failed; refreshing package lists and trying again")
-            _run(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
-            _run(command.split(), apt_log, "apt-get install",
+            run_logged(["apt-get", "update", "-q"], apt_log, "apt-get update", env={"DEBIAN_FRONTEND": "noninteractive"})
+            run_logged(command.split(), apt_log, "apt-get install",
                  env={"DEBIAN_FRONTEND": "noninteractive"}, on_line=lambda line: _apt_progress(line, progress))
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 9090)) == 0:
@@ -289,7 +243,7 @@ def _install_kafka(root: Path, progress: Progress) -> None:
                 progress(f"  {downloaded} artifacts downloaded")
 
     # A private local repository keeps the cache self-contained: deleting it is a clean reinstall.
-    _run([str(mvn), "-B", "-f", str(home / "pom.xml"), f"-Dmaven.repo.local={root / 'm2'}",
+    run_logged([str(mvn), "-B", "-f", str(home / "pom.xml"), f"-Dmaven.repo.local={root / 'm2'}",
           f"{MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
           f"-DoutputDirectory={staging}"], home / "mvn.log", f"fetching Kafka {KAFKA_VERSION} with Maven",
          on_line=count)
@@ -313,7 +267,7 @@ def _install_toxiproxy(root: Path, progress: Progress) -> None:
     progress(f"Toxiproxy {TOXIPROXY_VERSION}: building with go install (a minute or two the first time)")
     for cmd in ("server", "cli"):
         # Without the ldflag the binary (and its /version endpoint) reports "git".
-        _run([str(go), "install", f"-ldflags=-X {TOXIPROXY_MODULE}.Version={TOXIPROXY_VERSION.lstrip('v')}",
+        run_logged([str(go), "install", f"-ldflags=-X {TOXIPROXY_MODULE}.Version={TOXIPROXY_VERSION.lstrip('v')}",
               f"{TOXIPROXY_MODULE}/cmd/{cmd}@{TOXIPROXY_VERSION}"],
              root / "logs" / f"go-install-toxiproxy-{cmd}.log", f"go install toxiproxy {cmd}",
              env={"GOBIN": str(bin_dir), "CGO_ENABLED": "0"})

@@ -7,15 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RUN_DIR_ENV = "PAYCHAOS_RUN_DIR"
-CACHE_DIR_ENV = "PAYCHAOS_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "paychaos"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,116 @@
+"""`paychaos cluster install`: the Kubernetes test cluster's binaries, built from the Go module proxy.
+
+A real control plane with no download site and no container registry: kube-apiserver,
+kube-controller-manager and kube-scheduler from ``k8s.io/kubernetes`` (the module in
+``go/controlplane`` maps each staging module Kubernetes requires at v0.0.0 to its published
+release), etcd over ``etcdmain`` (``go/etcd``; etcd's own module cannot be `go install`ed), and
+KWOK's fake-node controller. Each binary lands in the cache under the versions it was built from,
+so a warm run rebuilds nothing; the Go build cache makes a rebuild after a version bump cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from paychaos.installing import InstallError, MissingTool, Progress, cache_dir, locked, run_logged
+
+KUBERNETES_VERSION = "v1.37.2"
+ETCD_VERSION = "v3.7.3"
+KWOK_VERSION = "v0.8.0"
+MIN_GO = (1, 26)
+GO_MODULES = Path(__file__).resolve().parent / "go"
+INSTALL_COMMAND = "paychaos cluster install"
+
+
+@dataclass(frozen=True)
+class Binary:
+    name: str
+    module_dir: str | None  # the folder under go/ it is built in; None: `go install` of ``package``
+    package: str
+
+    def argv(self, out: Path) -> list[str]:
+        if self.module_dir is None:
+            return ["go", "install", "-trimpath", "-ldflags=-s -w", self.package]
+        return ["go", "build", "-trimpath", f"-ldflags={ldflags(self.name)}", "-o", str(out), self.package]
+
+
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+BINARIES = (
+    Binary("etcd", "etcd", "."),
+    *(Binary(name, "controlplane", f"k8s.io/kubernetes/cmd/{name}") for name in CONTROL_PLANE),
+    Binary("kwok", None, f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
+)
+
+
+def ldflags(name: str) -> str:
+    """Strip symbols; stamp the Kubernetes binaries with their version (they report v0.0.0 otherwise,
+    and clients that compare versions refuse them)."""
+    if name not in CONTROL_PLANE:
+        return "-s -w"
+    major, minor, _ = KUBERNETES_VERSION.lstrip("v").split(".")
+    stamp = {"gitVersion": KUBERNETES_VERSION, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
+    return "-s -w " + " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in stamp.items())
+
+
+def bin_dir() -> Path:
+    """Where the binaries of these versions live (a version bump builds into a new folder)."""
+    return cache_dir() / f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-kwok-{KWOK_VERSION}" / "bin"
+
+
+def locate() -> dict[str, Path]:
+    """Every binary, or ``MissingTool`` naming the command that builds them."""
+    found = {b.name: bin_dir() / b.name for b in BINARIES}
+    missing = [name for name, path in found.items() if not os.access(path, os.X_OK)]
+    if missing:
+        raise MissingTool(f"the test cluster's {', '.join(missing)} not built", INSTALL_COMMAND)
+    return found
+
+
+def go_version(go: str) -> tuple[int, int] | None:
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False).stdout.strip()
+    parts = out.removeprefix("go").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def install(progress: Progress) -> dict[str, Path]:
+    """Build what is missing (13–20 minutes cold on two cores; nothing when warm)."""
+    go = shutil.which("go")
+    if go is None:
+        raise MissingTool("the test cluster is built with Go 1.26+, which is not installed",
+                          "apt-get install -y golang-go && export GOTOOLCHAIN=go1.26.8")
+    version = go_version(go)
+    if version is None or version < MIN_GO:
+        raise MissingTool(f"Kubernetes {KUBERNETES_VERSION} needs Go {'.'.join(map(str, MIN_GO))}+, found "
+                          f"{'.'.join(map(str, version)) if version else 'an unknown version'}",
+                          "export GOTOOLCHAIN=go1.26.8  # the go command fetches it from the module proxy")
+    out_dir = bin_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir.parent / ".install.lock"):
+        for binary in BINARIES:
+            target = out_dir / binary.name
+            if os.access(target, os.X_OK):
+                progress(f"{binary.name}: built ({target})")
+                continue
+            progress(f"{binary.name}: building {binary.package} (cold: minutes; the Go build cache keeps the work)")
+            started = time.monotonic()
+            cwd = GO_MODULES / binary.module_dir if binary.module_dir else None
+            env = {"CGO_ENABLED": "0"}
+            partial = out_dir / f".{binary.name}.partial"
+            if binary.module_dir is None:
+                env["GOBIN"] = str(partial.parent / ".gobin")
+            run_logged(binary.argv(partial), cache_dir() / "logs" / f"build-{binary.name}.log",
+                       f"building {binary.name}", env=env, cwd=cwd)
+            built = partial if binary.module_dir else partial.parent / ".gobin" / binary.name
+            if not built.exists():
+                raise InstallError(f"building {binary.name} produced no binary at {built}")
+            built.replace(target)  # only a whole binary ever sits under its name
+            progress(f"{binary.name}: built in {time.monotonic() - started:.0f}s")
+    return locate()
