@@ -130,3 +130,15 @@ def test_the_gated_journal_is_derived_and_the_runs_own_is_left_as_written(journa
     # A run that left no journal still reads as a run: its verdict and the gate's checks.
     missing = read_run("gone", GateEntry("gone", None, "error", "`paychaos run` exited 3 without a journal").gated_journal())
     assert (missing.verdict.result, missing.checks) == ("error", [])
+
+
+def test_each_experiment_runs_as_its_own_process_on_the_gates_target(tmp_path: Path) -> None:
+    # A real `paychaos run` child, told its target as --target-arguments: here the local stack of an
+    # empty run dir, so it refuses to start, and the gate says so instead of inventing a verdict.
+    from paychaos.experiments.gating import run_entry
+    from paychaos.targets.local import LocalTarget
+
+    suite = load_suite(ROOT / "experiments" / "suites" / "smoke.yaml")
+    said: list[str] = []
+    entry = run_entry(suite.planned[0], LocalTarget.at(str(tmp_path / "nothing-here")), tmp_path, said.append)
+    assert entry.verdict == "error" and entry.reason == "`paychaos run` exited 1 without a journal", entry.reason

@@ -21,11 +21,10 @@ from paychaos.experiments.journal import CheckRecord, Section, Verdict
 from paychaos.experiments.suites import Planned, Suite, Thresholds
 from paychaos.faults import records
 from paychaos.probes.series import Vocabulary
-from paychaos.probes.verdicts import EXIT_CODES, CheckResult
+from paychaos.probes.verdicts import CheckResult
 from paychaos.targets import Target
 
 Progress = Callable[[str], None]
-EXIT_VERDICTS = {code: verdict for verdict, code in EXIT_CODES.items()}
 
 
 @dataclass
@@ -116,9 +115,10 @@ def run_entry(planned: Planned, target: Target, journals: Path, progress: Progre
                          f"faults it left could not all be reverted: {exc}", seconds=seconds)
     journal = _read_journal(journal_path)
     if journal is None or "paychaos" not in journal:
-        verdict = EXIT_VERDICTS.get(proc.returncode, "error")
+        # Nothing was judged (the spec was refused, the target not ready, the run crashed): its
+        # exit code cannot be a verdict, whatever it is (1 is also how a refused start exits).
         reason = f"`paychaos run` exited {proc.returncode} without a journal"
-        return GateEntry(name, None, "error" if verdict == "passed" else verdict, reason, seconds=seconds)
+        return GateEntry(name, None, "error", reason, seconds=seconds)
     result = journal["paychaos"]["verdict"]
     entry = GateEntry(name, journal, result["result"], result["reason"], seconds=seconds)
     if leftovers:
