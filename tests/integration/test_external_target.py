@@ -106,7 +106,7 @@ def test_an_experiment_runs_on_a_stack_known_only_by_its_target_file(stack, desc
     # A fault a Toxiproxy cannot inject is refused before anything runs, naming what it can.
     kill = write_spec(tmp_path, "kill-on-target", fault="podKill: {service: payment, count: 1}")
     refused = paychaos("run", str(kill), "--target", str(target), "--journal", str(tmp_path / "k.json"), env=env)
-    assert refused.returncode == 1, refused.stderr
+    assert refused.returncode == 3, refused.stderr  # nothing was run: error, not a failed verdict
     assert "cannot inject podKill" in refused.stderr and "slowDownstream" in refused.stderr, refused.stderr
     assert not (tmp_path / "k.json").exists()
 

@@ -141,4 +141,4 @@ def test_each_experiment_runs_as_its_own_process_on_the_gates_target(tmp_path: P
     suite = load_suite(ROOT / "experiments" / "suites" / "smoke.yaml")
     said: list[str] = []
     entry = run_entry(suite.planned[0], LocalTarget.at(str(tmp_path / "nothing-here")), tmp_path, said.append)
-    assert entry.verdict == "error" and entry.reason == "`paychaos run` exited 1 without a journal", entry.reason
+    assert entry.verdict == "error" and entry.reason == "`paychaos run` exited 3 without a journal", entry.reason

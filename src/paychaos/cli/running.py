@@ -42,6 +42,8 @@ def run(
     if this process dies, `paychaos halt` reverts what it left. Exits 0 only when the verdict
     is `passed` (1 failed, 2 aborted, 3 error, 4 inconclusive: a check saw too little to judge,
     such as too few requests for the quantile it asks, or none of what the experiment must exercise).
+    A run that cannot start (an invalid spec, no stack, a target that does not answer) exits 3
+    too: nothing was judged, so it is never mistaken for a failed verdict.
     """
     from paychaos.experiments.running import NotRunnable
     from paychaos.experiments.running import run as run_experiment
@@ -50,7 +52,7 @@ def run(
     try:
         spec = load_experiment(experiment, chosen.inventory(), probes=catalogue_of(chosen, load_catalogue()))
     except (SpecError, CatalogueError) as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), code=EXIT_CODES["error"]) from None
     say(f"running {spec.name}: {spec.spec.description}")
     try:
         target = _spec_target(spec, chosen)
@@ -58,7 +60,7 @@ def run(
             say(f"on {target.where}")
         outcome = run_experiment(spec, target=target, journal_path=journal.resolve(), progress=say)
     except (NotRunnable, UnsupportedTarget, TargetFileError) as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), code=EXIT_CODES["error"]) from None
     for check in outcome.journal["paychaos"]["checks"]:
         mark = CHECK_MARKS.get(check["verdict"], "[red]✗[/]")
         room = "" if check.get("margin") is None else f"  margin {check['margin']:g}"
