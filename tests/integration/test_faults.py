@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.faults import records
+from paychaos.faults.driving import InjectionFailed
 from paychaos.faults.planning import BlastRadiusExceeded, FaultPlan, partitions_needed, plan_fault
 from paychaos.faults.records import FileLedger
 from paychaos.faults.toxiproxy import Toxiproxy
@@ -90,6 +92,64 @@ def test_pod_kill_kills_the_planned_replica_and_revert_waits_until_it_is_back(st
     assert records.revert(FileLedger(stack.run_dir.root), driver, record.id) is None
     driver.revert(record)
     assert stack.state().process("payment-az-b-1").pid == now.pid
+
+
+def reserve_retries(stack) -> int:
+    """Reserves the payment sagas sent again, summed over the payment replicas (their counters)."""
+    total = 0.0
+    with httpx.Client(timeout=5) as client:
+        for replica in stack.topology.replicas_of("payment"):
+            text = client.get(f"http://{stack.topology.host}:{replica.port}/metrics").text
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("payment_ledger_retries_total{") and 'step="reserve"' in line)
+    return int(total)
+
+
+def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payment_fails(stack) -> None:
+    """The kill waits for a reserve in flight on the victim (its work_in_flight gauge), so the
+    saga's retry of a cut reserve is what keeps the payment alive, every time."""
+    driver = LocalDriver(stack.run_dir)
+    ledger = FileLedger(stack.run_dir.root)
+    users = [stack.fresh_user() for _ in range(4)]
+    # The database 30 ms slower per round trip: a reserve then takes a few hundred ms, long enough to cut.
+    slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "30ms"}), 7))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def pay(user: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                statuses.append(stack.pay(client, user, 100).status_code)
+
+    before = reserve_retries(stack)
+    payers = [threading.Thread(target=pay, args=(u,)) for u in users]
+    try:
+        for t in payers:
+            t.start()
+        p = plan(stack, fault(podKill={"service": "ledger", "zone": "az-b", "inFlightKind": "reserve"}), 8)
+        assert p.in_flight_kind == "reserve" and "while applying a reserve" in p.headline()
+        killed = records.inject(ledger, driver, p)
+        ((victim,),) = [killed.effect["killed"]]
+        assert victim["inFlightKind"] == "reserve" and victim["inFlight"] >= 1, victim
+        records.revert(ledger, driver, killed.id)
+        time.sleep(2)  # the sagas of the cut reserves finish
+    finally:
+        stop.set()
+        for t in payers:
+            t.join()
+        records.revert(ledger, driver, slow.id)
+    assert statuses and set(statuses) == {201}, sorted(set(statuses))
+    assert reserve_retries(stack) - before >= 1
+
+
+def test_a_kill_waiting_for_work_the_replica_does_not_report_is_refused_naming_what_it_does(stack) -> None:
+    driver = LocalDriver(stack.run_dir)
+    p = plan(stack, fault(podKill={"service": "ledger", "zone": "az-b", "inFlightKind": "reserv"}), 9)
+    pid = pids(stack)["ledger-az-b-1"]
+    with pytest.raises(InjectionFailed) as refused:
+        records.inject(FileLedger(stack.run_dir.root), driver, p)
+    assert "reports no reserv work in flight" in str(refused.value) and "reserve" in str(refused.value)
+    assert pids(stack)["ledger-az-b-1"] == pid, "nothing was killed"
 
 
 def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) -> None:

@@ -251,6 +251,7 @@ def test_unknown_names_are_refused_naming_what_exists(kind: dict[str, Any], mess
     [
         {"podKill": {"service": "payment"}},
         {"podKill": {"service": "payment", "inFlight": True}},
+        {"podKill": {"service": "ledger", "inFlightKind": "reserve"}},
         {"zoneLoss": {"zone": "az-c"}},
         {"kafkaBrokerFailure": {"leaderOf": {"topic": "payments", "partition": 0}}},
         {"slowDownstream": {"proxy": "acquirer", "latency": "300ms"}},
@@ -274,3 +275,10 @@ def test_planning_is_deterministic() -> None:
     f = fault(podKill={"service": "gateway", "percent": 34})
     limits = Limits(max_percent=100)
     assert plan(f, limits=limits) == plan(f, limits=limits)
+
+
+def test_a_kill_waiting_for_a_kind_of_work_waits_for_work_in_flight_and_says_which() -> None:
+    p = plan(fault(podKill={"service": "ledger", "inFlightKind": "reserve"}))
+    assert p.in_flight and p.in_flight_kind == "reserve"
+    assert p.headline().endswith("while applying a reserve")
+    assert plan(fault(podKill={"service": "ledger", "inFlight": True})).headline().endswith("while serving a request")

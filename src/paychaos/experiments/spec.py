@@ -82,6 +82,10 @@ class PodKill(_Spec):
     # Kill at a moment the replica is serving a request (waiting up to 10 s for one), so the
     # run always cuts a request in half: what retries, leases and takeovers exist for.
     in_flight: bool = False
+    # Wait for this kind of work in flight, not just any request (implies inFlight): a kind the
+    # replica reports in its `work_in_flight` gauge, e.g. a ledger's `reserve` transfers. A kill
+    # that waits for any request mostly cuts the step that takes longest, never the short one.
+    in_flight_kind: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
     @model_validator(mode="after")
     def _count_or_percent(self) -> PodKill:

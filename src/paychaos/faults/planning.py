@@ -117,6 +117,7 @@ class FaultPlan:
     upstream: str | None = None
     toxics: tuple[Toxic, ...] = ()
     in_flight: bool = False  # podKill: wait for a request in flight on each victim, then kill
+    in_flight_kind: str | None = None  # podKill: ... for work of this kind in flight
     topic: str | None = None  # eventRedelivery, poisonEvents
     last: int = 0  # eventRedelivery: records of each partition delivered again
     poison: int = 0  # poisonEvents: undecodable records produced to each partition
@@ -176,6 +177,7 @@ class FaultPlan:
             "toxics": [{"name": t.name, "type": t.type, "attributes": dict(t.attributes), "stream": t.stream}
                        for t in self.toxics],
             "inFlight": self.in_flight,
+            "inFlightKind": self.in_flight_kind,
             "topic": self.topic,
             "last": self.last,
             "poison": self.poison,
@@ -202,6 +204,7 @@ class FaultPlan:
             toxics=tuple(Toxic(t["name"], t["type"], t["attributes"], t.get("stream", "downstream"))
                          for t in data.get("toxics", [])),
             in_flight=bool(data.get("inFlight", False)),
+            in_flight_kind=data.get("inFlightKind"),
             topic=data.get("topic"),
             last=int(data.get("last", 0)),
             poison=int(data.get("poison", 0)),
@@ -232,7 +235,8 @@ def plan_fault(fault: spec.Fault, observed: Observed, limits: spec.Limits, *, ex
 
 
 def _pod_kill(action: spec.PodKill, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
-    return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits), in_flight=action.in_flight)
+    return FaultPlan(**base, replicas=_pod_kill_targets(action, observed, limits),
+                    in_flight=action.in_flight or action.in_flight_kind is not None, in_flight_kind=action.in_flight_kind)
 
 
 def _event_redelivery(action: spec.EventRedelivery, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
@@ -379,7 +383,8 @@ def _slow_downstream(action: spec.SlowDownstream, observed: Observed, limits: sp
 
 def _pod_kill_headline(plan: FaultPlan) -> str:
     names = ", ".join(r.name for r in plan.replicas)
-    when = " while serving a request" if plan.in_flight else ""
+    when = (f" while applying a {plan.in_flight_kind}" if plan.in_flight_kind
+            else " while serving a request" if plan.in_flight else "")
     return f"podKill {plan.replicas[0].service}: kill {names}{when}"
 
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
@@ -33,6 +33,9 @@ from paychaos.platform.services.serving import (
 from paychaos.platform.topology import Topology
 
 FUNDING = "seed:funding"
+# The transfer kinds the platform posts (a transfer of another kind is still applied). Each has a
+# work_in_flight series from the start, so a fault can wait for one of them in flight.
+KINDS = ("reserve", "payment", "refund", "cashback", "seed")
 
 
 class Posting(BaseModel):
@@ -212,6 +215,12 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "ledger_postings", "Transfers applied, by kind (replays not counted)", ["service", "zone", "kind"], registry=ctx.registry
     )
     labels = ctx.labels()
+    # `work_in_flight{kind}` is the platform's convention for "what a replica is doing right now":
+    # a podKill with inFlightKind waits on it, so a kill can cut a reserve, not just any request.
+    in_flight = Gauge("work_in_flight", "Transfers being applied, by kind", ["service", "zone", "kind"],
+                      registry=ctx.registry)
+    for kind in KINDS:
+        in_flight.labels(kind=kind, **labels)
 
     async def startup() -> None:
         await pool.open(wait=True)
@@ -230,7 +239,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             return await apply_transfer(conn, t, request_hash)
 
         try:
-            applied = await transaction(pool, work)
+            with in_flight.labels(kind=t.kind, **labels).track_inprogress():
+                applied = await transaction(pool, work)
             if applied is not None:
                 postings_total.labels(kind=t.kind, **labels).inc()
                 return JSONResponse(applied, status_code=201)

@@ -126,7 +126,7 @@ class Saga:
         if p.step != "compensating":
             # Retried like every step: a ledger replica that died mid-transfer left its outcome
             # unknown, and the same transfer id sent again applies it at most once.
-            reserved = await self._transfer_retrying(p, "reserve", "payment", [(wallet, -p.amount), (escrow, p.amount)], [])
+            reserved = await self._transfer_retrying(p, "reserve", "reserve", [(wallet, -p.amount), (escrow, p.amount)], [])
             if reserved is Ledger.INSUFFICIENT_FUNDS:
                 return Ending("declined", "INSUFFICIENT_FUNDS")
             if reserved is Ledger.UNKNOWN_ACCOUNT:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
@@ -134,7 +135,7 @@ class LocalDriver:
         serving: dict[str, dict[str, Any]] = {}
         for victim in victims:
             if plan.in_flight:
-                serving[victim.name] = self._await_in_flight(victim.name)
+                serving[victim.name] = self._await_in_flight(victim.name, plan.in_flight_kind)
             _kill(victim)
         # SIGKILL is asynchronous: return once they are dead, so that a revert right after
         # cannot mistake a dying replica for one that is back.
@@ -291,33 +292,45 @@ class LocalDriver:
             raise InjectionFailed(f"{', '.join(lax)} took the restriction but does not enforce it: {answers}")
         return {"replicas": answers}
 
-    def _await_in_flight(self, name: str) -> dict[str, Any]:
-        """Poll the replica's own metrics until its workers have been serving requests for
-        ``IN_FLIGHT_HOLD`` without a break; the kill's evidence of it (how many were busy, for how
-        long). The metrics
-        endpoint bypasses the worker pool, so polling it is not itself a request."""
+    def _await_in_flight(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        """Poll the replica's own metrics until it has been serving requests (or, given ``kind``,
+        applying work of that kind: its ``work_in_flight`` gauge) for ``IN_FLIGHT_HOLD`` without
+        a break; the kill's evidence of it (how many, for how long). The metrics endpoint
+        bypasses the worker pool, so polling it is not itself a request."""
         replica = next((r for r in self._topology().replicas if r.name == name), None)
         if replica is None:
             raise InjectionFailed(f"{name} is not in the topology")
         url = f"http://{self._topology().host}:{replica.port}/metrics"
         deadline = time.monotonic() + IN_FLIGHT_WAIT
         busy_since: float | None = None
+        what = f"{kind} work" if kind else "request"
         with httpx.Client(timeout=1.0) as http:
             while time.monotonic() < deadline:
                 try:
-                    busy = _gauge(http.get(url).text, "http_server_workers_busy")
+                    exposition = http.get(url).text
                 except httpx.HTTPError:
                     busy = 0
+                else:
+                    if kind is None:
+                        busy = _gauge(exposition, "http_server_workers_busy")
+                    else:
+                        kinds = _label_values(exposition, "work_in_flight", "kind")
+                        if kind not in kinds:
+                            raise InjectionFailed(
+                                f"{name} reports no {kind} work in flight (its work_in_flight kinds: "
+                                f"{', '.join(sorted(kinds)) or 'none'}): fix inFlightKind")
+                        busy = _gauge(exposition, "work_in_flight", kind=kind)
                 now = time.monotonic()
                 if busy <= 0:
                     busy_since = None
                 elif busy_since is None:
                     busy_since = now
                 elif now - busy_since >= IN_FLIGHT_HOLD:
-                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000)}
+                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000),
+                            **({"inFlightKind": kind} if kind else {})}
                 time.sleep(0.01)
-        raise InjectionFailed(f"{name} served no request for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, so "
-                              "killing it would cut nothing in half: is there traffic? (or drop inFlight)")
+        raise InjectionFailed(f"{name} had no {what} in flight for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, "
+                              "so killing it would cut nothing in half: is there traffic? (or drop inFlight)")
 
     def _hold_and_kill(self, markers: list[Path], targeted: Callable[[ProcessState], bool]) -> list[str]:
         """Hold first, then kill until the supervisor reports every target down (and so will not
@@ -452,10 +465,21 @@ class LocalDriver:
         return self.run_dir.held / process
 
 
-def _gauge(exposition: str, name: str) -> int:
-    """The summed value of a gauge in a Prometheus text exposition."""
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
-                   if line.startswith(name) and not line.startswith("#")))
+def _samples(exposition: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in a Prometheus text exposition, with their labels."""
+    found = []
+    for family in text_string_to_metric_families(exposition):
+        found += [(sample.labels, sample.value) for sample in family.samples if sample.name == name]
+    return found
+
+
+def _gauge(exposition: str, name: str, **labels: str) -> int:
+    """The summed value of a gauge's series that carry ``labels``."""
+    return int(sum(value for have, value in _samples(exposition, name) if labels.items() <= have.items()))
+
+
+def _label_values(exposition: str, name: str, label: str) -> set[str]:
+    return {have[label] for have, _ in _samples(exposition, name) if label in have}
 
 
 def _kill(process: ProcessState | None) -> None:
