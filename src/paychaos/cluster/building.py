@@ -10,12 +10,15 @@ so a warm run rebuilds nothing; the Go build cache makes a rebuild after a versi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from paychaos.installing import InstallError, MissingTool, Progress, cache_dir, locked, run_logged
 
@@ -62,13 +65,49 @@ def bin_dir() -> Path:
     return cache_dir() / f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}-kwok-{KWOK_VERSION}" / "bin"
 
 
+STAGES = "kwok-stages.yaml"  # KWOK's own "fast" stages of the version built, beside the binaries
+KWOK_STAGE_SET = "kustomize/stage/fast"
+
+
 def locate() -> dict[str, Path]:
-    """Every binary, or ``MissingTool`` naming the command that builds them."""
+    """Every binary (and the KWOK stages, as ``stages``), or ``MissingTool`` naming the command that builds them."""
     found = {b.name: bin_dir() / b.name for b in BINARIES}
     missing = [name for name, path in found.items() if not os.access(path, os.X_OK)]
+    if not (bin_dir() / STAGES).is_file():
+        missing.append("KWOK stages")
     if missing:
         raise MissingTool(f"the test cluster's {', '.join(missing)} not built", INSTALL_COMMAND)
-    return found
+    return {**found, "stages": bin_dir() / STAGES}
+
+
+def kwok_stages(module_dir: Path, kustomization: str = KWOK_STAGE_SET) -> str:
+    """The Stage documents a KWOK kustomization lists, as one multi-document YAML.
+
+    The kwok binary has no stages built in (``kwokctl`` normally hands them over); these are the
+    ones KWOK publishes in its module for the same version. Only ``resources`` lists are followed:
+    the stage kustomizations use nothing else, so a kustomize dependency would buy nothing.
+    """
+    def resources(folder: Path) -> list[Path]:
+        listed = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8")).get("resources", [])
+        files: list[Path] = []
+        for entry in listed:
+            path = (folder / entry).resolve()
+            files += resources(path) if path.is_dir() else [path]
+        return files
+
+    documents = [f.read_text(encoding="utf-8").strip() for f in resources(module_dir / kustomization)]
+    if not documents:
+        raise InstallError(f"KWOK's {kustomization} lists no stages in {module_dir}")
+    return "\n---\n".join(documents) + "\n"
+
+
+def _kwok_module(go: str) -> Path:
+    out = subprocess.run([go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], capture_output=True,
+                         text=True, check=False, cwd=GO_MODULES / "etcd")
+    try:
+        return Path(json.loads(out.stdout)["Dir"])
+    except (ValueError, KeyError):
+        raise InstallError(f"cannot find KWOK {KWOK_VERSION}'s module: {(out.stderr or out.stdout).strip()[:300]}") from None
 
 
 def go_version(go: str) -> tuple[int, int] | None:
@@ -113,4 +152,10 @@ def install(progress: Progress) -> dict[str, Path]:
                 raise InstallError(f"building {binary.name} produced no binary at {built}")
             built.replace(target)  # only a whole binary ever sits under its name
             progress(f"{binary.name}: built in {time.monotonic() - started:.0f}s")
+        stages = out_dir / STAGES
+        if not stages.is_file():
+            partial = out_dir / f".{STAGES}.partial"
+            partial.write_text(kwok_stages(_kwok_module(go)), encoding="utf-8")
+            partial.replace(stages)
+            progress(f"KWOK stages: {stages}")
     return locate()
