@@ -20,6 +20,7 @@ import psutil
 import psycopg
 import pytest
 
+from paychaos.cluster.running import ClusterDir, ClusterState
 from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.platform.runtime.paths import RunDir
@@ -201,3 +202,41 @@ def keep_logs_if_failed(request: pytest.FixtureRequest, run_dir: Path) -> None:
     goes, and a failure such as a replica not coming back is read in its log."""
     if request.session.testsfailed and (run_dir / "logs").is_dir():
         shutil.copytree(run_dir / "logs", KEPT_LOGS / run_dir.name, dirs_exist_ok=True)
+
+
+# -- the Kubernetes test cluster (`paychaos cluster up`), one per module that asks for it --------
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return paychaos(*args, env=env or {}, timeout=timeout)
+
+
+def wait_for(what: str, ready: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := ready()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.2)
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDir]:
+    folder = ClusterDir(tmp_path_factory.mktemp("cluster") / "cluster")
+    started = cli("cluster", "up", "--dir", str(folder.root))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == str(folder.kubeconfig), "stdout is the kubeconfig's path, for scripts"
+    state = ClusterState.read(folder)
+    assert state is not None and state.running
+    try:
+        yield folder
+    finally:
+        stopped = cli("cluster", "down", "--dir", str(folder.root))
+        assert stopped.returncode == 0, stopped.stderr
+        assert not any(p.alive for p in state.parts), "down leaves nothing running"
+
+
+@pytest.fixture(scope="module")
+def api(cluster: ClusterDir) -> Any:
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))

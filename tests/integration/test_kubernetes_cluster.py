@@ -7,12 +7,8 @@ with KWOK's nodes: everything here is the API server's own answer. The binaries 
 
 from __future__ import annotations
 
-import os
 import ssl
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +17,12 @@ import pytest
 import yaml
 
 from paychaos.cluster.running import ZONE_LABEL, ZONES, ClusterDir, ClusterState
+from .conftest import cli, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "paychaos.io", "v1alpha1"
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "paychaos.cli", *args], capture_output=True, text=True,
-                          timeout=180, check=False, env={**os.environ, **(env or {})})
-
-
-def wait_for(what: str, ready: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := ready()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        time.sleep(0.2)
-    return found
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDir]:
-    folder = ClusterDir(tmp_path_factory.mktemp("cluster") / "cluster")
-    started = cli("cluster", "up", "--dir", str(folder.root))
-    assert started.returncode == 0, started.stderr
-    assert started.stdout.strip() == str(folder.kubeconfig), "stdout is the kubeconfig's path, for scripts"
-    state = ClusterState.read(folder)
-    assert state is not None and state.running
-    try:
-        yield folder
-    finally:
-        stopped = cli("cluster", "down", "--dir", str(folder.root))
-        assert stopped.returncode == 0, stopped.stderr
-        assert not any(p.alive for p in state.parts), "down leaves nothing running"
-
-
-@pytest.fixture(scope="module")
-def api(cluster: ClusterDir) -> Any:
-    from kubernetes import config
-
-    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
 def test_up_gives_six_ready_nodes_two_per_zone_and_up_again_changes_nothing(cluster: ClusterDir, api: Any) -> None:

@@ -215,11 +215,6 @@ def test_the_valid_example_is_valid() -> None:
             id="duplicate-key",
         ),
         pytest.param(
-            "  load:", "  target: {platform: kubernetes, namespace: payments}\n  load:",
-            "experiments/x.yaml:8: spec.target.platform: no driver for platform 'kubernetes' yet: supported are local",
-            id="a-platform-without-a-driver",
-        ),
-        pytest.param(
             "baselineRps: 20", "baselineRps: 20, baseline_rps: 30",
             "experiments/x.yaml:8: spec.load.baseline_rps: 'baseline_rps' is the same field as 'baselineRps', given twice: keep one",
             id="camel-and-snake",

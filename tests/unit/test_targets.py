@@ -145,8 +145,9 @@ def test_compiled_activities_carry_their_target() -> None:
 
 def test_an_unknown_platform_is_refused_and_a_registered_one_resolves(fake: FakeTarget, monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'kubernetes' yet: supported are external, fake, local"):
-        targets.resolve("kubernetes", "payments")
+    with pytest.raises(UnsupportedTarget, match=r"no driver for target platform 'nomad' yet: supported are external, fake, kubernetes, local"):
+        targets.resolve("nomad", "payments")
+    assert targets.resolve("kubernetes", "payments").where == "namespace payments"  # no cluster is reached until used
     assert targets.from_arguments(fake.arguments()) is fake
     # An export from before activities carried their target: the local stack of PAYCHAOS_RUN_DIR.
     monkeypatch.setenv("PAYCHAOS_RUN_DIR", str(tmp_path / "elsewhere"))

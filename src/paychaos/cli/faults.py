@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from paychaos.cli.console import err, fail, say
-from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
+from paychaos.cli.targeting import NamespaceOption, RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.loading import SpecError, load_experiment
 from paychaos.experiments.spec import ChaosExperiment
 from paychaos.faults import records
@@ -32,13 +32,14 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")] = False,
     run_dir: RunDirOption = None,
     target_file: TargetOption = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Show exactly what each fault of an experiment would hit on the running stack; change nothing.
 
     Replicas by name and pid, the zone, the Kafka broker and its zone, the proxy and its toxics.
     Exits 1 when a fault is refused (blast-radius limits, unknown names).
     """
-    target = chosen_target(run_dir, target_file)
+    target = chosen_target(run_dir, target_file, namespace=namespace)
     spec = _load(experiment, target)
     driver = target.driver()
     try:
@@ -70,7 +71,8 @@ def plan(
 def halt(
     run_dir: RunDirOption = None,
     target_file: TargetOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Also revert faults of a run that is still alive")] = False,
+    namespace: NamespaceOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Also revert faults of a run that is still alive, or that ran on another machine (a cluster ledger), and free its lock")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the stack to be whole again")] = 120.0,
 ) -> None:
     """Revert every fault a dead run left behind (hold markers, toxics, killed replicas); idempotent.
@@ -78,7 +80,7 @@ def halt(
     Prints what it reverted and waits until the stack is whole again. Faults of a run that is
     still alive are left to it unless `--force`.
     """
-    target = chosen_target(run_dir, target_file)
+    target = chosen_target(run_dir, target_file, namespace=namespace)
     driver, ledger = target.driver(), target.ledger()
     try:
         reverted = records.halt(ledger, driver, include_live=force)

@@ -12,7 +12,7 @@ import typer
 
 from paychaos.cli.console import fail
 from paychaos.experiments.loading import SpecError, parse_document, read_document
-from paychaos.targets import Target, UnsupportedTarget, from_arguments
+from paychaos.targets import Target, UnsupportedTarget, from_arguments, resolve
 from paychaos.targets.external import KIND, ExternalTarget, TargetFile, TargetFileError
 from paychaos.targets.local import LocalTarget
 
@@ -26,6 +26,12 @@ TargetOption = Annotated[
                  help="A target file (kind: Target) describing a stack paychaos did not start: its Prometheus, "
                       "edge, ledger DSN file and Toxiproxy (see targets/java-payments.yaml) [env: PAYCHAOS_TARGET, "
                       "unless --run-dir is given]"),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n",
+                 help="A namespace of the Kubernetes cluster KUBECONFIG points at (it must carry the label "
+                      "paychaos.io/chaos=enabled; annotations say where its Prometheus and edge are)"),
 ]
 # How the gate hands a `paychaos run` child its target, whatever the platform: Target.arguments() as JSON.
 TargetArgumentsOption = Annotated[str | None, typer.Option("--target-arguments", hidden=True)]
@@ -43,7 +49,8 @@ def load_target_file(path: Path) -> ExternalTarget:
     return ExternalTarget(document, path)
 
 
-def chosen_target(run_dir: Path | None, target_file: Path | None, arguments: str | None = None) -> Target:
+def chosen_target(run_dir: Path | None, target_file: Path | None, arguments: str | None = None,
+                  namespace: str | None = None) -> Target:
     """The target of ``--target FILE`` or ``--run-dir DIR``, the flags before the environment
     (``PAYCHAOS_TARGET``, then ``PAYCHAOS_RUN_DIR``); the local stack by default. ``arguments``:
     a target's own ``arguments()`` as JSON (the gate's children)."""
@@ -52,8 +59,11 @@ def chosen_target(run_dir: Path | None, target_file: Path | None, arguments: str
             return from_arguments(json.loads(arguments))
         except (ValueError, UnsupportedTarget, TargetFileError) as exc:
             raise fail(f"--target-arguments: {exc}", code=2) from None
-    if target_file is not None and run_dir is not None:
-        raise fail("give --run-dir (a stack `paychaos stack up` started) or --target (a target file), not both", code=2)
+    if sum(x is not None for x in (run_dir, target_file, namespace)) > 1:
+        raise fail("give one of --run-dir (a stack `paychaos stack up` started), --target (a target file) or "
+                   "--namespace (a Kubernetes namespace)", code=2)
+    if namespace is not None:
+        return resolve("kubernetes", namespace)
     if run_dir is None:
         target_file = target_file or target_from_environment()
     if target_file is not None:

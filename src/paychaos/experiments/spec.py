@@ -98,6 +98,9 @@ class ZoneLoss(_Spec):
     """Every replica and the Kafka node in a zone go down and stay down for the window."""
 
     zone: str
+    # Kubernetes: the zone's pods are evicted, which PodDisruptionBudgets may refuse (the finding:
+    # the zone cannot be drained); true deletes them instead, as an outage would.
+    override_disruption_budgets: bool = False
 
 
 class LeaderOf(_Spec):
@@ -109,7 +112,7 @@ class KafkaBrokerFailure(_Spec):
     """Kafka nodes down for the window: by id, or whichever node leads a topic-partition, and with
     ``count`` that many (the named one first, then the others by id): two of three is a majority."""
 
-    broker: int | None = Field(default=None, ge=1)
+    broker: int | None = Field(default=None, ge=0)  # Strimzi numbers its nodes from 0
     leader_of: LeaderOf | None = None
     count: int = Field(default=1, ge=1)
     # Every other node stalls (SIGSTOP: a long GC pause, a frozen disk) for this long just before

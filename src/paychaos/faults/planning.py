@@ -51,6 +51,15 @@ class ObservedBroker:
 
 
 @dataclass(frozen=True)
+class ObservedNode:
+    """A machine replicas run on (a Kubernetes node); the local platform has none."""
+
+    name: str
+    zone: str
+    schedulable: bool = True
+
+
+@dataclass(frozen=True)
 class ObservedProxy:
     name: str
     upstream: str
@@ -68,6 +77,7 @@ class Observed:
     leaders: Mapping[PartitionRef, int] = field(default_factory=dict)
     # Why a leader asked for could not be read (no such topic, no leader right now, ...).
     leader_errors: Mapping[PartitionRef, str] = field(default_factory=dict)
+    nodes: tuple[ObservedNode, ...] = ()
 
     def replicas_of(self, service: str) -> list[ObservedReplica]:
         return sorted((r for r in self.replicas if r.service == service), key=lambda r: r.name)
@@ -127,6 +137,8 @@ class FaultPlan:
     # and the victims killed at its end, before the stalled nodes resume
     stalled: tuple[ObservedBroker, ...] = ()
     stall: float = 0.0
+    nodes: tuple[str, ...] = ()  # zoneLoss on Kubernetes: the zone's nodes, cordoned for the window
+    override_budgets: bool = False  # zoneLoss on Kubernetes: delete pods a PodDisruptionBudget keeps
 
     @property
     def id(self) -> str:
@@ -141,6 +153,8 @@ class FaultPlan:
         lines = [f"faults[{self.index}] at {_secs(self.at)} for {_secs(self.duration)} — {self.kind}"]
         if self.zone is not None:
             lines.append(f"  zone      {self.zone} (held down for the window)")
+        for n in self.nodes:
+            lines.append(f"  node      {n} (cordoned; its pods {'deleted' if self.override_budgets else 'evicted'})")
         for r in self.replicas:
             lines.append(f"  replica   {r.name}  zone {r.zone}  pid {_pid(r.pid)}{'' if r.ready else '  (not ready)'}")
         if self.restriction is not None:
@@ -184,6 +198,8 @@ class FaultPlan:
             "restriction": list(self.restriction) if self.restriction is not None else None,
             "stalled": [vars(b) for b in self.stalled],
             "stall": self.stall,
+            "nodes": list(self.nodes),
+            "overrideBudgets": self.override_budgets,
         }
 
     @classmethod
@@ -211,6 +227,8 @@ class FaultPlan:
             restriction=(int(r[0]), float(r[1]), float(r[2])) if (r := data.get("restriction")) else None,
             stalled=tuple(ObservedBroker(**b) for b in data.get("stalled", [])),
             stall=float(data.get("stall", 0.0)),
+            nodes=tuple(data.get("nodes", [])),
+            override_budgets=bool(data.get("overrideBudgets", False)),
         )
 
 
@@ -324,7 +342,9 @@ def _zone_loss(action: spec.ZoneLoss, observed: Observed, limits: spec.Limits, b
                 f"({100 * in_zone / total:.0f}%), over limits.maxPercent {limits.max_percent}%: "
                 "raise spec.limits.maxPercent")
     brokers = tuple(sorted((b for b in observed.brokers if b.zone == action.zone), key=lambda b: b.id))
-    return FaultPlan(**base, zone=action.zone, replicas=hit, brokers=brokers)
+    nodes = tuple(sorted(n.name for n in observed.nodes if n.zone == action.zone))
+    return FaultPlan(**base, zone=action.zone, replicas=hit, brokers=brokers, nodes=nodes,
+                     override_budgets=action.override_disruption_budgets)
 
 
 def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:

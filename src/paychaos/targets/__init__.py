@@ -103,6 +103,7 @@ Factory = Callable[[str | None], Target]  # the location (a run dir, a namespace
 _FACTORIES: dict[str, str | Factory] = {
     "local": "paychaos.targets.local:LocalTarget.at",
     "external": "paychaos.targets.external:ExternalTarget.at",  # a stack described by a target file
+    "kubernetes": "paychaos.targets.kubernetes:KubernetesTarget.at",  # a namespace of a cluster
 }
 
 
