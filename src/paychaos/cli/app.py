@@ -31,6 +31,7 @@ app.command()(reports.alerts)
 app.command()(experiments.validate)
 app.command()(experiments.schema)
 app.command()(experiments.crds)
+app.command()(cluster.controller)
 
 
 def main() -> None:

@@ -108,3 +108,28 @@ def status(
         err.print(f"  server      {state.server}\n  kubeconfig  {state.kubeconfig}\n  nodes       {', '.join(state.nodes)}")
     if state is None or not state.running:
         raise typer.Exit(1)
+
+
+def controller(
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable); every namespace when none is given")] = None,
+    journals: Annotated[Path | None, typer.Option(help="Where run journals and logs are kept [env: PAYCHAOS_CONTROLLER_JOURNALS; default .paychaos/controller]")] = None,
+    liveness: Annotated[str | None, typer.Option(help="Serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
+) -> None:
+    """Run the operator: every ChaosExperiment applied to the cluster is run once per generation.
+
+    Each run is a `paychaos run` process of its own against the namespace its spec names (its own
+    namespace by default), which must carry the label paychaos.io/chaos=enabled. Progress and the
+    verdict go to the object's status (`kubectl get chaosexperiments`) and to Events; deleting
+    an object mid-run stops the run and reverts its faults. A controller restarted mid-run waits
+    for the run it left, or reverts its faults when that run is gone. Reaches the cluster as
+    kubectl does (KUBECONFIG, or the service account in a pod). Stop it with Ctrl-C or SIGTERM.
+    """
+    import os
+
+    from paychaos import controller as operator
+
+    if journals is not None:
+        os.environ[operator.JOURNALS_ENV] = str(journals.resolve())
+    say(f"watching {'namespaces ' + ', '.join(namespace) if namespace else 'every namespace'}; "
+        f"journals in {operator.journals_dir()}")
+    operator.run(list(namespace or []), liveness=liveness)

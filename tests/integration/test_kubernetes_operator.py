@@ -1,0 +1,203 @@
+"""`paychaos controller` on the test cluster: a ChaosExperiment applied with the API runs through
+the operator and ends with a verdict in its status; deleting it mid-run reverts its faults; a
+controller killed mid-run is resumed or reverted by the next one; a namespace that did not opt in
+is refused. The experiments carry no load and no SLO (the cluster's pods carry no traffic): what is
+judged is each fault's own proof.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paychaos.cluster.running import ClusterDir
+from paychaos.processes import alive
+from paychaos.targets.kubernetes import OPT_IN_LABEL, OPT_IN_VALUE
+
+from .conftest import wait_for
+from .test_kubernetes_target import deploy
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "paychaos.io", "v1alpha1", "chaosexperiments"
+
+
+def experiment(name: str, fault: dict[str, Any], seconds: int) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChaosExperiment", "metadata": {"name": name},
+            "spec": {"description": f"{name}, through the operator.", "target": {"platform": "kubernetes"},
+                     "faults": [{"at": "1s", "for": f"{seconds}s", **fault}]}}
+
+
+class Controller:
+    """A `paychaos controller` process watching one namespace."""
+
+    def __init__(self, cluster: ClusterDir, namespace: str, journals: Path) -> None:
+        self.args = [sys.executable, "-m", "paychaos.cli", "controller", "-n", namespace, "--journals", str(journals)]
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self.log = journals / "controller.log"
+        journals.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=120)
+        self.proc = None
+
+
+@pytest.fixture()
+def setup(cluster: ClusterDir, api: Any, tmp_path: Path) -> Iterator[tuple[str, Controller]]:
+    from kubernetes import client, utils
+
+    core = client.CoreV1Api(api)
+    extensions = client.ApiextensionsV1Api(api)
+    if not any(c.metadata.name == f"{PLURAL}.{GROUP}" for c in extensions.list_custom_resource_definition().items):
+        for crd in sorted((ROOT / "platform" / "k8s" / "crds").glob("*.yaml")):
+            utils.create_from_yaml(api, str(crd))
+    namespace = f"ops-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": namespace, "labels": {OPT_IN_LABEL: OPT_IN_VALUE},
+                                        "annotations": {"paychaos.io/prometheus": "http://127.0.0.1:1",
+                                                        "paychaos.io/edge": "http://127.0.0.1:1"}}})
+    deploy(api, namespace, "payment")
+    controller = Controller(cluster, namespace, tmp_path / "journals")
+    controller.start()
+    try:
+        yield namespace, controller
+    finally:
+        controller.stop()
+        for node in core.list_node().items:
+            assert not node.spec.unschedulable, f"{node.metadata.name} left cordoned"
+
+
+def create(api: Any, namespace: str, body: dict[str, Any]) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    objects = client.CustomObjectsApi(api)
+
+    def created() -> bool:
+        try:
+            objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        except ApiException as exc:
+            if exc.status == 404:  # the CRD was Established an instant ago
+                return False
+            raise
+        return True
+
+    wait_for("the ChaosExperiment created", created, timeout=30)
+
+
+def status(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    from kubernetes import client
+
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return got.get("status") or {}
+
+
+def events(api: Any, namespace: str, name: str) -> list[str]:
+    from kubernetes import client
+
+    return [e.reason for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
+            if e.involved_object.kind == "ChaosExperiment" and e.involved_object.name == name]
+
+
+def cordoned(api: Any, zone: str) -> bool:
+    from kubernetes import client
+
+    return all(n.spec.unschedulable for n in client.CoreV1Api(api).list_node().items
+               if n.metadata.labels.get("topology.kubernetes.io/zone") == zone)
+
+
+def test_an_applied_experiment_runs_through_the_operator_and_its_status_ends_with_a_verdict(api: Any, setup) -> None:
+    namespace, _ = setup
+    create(api, namespace, experiment("kill-one", {"podKill": {"service": "payment"}}, 3))
+    final = wait_for("a verdict", lambda: (s if (s := status(api, namespace, "kill-one")).get("phase") == "Finished" else None),
+                     timeout=120)
+    assert final["verdict"] == "passed" and final["observedGeneration"] == 1, final
+    assert final["startedAt"] and final["finishedAt"] and Path(final["journal"]).is_file()
+    wait_for("its events", lambda: {"Started", "Passed"} <= set(events(api, namespace, "kill-one")))
+
+
+def test_deleting_an_experiment_mid_run_reverts_every_fault(api: Any, setup) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    namespace, _ = setup
+    create(api, namespace, experiment("lose-az-a", {"zoneLoss": {"zone": "az-a"}}, 300))
+    wait_for("az-a cordoned by the run", lambda: cordoned(api, "az-a"), timeout=60)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "lose-az-a")
+
+    def gone() -> bool:
+        try:
+            status(api, namespace, "lose-az-a")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the object gone once its faults are reverted", gone, timeout=150)
+    assert not any(n.spec.unschedulable for n in client.CoreV1Api(api).list_node().items)
+    ledger = client.CoreV1Api(api).read_namespaced_config_map("paychaos-faults", namespace).data or {}
+    assert ledger == {}, ledger
+
+
+def test_a_controller_killed_mid_run_is_resumed_and_one_killed_with_its_run_is_reverted(api: Any, setup) -> None:
+    namespace, controller = setup
+    # The controller alone dies: its run goes on, and the next controller waits for it.
+    create(api, namespace, experiment("survives", {"zoneLoss": {"zone": "az-b"}}, 8))
+    wait_for("az-b cordoned", lambda: cordoned(api, "az-b"), timeout=60)
+    controller.stop(signal.SIGKILL)
+    controller.start()
+    final = wait_for("a verdict", lambda: (s if (s := status(api, namespace, "survives")).get("phase") == "Finished" else None),
+                     timeout=150)
+    assert final["verdict"] == "passed", final
+    wait_for("a Resumed event", lambda: "Resumed" in events(api, namespace, "survives"))  # posted after the status
+    assert not cordoned(api, "az-b")
+
+    # The controller and its run die together (the machine they ran on, say): the next one reverts.
+    create(api, namespace, experiment("dies", {"zoneLoss": {"zone": "az-c"}}, 300))
+    wait_for("az-c cordoned", lambda: cordoned(api, "az-c"), timeout=60)
+    run = wait_for("the run's pid on the object", lambda: _run_pid(api, namespace, "dies"))
+    controller.stop(signal.SIGKILL)
+    os.kill(run, signal.SIGKILL)
+    wait_for("the run dead", lambda: not alive(run, None), timeout=10)
+    controller.start()
+    final = wait_for("the interrupted run ended", lambda: (
+        s if (s := status(api, namespace, "dies")).get("phase") == "Finished" else None), timeout=120)
+    assert final["verdict"] == "error" and "were reverted" in final["reason"], final
+    assert not cordoned(api, "az-c")
+    wait_for("an Interrupted event", lambda: "Interrupted" in events(api, namespace, "dies"))
+
+
+def _run_pid(api: Any, namespace: str, name: str) -> int | None:
+    import json
+
+    from kubernetes import client
+
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    run = (got["metadata"].get("annotations") or {}).get(f"{GROUP}/run")
+    return json.loads(run)["pid"] if run else None
+
+
+def test_a_namespace_without_the_opt_in_label_is_refused_with_a_clear_status(api: Any, setup) -> None:
+    from kubernetes import client
+
+    namespace, _ = setup
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"labels": {OPT_IN_LABEL: None}}})
+    create(api, namespace, experiment("refused", {"podKill": {"service": "payment"}}, 3))
+    final = wait_for("a refusal", lambda: (s if (s := status(api, namespace, "refused")).get("phase") == "Refused" else None),
+                     timeout=60)
+    assert f"{OPT_IN_LABEL}={OPT_IN_VALUE}" in final["reason"] and "has not opted in" in final["reason"], final
+    wait_for("a Refused event", lambda: "Refused" in events(api, namespace, "refused"))
