@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from paychaos.cluster.running import ClusterDir
+from paychaos.cluster.running import ClusterDir, ClusterState
 from paychaos.processes import alive
 from paychaos.targets.kubernetes import OPT_IN_LABEL, OPT_IN_VALUE
 
@@ -38,11 +39,12 @@ def experiment(name: str, fault: dict[str, Any], seconds: int) -> dict[str, Any]
 
 
 class Controller:
-    """A `paychaos controller` process watching one namespace."""
+    """A `paychaos controller` process watching one namespace (as the cluster's admin, or as the
+    kubeconfig given)."""
 
-    def __init__(self, cluster: ClusterDir, namespace: str, journals: Path) -> None:
+    def __init__(self, cluster: ClusterDir, namespace: str, journals: Path, kubeconfig: Path | None = None) -> None:
         self.args = [sys.executable, "-m", "paychaos.cli", "controller", "-n", namespace, "--journals", str(journals)]
-        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig or cluster.kubeconfig)}
         self.log = journals / "controller.log"
         journals.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -201,3 +203,43 @@ def test_a_namespace_without_the_opt_in_label_is_refused_with_a_clear_status(api
                      timeout=60)
     assert f"{OPT_IN_LABEL}={OPT_IN_VALUE}" in final["reason"] and "has not opted in" in final["reason"], final
     wait_for("a Refused event", lambda: "Refused" in events(api, namespace, "refused"))
+
+
+def test_the_controller_needs_no_more_than_its_manifests_role(cluster: ClusterDir, api: Any, setup, tmp_path: Path) -> None:
+    """The controller and its runs as the ServiceAccount of platform/k8s/operator, bound to its
+    ClusterRole: an experiment still runs to a verdict, and the account cannot read a Secret."""
+    from kubernetes import client, config, utils
+    from kubernetes.client.rest import ApiException
+
+    namespace, admin_controller = setup
+    admin_controller.stop()
+    core = client.CoreV1Api(api)
+    operator = ROOT / "platform" / "k8s" / "operator"
+    utils.create_from_yaml(api, str(operator / "namespace.yaml"))
+    utils.create_from_yaml(api, str(operator / "rbac.yaml"))
+    token = core.create_namespaced_service_account_token(
+        "paychaos-controller", "paychaos-system", {"spec": {"expirationSeconds": 3600}}).status.token
+    state = ClusterState.read(cluster)
+    assert state is not None
+    kubeconfig = tmp_path / "controller.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": state.server, "certificate-authority": str(cluster.pki.ca_cert)}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}))
+    as_controller = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    with pytest.raises(ApiException) as forbidden:
+        as_controller.list_namespaced_secret(namespace)
+    assert forbidden.value.status == 403
+
+    controller = Controller(cluster, namespace, tmp_path / "journals-sa", kubeconfig)
+    controller.start()
+    try:
+        create(api, namespace, experiment("least-privilege", {"zoneLoss": {"zone": "az-b"}}, 3))
+        final = wait_for("a verdict", lambda: (
+            s if (s := status(api, namespace, "least-privilege")).get("phase") == "Finished" else None), timeout=120)
+        assert final["verdict"] == "passed", (final, controller.log.read_text()[-2000:])
+        wait_for("its events", lambda: {"Started", "Passed"} <= set(events(api, namespace, "least-privilege")))
+    finally:
+        controller.stop()
+    assert not cordoned(api, "az-b")

@@ -241,3 +241,42 @@ def test_a_run_killed_mid_zone_loss_leaves_nothing_halt_cannot_revert(cluster: C
     assert not (core.read_namespaced_config_map(FAULTS_CONFIGMAP, namespace).data or {}), "the ledger is empty"
     again = cli("halt", "--namespace", namespace, env={"KUBECONFIG": str(cluster.kubeconfig)})
     assert again.returncode == 0 and "nothing to revert" in again.stderr
+
+
+def test_slow_downstream_goes_through_the_toxiproxy_the_namespace_names(api: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    from paychaos.cluster.running import free_ports
+    from paychaos.faults.toxiproxy import Toxiproxy
+    from paychaos.platform.runtime.installing import locate
+
+    api_port, listen, upstream = free_ports(3)
+    url = f"http://127.0.0.1:{api_port}"
+    with subprocess.Popen([str(locate().toxiproxy), "-host", "127.0.0.1", "-port", str(api_port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as server:
+        try:
+            wait_for("Toxiproxy", lambda: _answers(url), timeout=20)
+            with Toxiproxy(url) as toxiproxy:
+                toxiproxy.ensure_proxy("acquirer", f"127.0.0.1:{listen}", f"127.0.0.1:{upstream}")
+            client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/toxiproxy": url}}})
+            target = KubernetesTarget(namespace, api)
+            p = plan(target, slowDownstream={"proxy": "acquirer", "latency": "300ms"})
+            assert p.proxy == "acquirer" and p.toxics
+            record = records.inject(target.ledger(), target.driver(), p)
+            with Toxiproxy(url) as toxiproxy:
+                assert [t["name"] for t in toxiproxy.toxics("acquirer")] == [t.name for t in p.toxics]
+            records.revert(target.ledger(), target.driver(), record.id)
+            with Toxiproxy(url) as toxiproxy:
+                assert toxiproxy.toxics("acquirer") == []
+            assert target.driver().verify_reverted(record)
+        finally:
+            server.terminate()
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/version", timeout=1).is_success
+    except httpx.HTTPError:
+        return False
