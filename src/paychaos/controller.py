@@ -35,7 +35,7 @@ import yaml
 
 from paychaos.experiments.resources import GROUP, Status
 from paychaos.faults import records
-from paychaos.processes import alive
+from paychaos.processes import alive, last_line
 from paychaos.reporting.journals import JournalError, read_run
 from paychaos.targets.kubernetes import KubernetesTarget, api_client
 
@@ -207,7 +207,7 @@ def _finish(obj: _Object, body: kopf.Body, run: dict[str, Any]) -> None:
         journal, outcome, unreadable = None, read_run(obj.name, None), f" (the journal could not be read: {exc})"
     reason = outcome.verdict.reason + unreadable
     if journal is None:
-        reason = f"{reason}; the run's last words: {_last_line(Path(run['log']))}"
+        reason = f"{reason}; the run's last words: {last_line(Path(run['log']))}"
     obj.status(phase="Finished", verdict=outcome.verdict.result, reason=reason[:1000], started_at=None,
                finished_at=_now(), time_to_detect=outcome.times.time_to_detect, recovery_time=outcome.times.recovery_time,
                failed_checks=[c.label for c in outcome.failed_checks], journal=str(path),
@@ -219,13 +219,6 @@ def _finish(obj: _Object, body: kopf.Body, run: dict[str, Any]) -> None:
     else:
         kopf.warn(body, reason=outcome.verdict.result.capitalize(), message=message)
 
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1][:300] if lines else "(nothing)"
 
 
 def run(namespaces: list[str], *, liveness: str | None = None) -> None:

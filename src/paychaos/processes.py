@@ -1,7 +1,10 @@
-"""Telling a live process from a dead one, shared by the reference platform's supervisor and the
-fault ledger (which must not import the platform): a pid alone can be reused."""
+"""Telling a live process from a dead one, shared by the reference platform's supervisor, the
+test cluster, the operator and the fault ledger (which must not import the platform): a pid alone
+can be reused. And the last words of a process that died, from its log."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import psutil
 
@@ -17,3 +20,12 @@ def alive(pid: int | None, create_time: float | None) -> bool:
         return create_time is None or abs(proc.create_time() - create_time) < 0.05
     except psutil.Error:
         return False
+
+
+def last_line(log: Path) -> str:
+    """The last non-blank line of a process's log (300 characters at most), for one-line errors."""
+    try:
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"

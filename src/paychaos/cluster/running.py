@@ -31,7 +31,7 @@ import yaml
 from paychaos.cluster import building
 from paychaos.cluster.pki import Pki
 from paychaos.installing import Progress
-from paychaos.processes import alive
+from paychaos.processes import alive, last_line
 
 CLUSTER_DIR_ENV = "PAYCHAOS_CLUSTER_DIR"
 ZONES = ("az-a", "az-b", "az-c")
@@ -332,7 +332,7 @@ def _await(name: str, healthy: Callable[[], bool], part: Part, cluster: ClusterD
         if not part.alive or time.monotonic() > deadline:
             why = "exited" if not part.alive else f"did not answer within {START_TIMEOUT:.0f}s"
             log = cluster.logs / f"{name}.log"
-            raise ClusterError(f"{name} {why}: {_last_line(log)} (full log: {log})")
+            raise ClusterError(f"{name} {why}: {last_line(log)} (full log: {log})")
         time.sleep(0.1)
 
 
@@ -350,11 +350,4 @@ def _write_state(cluster: ClusterDir, state: ClusterState) -> None:
     partial.write_text(state.to_json(), encoding="utf-8")
     partial.replace(cluster.state_file)
 
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1][:300] if lines else "(empty log)"
 

@@ -31,6 +31,7 @@ from paychaos.platform.runtime.processes import HttpReady, ProcessSpec, TcpReady
 from paychaos.platform.runtime.readiness import ReadinessChecker
 from paychaos.platform.runtime.seeding import seed
 from paychaos.platform.runtime.state import ProcessState, StackState, marker_names, write_state
+from paychaos.processes import last_line
 from paychaos.platform.topology import Topology
 
 log = logging.getLogger("paychaos.supervisor")
@@ -192,7 +193,7 @@ class Supervisor:
     def wait_ready(self, group: list[Managed], what: str) -> None:
         def timed_out(pending: list[Managed]) -> str:
             names = ", ".join(m.spec.name for m in pending)
-            last = _last_line(self.run_dir.log_file(pending[0].spec.name))
+            last = last_line(self.run_dir.log_file(pending[0].spec.name))
             return f"{what} not ready in time: {names}; {pending[0].spec.name} said: {last}"
 
         self._wait(lambda: [m for m in group if not m.held and not m.ready], timed_out)
@@ -336,13 +337,6 @@ class Supervisor:
         self.phase, self.message = ("failed", reason) if failed else ("stopped", "")
         self.publish()
 
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return lines[-1][:300] if lines else "(empty log)"
 
 
 def main(argv: list[str] | None = None) -> int:
