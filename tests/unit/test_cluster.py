@@ -137,3 +137,13 @@ def test_kwok_stages_are_the_documents_its_kustomization_lists_in_order(tmp_path
 
     documents = list(yaml.safe_load_all(building.kwok_stages(tmp_path)))
     assert [d["metadata"]["name"] for d in documents] == ["node-initialize", "pod-ready", "pod-delete"]
+
+
+def test_a_cold_build_says_how_far_it_has_got() -> None:
+    said: list[str] = []
+    on_line = building._compiled_counter("kube-apiserver", said.append, every=2)
+    for line in ["go: downloading k8s.io/api v0.37.2", "k8s.io/apimachinery/pkg/types", "", "k8s.io/api/core/v1",
+                 "# k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/pkg/api"]:
+        on_line(line)
+    assert said == ["kube-apiserver: 2 packages compiled"]
+    assert "-v" in building.BINARIES[1].argv(Path("/tmp/x"))

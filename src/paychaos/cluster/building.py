@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,10 @@ class Binary:
     package: str
 
     def argv(self, out: Path) -> list[str]:
+        # -v: each package's path as it is compiled, counted into the progress of a cold build.
         if self.module_dir is None:
-            return ["go", "install", "-trimpath", "-ldflags=-s -w", self.package]
-        return ["go", "build", "-trimpath", f"-ldflags={ldflags(self.name)}", "-o", str(out), self.package]
+            return ["go", "install", "-v", "-trimpath", "-ldflags=-s -w", self.package]
+        return ["go", "build", "-v", "-trimpath", f"-ldflags={ldflags(self.name)}", "-o", str(out), self.package]
 
 
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -101,6 +103,21 @@ def kwok_stages(module_dir: Path, kustomization: str = KWOK_STAGE_SET) -> str:
     return "\n---\n".join(documents) + "\n"
 
 
+def _compiled_counter(name: str, progress: Progress, every: int = 250) -> Callable[[str], None]:
+    """Say how many packages a build has compiled, every ``every`` of them (a cold kube-apiserver
+    compiles a few thousand over several minutes, in silence otherwise)."""
+    compiled = 0
+
+    def on_line(line: str) -> None:
+        nonlocal compiled
+        if line.strip() and not line.startswith(("go: ", "#")):
+            compiled += 1
+            if compiled % every == 0:
+                progress(f"{name}: {compiled} packages compiled")
+
+    return on_line
+
+
 def _kwok_module(go: str) -> Path:
     out = subprocess.run([go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], capture_output=True,
                          text=True, check=False, cwd=GO_MODULES / "etcd")
@@ -146,7 +163,7 @@ def install(progress: Progress) -> dict[str, Path]:
             if binary.module_dir is None:
                 env["GOBIN"] = str(partial.parent / ".gobin")
             run_logged(binary.argv(partial), cache_dir() / "logs" / f"build-{binary.name}.log",
-                       f"building {binary.name}", env=env, cwd=cwd)
+                       f"building {binary.name}", env=env, cwd=cwd, on_line=_compiled_counter(binary.name, progress))
             built = partial if binary.module_dir else partial.parent / ".gobin" / binary.name
             if not built.exists():
                 raise InstallError(f"building {binary.name} produced no binary at {built}")
