@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -93,17 +94,18 @@ def create(api: Any, namespace: str, body: dict[str, Any]) -> None:
     from kubernetes.client.rest import ApiException
 
     objects = client.CustomObjectsApi(api)
+    plural = f"{body['kind'].lower()}s"  # chaosexperiments, gamedays
 
     def created() -> bool:
         try:
-            objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            objects.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
         except ApiException as exc:
             if exc.status == 404:  # the CRD was Established an instant ago
                 return False
             raise
         return True
 
-    wait_for("the ChaosExperiment created", created, timeout=30)
+    wait_for(f"the {body['kind']} created", created, timeout=30)
 
 
 def status(api: Any, namespace: str, name: str) -> dict[str, Any]:
@@ -247,3 +249,132 @@ def test_the_controller_needs_no_more_than_its_manifests_role(cluster: ClusterDi
     finally:
         controller.stop()
     assert not cordoned(api, "az-b")
+
+
+# -- game days --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def prometheus(tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping nothing: what a game day's gate reads between experiments to see
+    the namespace settled (no series of the catalogue's `settled` above zero)."""
+    import httpx
+
+    from paychaos.cluster.running import free_ports
+    from paychaos.platform.runtime.installing import locate
+
+    (port,) = free_ports(1)
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 5s}\n")
+    proc = subprocess.Popen([str(locate().prometheus), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for("Prometheus ready", ready, timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def gameday(name: str, experiments: list[str], schedule: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"description": f"{name}, through the operator.", "settleWithin": "30s",
+                            "experiments": [{"experiment": e} for e in experiments]}
+    if schedule:
+        spec["schedule"] = schedule
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GameDay", "metadata": {"name": name}, "spec": spec}
+
+
+def template(name: str, fault: dict[str, Any], seconds: int) -> dict[str, Any]:
+    body = experiment(name, fault, seconds)
+    body["metadata"]["labels"] = {"paychaos.io/template": "true"}
+    return body
+
+
+def gameday_status(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    from kubernetes import client
+
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, "gamedays", name)
+    return got.get("status") or {}
+
+
+def test_a_gameday_runs_the_experiments_it_names_and_its_status_holds_each_verdict(api: Any, setup, prometheus: str) -> None:
+    from kubernetes import client
+
+    namespace, _ = setup
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+    create(api, namespace, template("kill-payment", {"podKill": {"service": "payment"}}, 3))
+    create(api, namespace, template("lose-az-b", {"zoneLoss": {"zone": "az-b"}}, 3))
+    # Named as in a suite file beside the experiments, or by the object's name.
+    create(api, namespace, gameday("rehearsal", ["../kill-payment.yaml", "lose-az-b"]))
+    final = wait_for("the game day's verdict", lambda: (
+        s if (s := gameday_status(api, namespace, "rehearsal")).get("phase") == "Finished" else None), timeout=240)
+    assert final["verdict"] == "passed", final
+    assert [(e["name"], e["verdict"]) for e in final["experiments"]] == [("kill-payment", "passed"), ("lose-az-b", "passed")], final
+    assert final["observedGeneration"] == 1 and Path(final["journal"]).is_file()
+    # The templates ran inside the game day only: never on their own.
+    assert status(api, namespace, "kill-payment") == {} and status(api, namespace, "lose-az-b") == {}
+    assert not cordoned(api, "az-b")
+
+    # A game day naming an experiment the namespace does not have ends in error, saying which.
+    create(api, namespace, gameday("incomplete", ["kill-payment", "no-such-experiment"]))
+    final = wait_for("the game day's verdict", lambda: (
+        s if (s := gameday_status(api, namespace, "incomplete")).get("phase") == "Finished" else None), timeout=120)
+    assert final["verdict"] == "error" and "no-such-experiment" in final["reason"], final
+    assert status(api, namespace, "kill-payment") == {}
+
+
+def test_a_scheduled_gameday_runs_at_its_cron_times(api: Any, setup, prometheus: str) -> None:
+    import datetime as dt
+
+    from kubernetes import client
+
+    namespace, _ = setup
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+    create(api, namespace, template("kill-payment", {"podKill": {"service": "payment"}}, 2))
+    create(api, namespace, gameday("every-minute", ["kill-payment"], schedule="* * * * *"))
+    first = wait_for("the next time in status", lambda: gameday_status(api, namespace, "every-minute").get("nextScheduleTime"),
+                     timeout=60)
+    due = dt.datetime.fromisoformat(first)
+    assert due.second == 0 and due > dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5), first
+    final = wait_for("the scheduled run's verdict", lambda: (
+        s if (s := gameday_status(api, namespace, "every-minute")).get("lastScheduleTime") == first
+        and s.get("phase") == "Finished" else None), timeout=180)
+    assert final["verdict"] == "passed", final
+    then = wait_for("the time after", lambda: (
+        t if (t := gameday_status(api, namespace, "every-minute").get("nextScheduleTime")) != first else None), timeout=60)
+    assert dt.datetime.fromisoformat(then) - due >= dt.timedelta(minutes=1), (first, then)
+
+
+def test_deleting_a_gameday_mid_run_stops_its_experiment_and_reverts_its_faults(api: Any, setup, prometheus: str) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    namespace, _ = setup
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+    create(api, namespace, template("lose-az-c", {"zoneLoss": {"zone": "az-c"}}, 300))
+    create(api, namespace, gameday("interrupted", ["lose-az-c"]))
+    wait_for("az-c cordoned by the game day's experiment", lambda: cordoned(api, "az-c"), timeout=90)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, "gamedays", "interrupted")
+
+    def gone() -> bool:
+        try:
+            gameday_status(api, namespace, "interrupted")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the game day gone once its faults are reverted", gone, timeout=150)
+    assert not any(n.spec.unschedulable for n in client.CoreV1Api(api).list_node().items)
+    ledger = client.CoreV1Api(api).read_namespaced_config_map("paychaos-faults", namespace).data or {}
+    assert ledger == {}, ledger
+    # Neither the gate nor the experiment it was running outlived the object.
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/interrupted-1/" in " ".join(p.info["cmdline"] or [])]
+    assert left == [], left

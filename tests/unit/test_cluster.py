@@ -17,7 +17,7 @@ from paychaos.installing import MissingTool
 
 def test_a_missing_binary_names_the_command_that_builds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAYCHAOS_CACHE_DIR", str(tmp_path))
-    with pytest.raises(MissingTool, match=r"etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, KWOK stages not built: "
+    with pytest.raises(MissingTool, match=r"etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, KWOK stages, Prometheus Operator CRDs not built: "
                                           r"run `paychaos cluster install`"):
         building.locate()
     for binary in building.BINARIES:
@@ -26,7 +26,12 @@ def test_a_missing_binary_names_the_command_that_builds_it(tmp_path: Path, monke
         path.write_text("#!/bin/sh\n")
         os.chmod(path, 0o755)
     (building.bin_dir() / building.STAGES).write_text("kind: Stage\n")
-    assert set(building.locate()) - {"stages"} == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    with pytest.raises(MissingTool, match=r"the test cluster's Prometheus Operator CRDs not built"):
+        building.locate()
+    building.crds_dir().mkdir(parents=True)
+    for name in building.PROMETHEUS_OPERATOR_CRDS:
+        (building.crds_dir() / f"monitoring.coreos.com_{name}.yaml").write_text("kind: CustomResourceDefinition\n")
+    assert set(building.locate()) - {"stages", "crds"} == {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"}
     # The folder names every version it was built from: a bump builds anew instead of reusing.
     assert all(v in str(building.bin_dir()) for v in (building.KUBERNETES_VERSION, building.ETCD_VERSION, building.KWOK_VERSION))
 
@@ -44,7 +49,7 @@ def test_every_staging_module_is_replaced_by_the_release_of_the_same_kubernetes(
     minor = building.KUBERNETES_VERSION.replace("v1.", "v0.")
     replaced = re.findall(r"^\s+(k8s\.io/\S+) => (k8s\.io/\S+) (v\S+)$", gomod, re.M)
     assert len(replaced) >= 30 and all(a == b and v == minor for a, b, v in replaced)
-    assert all(f"k8s.io/kubernetes/cmd/{name}" in gomod for name in building.CONTROL_PLANE)
+    assert all(f"k8s.io/kubernetes/cmd/{name}" in gomod for name in building.KUBERNETES_COMMANDS)
     assert (building.GO_MODULES / "controlplane" / "go.sum").stat().st_size > 0
     etcd = (building.GO_MODULES / "etcd" / "go.mod").read_text()
     assert f"go.etcd.io/etcd/server/v3 {building.ETCD_VERSION}" in etcd

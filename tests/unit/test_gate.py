@@ -142,3 +142,28 @@ def test_each_experiment_runs_as_its_own_process_on_the_gates_target(tmp_path: P
     said: list[str] = []
     entry = run_entry(suite.planned[0], LocalTarget.at(str(tmp_path / "nothing-here")), tmp_path, said.append)
     assert entry.verdict == "error" and entry.reason == "`paychaos run` exited 3 without a journal", entry.reason
+
+
+def test_a_schedule_is_a_five_field_cron_expression_refused_at_its_line(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from paychaos.experiments.suites import next_time
+
+    experiments = ROOT / "experiments"
+    path = write_suite(tmp_path, str(experiments / "pod-kill-payment.yaml"), str(experiments / "zone-loss-az-a.yaml"))
+    text = path.read_text()
+    path.write_text(text.replace("  experiments:\n", "  schedule: '0 3 * * 1'\n  experiments:\n", 1))
+    assert load_suite(path).gameday.spec.schedule == "0 3 * * 1"
+    assert next_time("0 3 * * 1", datetime(2026, 12, 4, 14, 0, tzinfo=UTC)) == datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    for bad in ("0 3 * *", "61 * * * *", "0 3 * * 1 2026"):
+        path.write_text(text.replace("  experiments:\n", f"  schedule: '{bad}'\n  experiments:\n", 1))
+        with pytest.raises(SpecError) as caught:
+            load_suite(path)
+        assert str(caught.value).startswith(f"{path}:6: spec.schedule: '{bad}' is not a cron expression of five fields"), caught.value
+
+
+def test_in_a_cluster_an_entry_names_the_experiment_object_of_its_files_stem() -> None:
+    from paychaos.experiments.suites import SuiteEntry
+
+    assert [SuiteEntry(experiment=e).object_name for e in ("../pod-kill-payment.yaml", "pod-kill-payment", "x/y.yml")] == [
+        "pod-kill-payment", "pod-kill-payment", "y"]

@@ -50,3 +50,18 @@ def test_step_summary_is_appended_only_under_ci(tmp_path: Path, journal: dict[st
     target.write_text("earlier step\n", encoding="utf-8")
     assert write_step_summary(markdown, environ={"GITHUB_STEP_SUMMARY": str(target)}) == target
     assert target.read_text(encoding="utf-8") == "earlier step\n" + markdown
+
+
+def test_the_json_summary_carries_each_verdict_and_the_worst_as_the_suites(journal: dict[str, Any], failed_journal: dict[str, Any]) -> None:
+    from paychaos.reporting.summary import json_summary
+
+    summary = json_summary([("acquirer-slowdown", journal), ("zone-loss-az-a", None)], "pre-campaign")
+    assert summary["verdict"] == "error" and summary["reason"] == "1 of 2 experiments did not pass"
+    assert summary["experiments"][0] == {"name": "acquirer-slowdown", "verdict": "passed", "reason": journal["paychaos"]["verdict"]["reason"],
+                                         "timeToDetect": 2.76, "recoveryTime": 21.61, "failedChecks": []}
+    # A failure outranks an error: the stack is broken, whatever else the gate could not judge.
+    failed_journal["paychaos"]["experiment"] = "acquirer-slowdown-2"
+    summary = json_summary([("zone-loss-az-a", None), ("acquirer-slowdown-2", failed_journal)], "pre-campaign")
+    assert summary["verdict"] == "failed"
+    assert summary["experiments"][1]["failedChecks"] == ["expect/breaker/acquirer.opens"]
+    assert json_summary([("acquirer-slowdown", journal)], "g")["verdict"] == "passed"

@@ -115,11 +115,15 @@ def controller(
     journals: Annotated[Path | None, typer.Option(help="Where run journals and logs are kept [env: PAYCHAOS_CONTROLLER_JOURNALS; default .paychaos/controller]")] = None,
     liveness: Annotated[str | None, typer.Option(help="Serve a liveness probe here, e.g. http://0.0.0.0:8080/healthz")] = None,
 ) -> None:
-    """Run the operator: every ChaosExperiment applied to the cluster is run once per generation.
+    """Run the operator: every ChaosExperiment and GameDay applied to the cluster is run.
 
-    Each run is a `paychaos run` process of its own against the namespace its spec names (its own
-    namespace by default), which must carry the label paychaos.io/chaos=enabled. Progress and the
-    verdict go to the object's status (`kubectl get chaosexperiments`) and to Events; deleting
+    An experiment runs once per generation, as a `paychaos run` process of its own against the
+    namespace its spec names (its own namespace by default), which must carry the label
+    paychaos.io/chaos=enabled. A GameDay runs the ChaosExperiments it names, in its namespace, as
+    `paychaos gate` does: once per generation, or at each time of its `schedule` (cron, UTC). Label
+    the experiments a game day runs paychaos.io/template=true so they do not also run alone.
+    Progress and the verdict go to the object's status (`kubectl get chaosexperiments,gamedays`)
+    and to Events; deleting
     an object mid-run stops the run and reverts its faults. A controller restarted mid-run waits
     for the run it left, or reverts its faults when that run is gone. Reaches the cluster as
     kubectl does (KUBECONFIG, or the service account in a pod). Stop it with Ctrl-C or SIGTERM.

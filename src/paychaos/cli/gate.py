@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from paychaos.cli.console import err, fail, say
-from paychaos.cli.targeting import RunDirOption, TargetOption, chosen_target
+from paychaos.cli.targeting import NamespaceOption, RunDirOption, TargetOption, chosen_target
 from paychaos.experiments.loading import SpecError
 from paychaos.experiments.suites import Suite, load_suite
 from paychaos.installing import MissingTool
@@ -32,18 +33,20 @@ def gate(
     keep: Annotated[bool, typer.Option("--keep", help="Leave a stack this gate started running afterwards")] = False,
     run_dir: RunDirOption = None,
     target_file: TargetOption = None,
+    namespace: NamespaceOption = None,
 ) -> None:
     """Run a suite of experiments as a readiness gate: exit 0 only if every experiment passed.
 
     Uses the running stack, or starts one (and stops it afterwards unless --keep); with `--target
-    FILE`, the stack that file describes (never started or stopped here). Between two
+    FILE`, the stack that file describes, and with `--namespace NS` a Kubernetes namespace (neither
+    is started or stopped here). Between two
     experiments the stack must settle back to healthy. Writes OUT/junit.xml (a testcase per
     experiment and per check), OUT/report.html (plots and evidence), OUT/summary.md (for a CI job
-    summary; also appended to $GITHUB_STEP_SUMMARY when set), the journals in OUT/journals/, and a
+    summary; also appended to $GITHUB_STEP_SUMMARY when set), OUT/summary.json (for scripts), the journals in OUT/journals/, and a
     runbook per experiment, written from what this run observed.
     """
     rd = RunDir(run_dir.resolve()) if run_dir else RunDir.default()
-    chosen = chosen_target(run_dir, target_file)
+    chosen = chosen_target(run_dir, target_file, namespace=namespace)
     target = chosen if chosen.platform != "local" else None  # the local stack may be started here
     passed = run_gate(suite, rd, target=target, out=out, junit=junit or out / "junit.xml", report=report or out / "report.html",
                       runbooks=runbooks, keep=keep)
@@ -63,6 +66,8 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
         loaded = load_suite(suite, on.inventory() if running else None, probes=catalogue)
     except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
+    if loaded.gameday.spec.schedule:
+        say(f"note: the schedule {loaded.gameday.spec.schedule!r} is the operator's; the gate runs the suite once, now")
     say(f"gate {loaded.name}: {len(loaded.planned)} experiments — {', '.join(p.experiment.name for p in loaded.planned)}")
     started_here = False
     if not running:
@@ -85,16 +90,18 @@ def run_gate(suite: Path, rd: RunDir, *, out: Path, junit: Path, report: Path, r
 
 
 def write_outputs(suite: Suite, journals: Journals, *, out: Path, junit: Path, report: Path, runbooks: Path) -> None:
-    """JUnit, the HTML report, the Markdown summary and the runbooks, from the gate's journals."""
+    """JUnit, the HTML report, the Markdown and JSON summaries and the runbooks, from the gate's journals."""
     from paychaos.reporting.html import write_html_report
     from paychaos.reporting.junit import write_junit
-    from paychaos.reporting.summary import markdown_summary, write_step_summary
+    from paychaos.reporting.summary import json_summary, markdown_summary, write_step_summary
     from paychaos.runbooks.render import write_runbooks
 
     write_junit(journals, suite.name, junit)
     write_html_report(journals, suite.name, report)
     markdown = markdown_summary(journals, suite.name)
     (out / "summary.md").write_text(markdown, encoding="utf-8")
+    summary = json_summary(with_not_run(suite, journals), suite.name)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     write_step_summary(markdown)
     rehearsed = dict(journals)
     # Every experiment of the suite gets its runbook, rehearsed or not (the gate may stop early).
@@ -105,8 +112,12 @@ def print_summary(suite: Suite, journals: Journals) -> None:
     """One screen: each experiment's verdict and times, and every check that did not pass."""
     from paychaos.reporting.summary import text_summary
 
-    skipped = {"result": "error", "reason": "not run: the gate stopped before it"}
-    shown = [*journals, *((p.experiment.name, {"paychaos": {"experiment": p.experiment.name, "verdict": skipped}})
-                          for p in suite.planned[len(journals):])]
     err.print("")
-    err.print(text_summary(shown, suite.name), markup=False, highlight=False, soft_wrap=True)
+    err.print(text_summary(with_not_run(suite, journals), suite.name), markup=False, highlight=False, soft_wrap=True)
+
+
+def with_not_run(suite: Suite, journals: Journals) -> Journals:
+    """The gate's journals, and an error for each experiment it stopped before."""
+    skipped = {"result": "error", "reason": "not run: the gate stopped before it"}
+    return [*journals, *((p.experiment.name, {"paychaos": {"experiment": p.experiment.name, "verdict": skipped}})
+                         for p in suite.planned[len(journals):])]

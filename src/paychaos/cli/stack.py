@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from paychaos.cli.console import err, fail, say
@@ -18,7 +20,7 @@ from paychaos.platform.runtime.paths import RunDir
 
 app = typer.Typer(
     help="The reference payment platform on this machine: PostgreSQL, 3-node Kafka, HAProxy, "
-    "Toxiproxy, Prometheus and the payment services in three zones.",
+    "Toxiproxy, Prometheus and the payment services in three zones (and its Kubernetes manifests).",
     no_args_is_help=True,
 )
 
@@ -151,3 +153,33 @@ def wipe(run_dir: RunDirOption = None) -> None:
     except stacking.StackError as exc:
         raise fail(str(exc)) from None
     err.print("[green]data deleted[/]")
+
+
+@app.command()
+def manifests(
+    topology: Annotated[Path, typer.Option("--topology", help="The cluster topology")] = Path("platform/k8s/reference/topology.yaml"),
+    rules: Annotated[Path, typer.Option("--rules", help="The SLO alerts (`paychaos alerts`)")] = Path("platform/alerts/paychaos-slo.rules.yaml"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file written")] = Path("platform/k8s/reference/generated.yaml"),
+) -> None:
+    """Write the reference platform's Kubernetes objects that follow from its cluster topology.
+
+    Per service a Deployment spread over the zones (replicasPerZone x zones, the replacements of
+    a lost zone's pods in the others), its Service and a PodDisruptionBudget that lets one zone's
+    worth go; the seed Job; Toxiproxy with the topology's proxies; the Strimzi KafkaTopics; Locust's
+    master and workers; the SLO alerts as a PrometheusRule. `kubectl apply -k
+    platform/k8s/reference` applies them with the rest of that folder (see its kustomization.yaml).
+    """
+    from pydantic import ValidationError
+
+    from paychaos.platform.manifests import render
+    from paychaos.platform.topology import load_topology
+
+    try:
+        text = render(load_topology(topology), rules)
+    except (OSError, ValidationError, KeyError, yaml.YAMLError) as exc:
+        raise fail(escape(f"cannot generate from {topology} and {rules}: {exc}")) from None
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(escape(f"cannot write {output}: {exc.strerror or exc}")) from None
+    say(escape(f"wrote {output}"))

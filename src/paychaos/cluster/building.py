@@ -1,7 +1,8 @@
 """`paychaos cluster install`: the Kubernetes test cluster's binaries, built from the Go module proxy.
 
 A real control plane with no download site and no container registry: kube-apiserver,
-kube-controller-manager and kube-scheduler from ``k8s.io/kubernetes`` (the module in
+kube-controller-manager and kube-scheduler (and kubectl, whose kustomize renders the manifests in
+``platform/k8s``) from ``k8s.io/kubernetes`` (the module in
 ``go/controlplane`` maps each staging module Kubernetes requires at v0.0.0 to its published
 release), etcd over ``etcdmain`` (``go/etcd``; etcd's own module cannot be `go install`ed), and
 KWOK's fake-node controller. Each binary lands in the cache under the versions it was built from,
@@ -26,6 +27,10 @@ from paychaos.installing import InstallError, MissingTool, Progress, cache_dir, 
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
+# The Prometheus Operator's CRDs, so the reference platform's Prometheus objects are applied for
+# real in tests (from its Go module: it publishes them there, beside its code).
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_CRDS = ("podmonitors", "prometheuses", "prometheusrules", "servicemonitors")
 MIN_GO = (1, 26)
 GO_MODULES = Path(__file__).resolve().parent / "go"
 INSTALL_COMMAND = "paychaos cluster install"
@@ -45,9 +50,10 @@ class Binary:
 
 
 CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+KUBERNETES_COMMANDS = (*CONTROL_PLANE, "kubectl")
 BINARIES = (
     Binary("etcd", "etcd", "."),
-    *(Binary(name, "controlplane", f"k8s.io/kubernetes/cmd/{name}") for name in CONTROL_PLANE),
+    *(Binary(name, "controlplane", f"k8s.io/kubernetes/cmd/{name}") for name in KUBERNETES_COMMANDS),
     Binary("kwok", None, f"sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"),
 )
 
@@ -55,7 +61,7 @@ BINARIES = (
 def ldflags(name: str) -> str:
     """Strip symbols; stamp the Kubernetes binaries with their version (they report v0.0.0 otherwise,
     and clients that compare versions refuse them)."""
-    if name not in CONTROL_PLANE:
+    if name not in KUBERNETES_COMMANDS:
         return "-s -w"
     major, minor, _ = KUBERNETES_VERSION.lstrip("v").split(".")
     stamp = {"gitVersion": KUBERNETES_VERSION, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
@@ -71,15 +77,22 @@ STAGES = "kwok-stages.yaml"  # KWOK's own "fast" stages of the version built, be
 KWOK_STAGE_SET = "kustomize/stage/fast"
 
 
+def crds_dir() -> Path:
+    return cache_dir() / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}" / "crds"
+
+
 def locate() -> dict[str, Path]:
-    """Every binary (and the KWOK stages, as ``stages``), or ``MissingTool`` naming the command that builds them."""
+    """Every binary (and the KWOK stages as ``stages``, the Prometheus Operator's CRDs as ``crds``),
+    or ``MissingTool`` naming the command that builds them."""
     found = {b.name: bin_dir() / b.name for b in BINARIES}
     missing = [name for name, path in found.items() if not os.access(path, os.X_OK)]
     if not (bin_dir() / STAGES).is_file():
         missing.append("KWOK stages")
+    if not all((crds_dir() / f"monitoring.coreos.com_{name}.yaml").is_file() for name in PROMETHEUS_OPERATOR_CRDS):
+        missing.append("Prometheus Operator CRDs")
     if missing:
         raise MissingTool(f"the test cluster's {', '.join(missing)} not built", INSTALL_COMMAND)
-    return {**found, "stages": bin_dir() / STAGES}
+    return {**found, "stages": bin_dir() / STAGES, "crds": crds_dir()}
 
 
 def kwok_stages(module_dir: Path, kustomization: str = KWOK_STAGE_SET) -> str:
@@ -118,13 +131,14 @@ def _compiled_counter(name: str, progress: Progress, every: int = 250) -> Callab
     return on_line
 
 
-def _kwok_module(go: str) -> Path:
-    out = subprocess.run([go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"], capture_output=True,
+def _module(go: str, module: str) -> Path:
+    """Where the Go module cache holds ``module`` (``path@version``), downloaded from the proxy if need be."""
+    out = subprocess.run([go, "mod", "download", "-json", module], capture_output=True,
                          text=True, check=False, cwd=GO_MODULES / "etcd")
     try:
         return Path(json.loads(out.stdout)["Dir"])
     except (ValueError, KeyError):
-        raise InstallError(f"cannot find KWOK {KWOK_VERSION}'s module: {(out.stderr or out.stdout).strip()[:300]}") from None
+        raise InstallError(f"cannot download the Go module {module}: {(out.stderr or out.stdout).strip()[:300]}") from None
 
 
 def go_version(go: str) -> tuple[int, int] | None:
@@ -172,7 +186,16 @@ def install(progress: Progress) -> dict[str, Path]:
         stages = out_dir / STAGES
         if not stages.is_file():
             partial = out_dir / f".{STAGES}.partial"
-            partial.write_text(kwok_stages(_kwok_module(go)), encoding="utf-8")
+            partial.write_text(kwok_stages(_module(go, f"sigs.k8s.io/kwok@{KWOK_VERSION}")), encoding="utf-8")
             partial.replace(stages)
             progress(f"KWOK stages: {stages}")
+        crds = crds_dir()
+        if not all((crds / f"monitoring.coreos.com_{name}.yaml").is_file() for name in PROMETHEUS_OPERATOR_CRDS):
+            source = _module(go, f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}")
+            crds.mkdir(parents=True, exist_ok=True)
+            for name in PROMETHEUS_OPERATOR_CRDS:
+                file = f"monitoring.coreos.com_{name}.yaml"
+                shutil.copyfile(source / "example" / "prometheus-operator-crd" / file, crds / f".{file}.partial")
+                (crds / f".{file}.partial").replace(crds / file)
+            progress(f"Prometheus Operator {PROMETHEUS_OPERATOR_VERSION} CRDs: {crds}")
     return locate()

@@ -46,6 +46,24 @@ class Status(BaseModel):
     observed_generation: int | None = None
 
 
+class ExperimentResult(BaseModel):
+    """One experiment of a game day's last run."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str
+    verdict: str
+    reason: str | None = None
+
+
+class GameDayStatus(Status):
+    """A game day's status: its last run's verdict (its worst experiment's), each experiment's, and its schedule."""
+
+    experiments: list[ExperimentResult] = Field(default_factory=list)
+    last_schedule_time: str | None = None  # RFC 3339: the scheduled time the last run was for
+    next_schedule_time: str | None = None
+
+
 # kubectl get: what an on-call engineer wants in one line.
 EXPERIMENT_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -57,6 +75,8 @@ EXPERIMENT_COLUMNS = [
 GAMEDAY_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Verdict", "type": "string", "jsonPath": ".status.verdict"},
+    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+    {"name": "Next", "type": "date", "jsonPath": ".status.nextScheduleTime"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -65,15 +85,17 @@ GAMEDAY_COLUMNS = [
 def crds() -> list[dict[str, Any]]:
     """Both CustomResourceDefinitions, ready to apply."""
     return [
-        crd(ChaosExperiment, "ChaosExperiment", "chaosexperiments", ["chaosexp"], EXPERIMENT_COLUMNS),
-        crd(GameDay, "GameDay", "gamedays", ["gameday"], GAMEDAY_COLUMNS),
+        crd(ChaosExperiment, Status, "ChaosExperiment", "chaosexperiments", ["chaosexp"], EXPERIMENT_COLUMNS),
+        crd(GameDay, GameDayStatus, "GameDay", "gamedays", ["gameday"], GAMEDAY_COLUMNS),
     ]
 
 
-def crd(model: type[BaseModel], kind: str, plural: str, short: list[str], columns: list[dict[str, Any]]) -> dict[str, Any]:
+def crd(model: type[BaseModel], status_model: type[Status], kind: str, plural: str, short: list[str],
+        columns: list[dict[str, Any]]) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True, mode="validation")
     spec = structural(schema["properties"]["spec"], schema.get("$defs", {}))
-    status = structural(Status.model_json_schema(by_alias=True, mode="validation"), {})
+    status_schema = status_model.model_json_schema(by_alias=True, mode="validation")
+    status = structural(status_schema, status_schema.get("$defs", {}))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -107,7 +129,7 @@ def crd(model: type[BaseModel], kind: str, plural: str, short: list[str], column
 
 
 # JSON Schema keywords an API server has no use for, or would act on (``default``).
-_DROPPED = {"title", "examples", "default", "$schema", "propertyNames"}
+_DROPPED = {"title", "examples", "default", "$schema", "$defs", "propertyNames"}
 _KEPT = {"type", "description", "properties", "required", "items", "enum", "pattern", "minimum", "maximum",
          "minLength", "maxLength", "minItems", "maxItems", "format", "additionalProperties", "nullable"}
 

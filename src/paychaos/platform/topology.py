@@ -23,6 +23,9 @@ from paychaos.durations import Duration
 
 SERVICES = ("gateway", "payment", "ledger", "campaign", "acquirer")
 ServiceName = Literal["gateway", "payment", "ledger", "campaign", "acquirer"]
+# What a topology can place on a host of its own (`hosts:`): the services, and what they reach.
+HostedPart = Literal["gateway", "payment", "ledger", "campaign", "acquirer", "postgres", "kafka", "toxiproxy",
+                     "prometheus", "edge"]
 
 #: Shift every port by this much, so that two stacks (a developer's and a test session's) can
 #: run side by side on one machine.
@@ -199,7 +202,11 @@ class Replica:
 
 
 class Topology(_Model):
-    host: str
+    host: str  # where everything is reached and replicas listen, unless `hosts` says otherwise
+    # Parts reached at a host of their own: in a cluster, each Service's DNS name, with `host`
+    # 0.0.0.0 for the replicas to listen on (platform/k8s/reference/topology.yaml). `kafka` names
+    # a bootstrap address (its port is ports.kafka) rather than one host per node.
+    hosts: dict[HostedPart, str] = Field(default_factory=dict)
     zones: list[str] = Field(min_length=1)
     ports: Ports
     services: dict[ServiceName, ServiceSpec]
@@ -246,20 +253,25 @@ class Topology(_Model):
     def kafka_controller_port(self, node: int) -> int:
         return self.ports.kafka_controller + node - 1
 
+    def host_of(self, part: HostedPart) -> str:
+        return self.hosts.get(part, self.host)
+
     @property
     def bootstrap_servers(self) -> str:
+        if "kafka" in self.hosts:
+            return f"{self.hosts['kafka']}:{self.ports.kafka}"
         return ",".join(f"{self.host}:{self.kafka_port(n)}" for n in self.kafka_nodes)
 
     @property
     def postgres_dsn(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.ports.postgres}/paychaos"
+        return f"postgresql://postgres@{self.host_of('postgres')}:{self.ports.postgres}/paychaos"
 
     def database_dsn(self, service: str) -> str:
         """Where ``service`` connects to PostgreSQL: through its ``<service>-db`` proxy if the
         topology has one, else directly."""
         proxy = self.proxies.get(f"{service}-db")
         if proxy is not None and proxy.upstream == "postgres":
-            return f"postgresql://postgres@{self.host}:{proxy.listen}/paychaos"
+            return f"postgresql://postgres@{self.host_of('toxiproxy')}:{proxy.listen}/paychaos"
         return self.postgres_dsn
 
     def without_database_proxies(self) -> Topology:
@@ -273,25 +285,25 @@ class Topology(_Model):
 
     @property
     def edge_url(self) -> str:
-        return f"http://{self.host}:{self.ports.edge}"
+        return f"http://{self.host_of('edge')}:{self.ports.edge}"
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.host}:{self.ports.prometheus}"
+        return f"http://{self.host_of('prometheus')}:{self.ports.prometheus}"
 
     @property
     def toxiproxy_url(self) -> str:
-        return f"http://{self.host}:{self.ports.toxiproxy_api}"
+        return f"http://{self.host_of('toxiproxy')}:{self.ports.toxiproxy_api}"
 
-    def internal_url(self, service: str) -> str:
+    def internal_url(self, service: ServiceName) -> str:
         """Where a service calls another: the internal load balancer, or a Toxiproxy in front of it."""
         proxy = self.proxies.get(service)
         if proxy is not None:
-            return f"http://{self.host}:{proxy.listen}"
-        return f"http://{self.host}:{getattr(self.ports.internal, service)}"
+            return f"http://{self.host_of('toxiproxy')}:{proxy.listen}"
+        return self.direct_internal_url(service)
 
-    def direct_internal_url(self, service: str) -> str:
-        return f"http://{self.host}:{getattr(self.ports.internal, service)}"
+    def direct_internal_url(self, service: ServiceName) -> str:
+        return f"http://{self.host_of(service)}:{getattr(self.ports.internal, service)}"
 
     def with_port_offset(self, offset: int) -> Topology:
         if not offset:

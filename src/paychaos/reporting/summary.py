@@ -1,6 +1,7 @@
-"""Short summaries of a gate run: Markdown for a CI job summary, plain text for the terminal.
+"""Short summaries of a gate run: Markdown for a CI job summary, plain text for the terminal,
+JSON for scripts (and the operator's GameDay status).
 
-Both say the same thing: each experiment's verdict with its detection and recovery times,
+All say the same thing: each experiment's verdict with its detection and recovery times,
 then every check that did not pass with what was observed against what was expected.
 """
 
@@ -68,6 +69,27 @@ def write_step_summary(markdown: str, environ: Mapping[str, str] = os.environ) -
     with path.open("a", encoding="utf-8") as out:
         out.write(markdown)
     return path
+
+
+# The verdict of a whole suite is its worst run's: a failure first (the stack is broken), then an
+# error or an abort (the gate could not judge), then inconclusive (it ran but did not see enough).
+WORST_FIRST = ("failed", "error", "aborted", "inconclusive", "passed")
+
+
+def json_summary(journals: Journals, suite: str) -> dict[str, object]:
+    runs = read_runs(journals)
+    verdict = min((run.verdict.result for run in runs), key=WORST_FIRST.index, default="error")
+    return {
+        "suite": suite,
+        "verdict": verdict,
+        "reason": headline(runs),
+        "experiments": [
+            {"name": run.name, "verdict": run.verdict.result, "reason": run.verdict.reason,
+             "timeToDetect": run.times.time_to_detect, "recoveryTime": run.times.recovery_time,
+             "failedChecks": [c.label for c in run.failed_checks]}
+            for run in runs
+        ],
+    }
 
 
 def headline(runs: list[Run]) -> str:

@@ -27,3 +27,26 @@ def seed(topology: Topology, timeout: float = 60.0) -> dict[str, object]:
             last = str(exc)
         time.sleep(0.5)
     raise SeedingFailed(f"the ledger did not accept seeding within {timeout:.0f}s: {last}")
+
+
+def main() -> None:
+    """``python -m paychaos.platform.runtime.seeding --topology FILE``: seed a platform that runs
+    elsewhere (the reference platform's seed Job in a cluster)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from paychaos.platform.topology import load_topology
+
+    parser = argparse.ArgumentParser(prog="python -m paychaos.platform.runtime.seeding")
+    parser.add_argument("--topology", type=Path, required=True, help="the topology YAML of the platform to seed")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the ledger")
+    args = parser.parse_args()
+    try:
+        print(json.dumps(seed(load_topology(args.topology), timeout=args.timeout)))
+    except SeedingFailed as exc:
+        raise SystemExit(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()
