@@ -112,6 +112,15 @@ def breaker_states(stack) -> dict[str, str]:
 TOXIC = {"latency": 3000, "jitter": 200}
 
 
+def _breaker_series(client: httpx.Client, url: str, name: str, selector: str) -> float:
+    """The acquirer breaker's ``resilience4j_circuitbreaker_<name>`` on one replica, from its own
+    /metrics (no scrape interval in between); 0 when absent."""
+    for line in client.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f"resilience4j_circuitbreaker_{name}{{") and 'name="acquirer"' in line and selector in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_slow_acquirer_opens_the_breaker_card_fails_fast_balance_keeps_working(stack) -> None:
     with Toxiproxy(stack.topology.toxiproxy_url) as toxiproxy:
         toxiproxy.add_toxic("acquirer", "test-latency", "latency", TOXIC)
@@ -122,13 +131,28 @@ def test_slow_acquirer_opens_the_breaker_card_fails_fast_balance_keeps_working(s
             stack.wait_for("the breaker to report OPEN", lambda: "open" in breaker_states(stack).values(), timeout=15)
             assert outcomes["card"]["503 CARD_NETWORK_UNAVAILABLE"] > 0, outcomes
             assert success_ratio(outcomes["balance"]) > 0.95, outcomes
+            # One card payment straight to a payment replica, judged only if that replica's breaker
+            # refused it: a breaker half-open at that instant rightly lets it through as a trial
+            # call, which waits for the acquirer timeout (a CI run met exactly that: 1.52 s).
+            replica = stack.topology.replicas_of("payment")[0]
+            url = f"http://{stack.topology.host}:{replica.port}"
             with httpx.Client(timeout=15) as client:
-                started = time.monotonic()
-                r = stack.pay(client, "u01600", 100, "card")
+                for _ in range(5):
+                    stack.wait_for(f"{replica.name}'s breaker open", lambda: _breaker_series(client, url, "state", 'state="open"') == 1.0,
+                                   timeout=30)
+                    refused = _breaker_series(client, url, "not_permitted_calls_total", "")
+                    started = time.monotonic()
+                    r = client.post(f"{url}/v1/payments", json={"user_id": "u01600", "merchant_id": "m001", "amount": 100, "method": "card"},
+                                    headers={"Idempotency-Key": uuid.uuid4().hex, "X-User-Id": "u01600"})
+                    took = time.monotonic() - started
+                    if _breaker_series(client, url, "not_permitted_calls_total", "") == refused + 1:
+                        break
+                else:
+                    pytest.fail(f"{replica.name}'s open breaker refused none of five card payments")
                 assert r.status_code == 503 and r.json()["error"]["code"] == "CARD_NETWORK_UNAVAILABLE", r.text
                 assert "Retry-After" in r.headers
                 # Failing fast: well inside the acquirer timeout, let alone the 3 s toxic.
-                assert time.monotonic() - started < stack.topology.resilience.timeouts.acquirer.total_seconds()
+                assert took < stack.topology.resilience.timeouts.acquirer.total_seconds(), took
         finally:
             toxiproxy.remove_toxic("acquirer", "test-latency")
 
