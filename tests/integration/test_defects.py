@@ -144,6 +144,8 @@ def test_the_gate_passes_a_healthy_stack_and_leaves_report_junit_and_runbook(def
         assert rehearsed is not None and rehearsed.verdict == "passed"
         assert "gate-slowdown" in (folder / "runbooks" / "index.md").read_text(encoding="utf-8")
         assert "gate gate-test: the experiment passed" in result.stderr
+        summary = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))
+        assert summary["verdict"] == "passed" and [e["name"] for e in summary["experiments"]] == ["gate-slowdown"], summary
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -153,10 +155,12 @@ def test_with_the_breaker_off_the_gate_fails_and_junit_names_the_breaker_check(d
     healthy = switched(defects, ["payment"], breaker=defects.topology.resilience.breaker.model_copy(update={"enabled": False}))
     try:
         result, junit = run_gate(defects, folder)
+        summary = json.loads((folder / "out" / "summary.json").read_text(encoding="utf-8"))
     finally:
         stacking.reconfigure(defects.run_dir, healthy, ["payment"])
         shutil.rmtree(folder, ignore_errors=True)
     assert result.returncode == 1, result.stderr
+    assert summary["verdict"] == "failed" and "expect/breaker/acquirer.opens" in summary["experiments"][0]["failedChecks"], summary
     failed = failures(junit)
     opens = [message for name, message in failed.items() if "acquirer.opens" in name]
     assert opens and "observed" in opens[0] and "expected <= 20s" in opens[0], failed

@@ -108,10 +108,10 @@ def create(api: Any, namespace: str, body: dict[str, Any]) -> None:
     wait_for(f"the {body['kind']} created", created, timeout=30)
 
 
-def status(api: Any, namespace: str, name: str) -> dict[str, Any]:
+def status(api: Any, namespace: str, name: str, plural: str = PLURAL) -> dict[str, Any]:
     from kubernetes import client
 
-    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
     return got.get("status") or {}
 
 
@@ -140,17 +140,23 @@ def test_an_applied_experiment_runs_through_the_operator_and_its_status_ends_wit
 
 
 def test_deleting_an_experiment_mid_run_reverts_every_fault(api: Any, setup) -> None:
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
     namespace, _ = setup
     create(api, namespace, experiment("lose-az-a", {"zoneLoss": {"zone": "az-a"}}, 300))
     wait_for("az-a cordoned by the run", lambda: cordoned(api, "az-a"), timeout=60)
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "lose-az-a")
+    delete_and_see_everything_reverted(api, namespace, PLURAL, "lose-az-a")
+
+
+def delete_and_see_everything_reverted(api: Any, namespace: str, plural: str, name: str) -> None:
+    """Delete the object mid-run: it goes only once its run's faults are reverted, and it leaves
+    no node cordoned and nothing in the fault ledger."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
 
     def gone() -> bool:
         try:
-            status(api, namespace, "lose-az-a")
+            status(api, namespace, name, plural)
         except ApiException as exc:
             return exc.status == 404
         return False
@@ -299,10 +305,7 @@ def template(name: str, fault: dict[str, Any], seconds: int) -> dict[str, Any]:
 
 
 def gameday_status(api: Any, namespace: str, name: str) -> dict[str, Any]:
-    from kubernetes import client
-
-    got = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, "gamedays", name)
-    return got.get("status") or {}
+    return status(api, namespace, name, "gamedays")
 
 
 def test_a_gameday_runs_the_experiments_it_names_and_its_status_holds_each_verdict(api: Any, setup, prometheus: str) -> None:
@@ -355,26 +358,13 @@ def test_a_scheduled_gameday_runs_at_its_cron_times(api: Any, setup, prometheus:
 
 def test_deleting_a_gameday_mid_run_stops_its_experiment_and_reverts_its_faults(api: Any, setup, prometheus: str) -> None:
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
 
     namespace, _ = setup
     client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
     create(api, namespace, template("lose-az-c", {"zoneLoss": {"zone": "az-c"}}, 300))
     create(api, namespace, gameday("interrupted", ["lose-az-c"]))
     wait_for("az-c cordoned by the game day's experiment", lambda: cordoned(api, "az-c"), timeout=90)
-    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, "gamedays", "interrupted")
-
-    def gone() -> bool:
-        try:
-            gameday_status(api, namespace, "interrupted")
-        except ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for("the game day gone once its faults are reverted", gone, timeout=150)
-    assert not any(n.spec.unschedulable for n in client.CoreV1Api(api).list_node().items)
-    ledger = client.CoreV1Api(api).read_namespaced_config_map("paychaos-faults", namespace).data or {}
-    assert ledger == {}, ledger
+    delete_and_see_everything_reverted(api, namespace, "gamedays", "interrupted")
     # Neither the gate nor the experiment it was running outlived the object.
     left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if "/interrupted-1/" in " ".join(p.info["cmdline"] or [])]
     assert left == [], left
