@@ -121,8 +121,16 @@ def read_outcome(name: str, journal: Path) -> Outcome:
         section = json.loads(journal.read_text(encoding="utf-8"))["paychaos"]
     except (OSError, ValueError, KeyError):
         return Outcome(name, "error", ["no journal"])
-    not_passed = [f"{c['phase']}/{c['kind']}/{c['name']} ({c['verdict']})" for c in section["checks"] if c["verdict"] != "passed"]
+    not_passed = [f"{c['phase']}/{c['kind']}/{c['name']} ({c['verdict']}{_observed(c)})"
+                  for c in section["checks"] if c["verdict"] != "passed"]
     return Outcome(name, section["verdict"]["result"], not_passed)
+
+
+def _observed(check: dict[str, Any]) -> str:
+    """What a check that did not pass saw against its bound: how far the defect moved it."""
+    if check.get("observed") is None:
+        return ""
+    return f": observed {check['observed']:.4g} vs {check.get('threshold', '?')}"
 
 
 def git_apply(patch: Path, *, reverse: bool = False) -> None:
