@@ -143,3 +143,16 @@ def _ready(api: Any, service: str, count: int) -> list[Any]:
             if p.metadata.deletion_timestamp is None]
     ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
     return ready if len(ready) == count and len(pods) == count else []
+
+
+def test_the_operators_manifests_apply_as_rendered(cluster: ClusterDir, api: Any, tmp_path: Path) -> None:
+    """platform/k8s/operator, rendered by kustomize and applied for real (server-side)."""
+    from kubernetes import client
+
+    rendered = kubectl(cluster, "kustomize", str(ROOT / "platform" / "k8s" / "operator")).stdout
+    (tmp_path / "operator.yaml").write_text(rendered)
+    kubectl(cluster, "apply", "--server-side", "-f", str(tmp_path / "operator.yaml"))
+    deployment = client.AppsV1Api(api).read_namespaced_deployment("paychaos-controller", "paychaos-system")
+    (container,) = deployment.spec.template.spec.containers
+    assert container.image == "paychaos:0.1.0" and container.args[:2] == ["paychaos", "controller"]
+    assert deployment.spec.template.spec.service_account_name == "paychaos-controller"
