@@ -85,6 +85,8 @@ def test_kafka_keeps_three_copies_two_in_sync_one_node_per_zone(objects: list[di
 def test_the_namespace_opted_in_and_says_where_its_endpoints_are(objects: list[dict[str, Any]]) -> None:
     namespace = _of(objects, "Namespace")["payments"]["metadata"]
     assert namespace["labels"]["paychaos.io/chaos"] == "enabled"
-    assert {"paychaos.io/prometheus", "paychaos.io/edge", "paychaos.io/toxiproxy"} <= set(namespace["annotations"])
+    assert {"paychaos.io/prometheus", "paychaos.io/edge", "paychaos.io/toxiproxy", "paychaos.io/kafka"} <= set(namespace["annotations"])
+    topology = load_topology(REFERENCE / "topology.yaml")
+    assert namespace["annotations"]["paychaos.io/kafka"].split(".")[0] == topology.bootstrap_servers.split(":")[0]
     rule = _of(objects, "PrometheusRule")["paychaos-slo"]
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]

@@ -248,23 +248,6 @@ def _leaderless(admin: AdminClient, topics: list[str]) -> list[str]:
     return out
 
 
-def partition_leader(topology: Topology, topic: str, partition: int) -> int:
-    """The node id currently leading topic-partition, from the cluster's metadata."""
-    try:
-        metadata = _admin(topology).list_topics(topic, timeout=10)
-    except KafkaException as exc:
-        raise ClusterError(f"cannot read Kafka metadata from {topology.bootstrap_servers}: {exc.args[0].str()}") from exc
-    meta = metadata.topics.get(topic)
-    if meta is None or meta.error is not None:
-        raise ClusterError(f"Kafka topic {topic!r} does not exist")
-    part = meta.partitions.get(partition)
-    if part is None:
-        raise ClusterError(f"Kafka topic {topic!r} has no partition {partition} (it has {len(meta.partitions)})")
-    if part.leader < 0:
-        raise ClusterError(f"Kafka partition {topic}-{partition} has no leader right now")
-    return int(part.leader)
-
-
 def isr_members(topology: Topology, topics: list[str]) -> dict[str, list[int]]:
     """Each partition (``topic-n``) of ``topics`` and the node ids in its in-sync replica set."""
     try:

@@ -82,7 +82,8 @@ class KubernetesTarget:
         return Endpoints(prometheus_url=found["prometheus"], edge_url=found["edge"])
 
     def driver(self) -> KubernetesDriver:
-        return KubernetesDriver(self.api, self.namespace, self._annotations().get("toxiproxy"))
+        found = self._annotations()
+        return KubernetesDriver(self.api, self.namespace, found.get("toxiproxy"), kafka_bootstrap=found.get("kafka"))
 
     def ledger(self) -> ClusterLedger:
         return ClusterLedger(self.api, self.namespace)

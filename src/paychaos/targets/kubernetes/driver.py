@@ -27,6 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
+from paychaos.faults.kafka import MetadataError, partition_leader
 from paychaos.faults.planning import FaultPlan, Observed, ObservedBroker, ObservedNode, ObservedReplica, PartitionRef
 from paychaos.faults.records import FaultRecord
 
@@ -45,10 +46,12 @@ class KubernetesDriver:
     name = "kubernetes"
 
     def __init__(self, api_client: Any, namespace: str, toxiproxy_url: str | None = None, *,
-                 pause_image: str = PAUSE_IMAGE, timeout: float = 60.0, poll: float = 0.25) -> None:
+                 kafka_bootstrap: str | None = None, pause_image: str = PAUSE_IMAGE, timeout: float = 60.0,
+                 poll: float = 0.25) -> None:
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.toxiproxy_url = toxiproxy_url
+        self.kafka_bootstrap = kafka_bootstrap  # where partition leaders are read (leaderOf)
         self.pause_image = pause_image
         self.timeout = timeout
         self.poll = poll
@@ -101,12 +104,28 @@ class KubernetesDriver:
             service = next((labels[k] for k in SERVICE_LABELS if k in labels), None)
             if service is not None:
                 replicas.append(ObservedReplica(pod.metadata.name, service, zone, ready, None, started))
-        errors = {p: "the kubernetes target does not read partition leaders: name the broker instead "
-                     "(kafkaBrokerFailure: {broker: N})" for p in partitions}
+        leaders, errors = self._leaders(partitions)
         proxies = toxiproxy.observed_proxies(self.toxiproxy_url) if self.toxiproxy_url else ()
         return Observed(zones=tuple(sorted({z for z in zone_of.values() if z})), replicas=tuple(replicas),
                         brokers=tuple(sorted(brokers, key=lambda b: b.id)), proxies=tuple(proxies),
-                        leader_errors=errors, nodes=nodes)
+                        leaders=leaders, leader_errors=errors, nodes=nodes)
+
+    def _leaders(self, partitions: Sequence[PartitionRef]) -> tuple[dict[PartitionRef, int], dict[PartitionRef, str]]:
+        """Each partition's leader as Kafka reports it (a Strimzi node id, the broker pod's
+        ``strimzi.io/pod-name`` suffix), or why it could not be read."""
+        leaders: dict[PartitionRef, int] = {}
+        errors: dict[PartitionRef, str] = {}
+        for topic, partition in partitions:
+            if self.kafka_bootstrap is None:
+                errors[(topic, partition)] = (
+                    f"namespace {self.namespace} does not say where its Kafka is: annotate it with "
+                    f"paychaos.io/kafka=BOOTSTRAP (host:port), or name the broker (kafkaBrokerFailure: {{broker: N}})")
+                continue
+            try:
+                leaders[(topic, partition)] = partition_leader(self.kafka_bootstrap, topic, partition)
+            except MetadataError as exc:
+                errors[(topic, partition)] = str(exc)
+        return leaders, errors
 
     # -- the fault kinds ----------------------------------------------------------------------
 

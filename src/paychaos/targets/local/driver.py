@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
+from paychaos.faults.kafka import MetadataError, partition_leader
 from paychaos.faults.planning import (
     FaultPlan,
     Observed,
@@ -99,8 +100,8 @@ class LocalDriver:
         errors: dict[PartitionRef, str] = {}
         for topic, partition in partitions:
             try:
-                leaders[(topic, partition)] = kafka.partition_leader(topology, topic, partition)
-            except kafka.ClusterError as exc:
+                leaders[(topic, partition)] = partition_leader(topology.bootstrap_servers, topic, partition)
+            except MetadataError as exc:
                 errors[(topic, partition)] = str(exc)
         return Observed(zones=tuple(state.zones), replicas=replicas, brokers=brokers, proxies=proxies,
                         leaders=leaders, leader_errors=errors)
