@@ -19,7 +19,8 @@ from paychaos.faults.planning import PlanError, plan_fault
 from paychaos.targets.kubernetes import OPT_IN_LABEL, OPT_IN_VALUE, KubernetesTarget
 from paychaos.targets.kubernetes.driver import PAUSE_IMAGE
 
-from .conftest import Stack, wait_for
+from .conftest import Stack
+from .test_kubernetes_target import strimzi_brokers
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +33,7 @@ def brokers(api: Any, stack: Stack) -> Iterator[str]:
     core = client.CoreV1Api(api)
     namespace = f"kafka-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": namespace, "labels": {OPT_IN_LABEL: OPT_IN_VALUE}}})
-    for node_id, node in zip(stack.topology.kafka_nodes, ("kwok-az-a-1", "kwok-az-b-1", "kwok-az-c-1"), strict=True):
-        core.create_namespaced_pod(namespace, {
-            "metadata": {"name": f"payments-nodes-{node_id}",
-                         "labels": {"strimzi.io/cluster": "payments", "strimzi.io/kind": "Kafka",
-                                    "strimzi.io/broker-role": "true"}},
-            "spec": {"nodeName": node, "containers": [{"name": "kafka", "image": "quay.io/strimzi/kafka:test"}]}})
-    target = KubernetesTarget(namespace, api)
-    wait_for("three brokers ready", lambda: len([b for b in target.driver().observe().brokers if b.ready]) == 3)
+    strimzi_brokers(api, namespace, "payments-nodes", stack.topology.kafka_nodes)
     yield namespace
     core.delete_namespace(namespace)
 
@@ -65,6 +59,7 @@ def test_the_leader_kafka_reports_is_the_broker_pod_held(api: Any, stack: Stack,
         (held,) = plan(target, "payments", partition).brokers
         assert (held.id, held.name) == (leader, f"payments-nodes-{leader}"), partition
     p = plan(target, "payments", 0)
+    (held,) = p.brokers
     assert "leader of payments-0" in p.describe()
     record = records.inject(target.ledger(), target.driver(), p)
     try:

@@ -154,18 +154,26 @@ def test_a_budget_that_never_lets_the_zone_drain_is_the_finding_and_override_del
     records.revert(target.ledger(), driver, record.id)
 
 
+def strimzi_brokers(api: Any, namespace: str, prefix: str, node_ids: list[int]) -> KubernetesTarget:
+    """Broker pods named and labelled as Strimzi's (``PREFIX-ID``), one a zone, once Ready; the namespace's target."""
+    from kubernetes import client
+
+    for node_id, node in zip(node_ids, ("kwok-az-a-1", "kwok-az-b-1", "kwok-az-c-1"), strict=True):
+        client.CoreV1Api(api).create_namespaced_pod(namespace, {
+            "metadata": {"name": f"{prefix}-{node_id}",
+                         "labels": {"strimzi.io/cluster": prefix.split("-")[0], "strimzi.io/kind": "Kafka",
+                                    "strimzi.io/broker-role": "true"}},
+            "spec": {"nodeName": node, "containers": [{"name": "kafka", "image": "quay.io/strimzi/kafka:test"}]}})
+    target = KubernetesTarget(namespace, api)
+    wait_for("three brokers ready", lambda: len([b for b in target.driver().observe().brokers if b.ready]) == len(node_ids))
+    return target
+
+
 def test_broker_failure_holds_the_strimzi_broker_on_a_pause_image_until_reverted(api: Any, namespace: str) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    for node_id, node in enumerate(("kwok-az-a-1", "kwok-az-b-1", "kwok-az-c-1")):
-        core.create_namespaced_pod(namespace, {
-            "metadata": {"name": f"payments-kafka-brokers-{node_id}",
-                         "labels": {"strimzi.io/cluster": "payments-kafka", "strimzi.io/kind": "Kafka",
-                                    "strimzi.io/broker-role": "true"}},
-            "spec": {"nodeName": node, "containers": [{"name": "kafka", "image": "quay.io/strimzi/kafka:test"}]}})
-    target = KubernetesTarget(namespace, api)
-    wait_for("three brokers ready", lambda: len([b for b in target.driver().observe().brokers if b.ready]) == 3)
+    target = strimzi_brokers(api, namespace, "payments-kafka-brokers", [0, 1, 2])
     p = plan(target, kafkaBrokerFailure={"broker": 1})
     assert [(b.id, b.name, b.zone) for b in p.brokers] == [(1, "payments-kafka-brokers-1", "az-b")]
     record = records.inject(target.ledger(), target.driver(), p)

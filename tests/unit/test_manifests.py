@@ -24,12 +24,12 @@ RULES = ROOT / "platform" / "alerts" / "paychaos-slo.rules.yaml"
 def objects() -> list[dict[str, Any]]:
     static = [d for f in ("namespace.yaml", "postgres.yaml", "kafka.yaml", "monitoring.yaml")
               for d in yaml.safe_load_all((REFERENCE / f).read_text())]
-    return static + manifests(load_topology(REFERENCE / "topology.yaml"), RULES)
+    return static + manifests(load_topology(REFERENCE / "topology.yaml", port_offset=False), RULES)
 
 
 def test_the_committed_manifests_are_the_generated_ones() -> None:
     committed = (REFERENCE / "generated.yaml").read_text()
-    assert committed == render(load_topology(REFERENCE / "topology.yaml"), RULES), "run `paychaos stack manifests`"
+    assert committed == render(load_topology(REFERENCE / "topology.yaml", port_offset=False), RULES), "run `paychaos stack manifests`"
     kustomization = yaml.safe_load((REFERENCE / "kustomization.yaml").read_text())
     assert {*kustomization["resources"], "kustomization.yaml", "topology.yaml", "Containerfile"} == {
         p.name for p in REFERENCE.iterdir()}, "every file of the folder is applied"
@@ -40,7 +40,7 @@ def _of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def test_every_address_the_topology_gives_is_a_service_of_the_manifests(objects: list[dict[str, Any]]) -> None:
-    topology = load_topology(REFERENCE / "topology.yaml")
+    topology = load_topology(REFERENCE / "topology.yaml", port_offset=False)
     services = {(name, p["port"]) for name, s in _of(objects, "Service").items() for p in s["spec"]["ports"]}
     services.add(("prometheus-operated", 9090))  # the Prometheus Operator's own Service for the Prometheus object
     services.add(("payments-kafka-bootstrap", 9092))  # Strimzi's bootstrap Service for the Kafka `payments`
@@ -59,7 +59,7 @@ def test_every_address_the_topology_gives_is_a_service_of_the_manifests(objects:
 
 
 def test_each_service_spreads_over_the_zones_and_may_lose_one_zones_worth(objects: list[dict[str, Any]]) -> None:
-    topology = load_topology(REFERENCE / "topology.yaml")
+    topology = load_topology(REFERENCE / "topology.yaml", port_offset=False)
     deployments, budgets = _of(objects, "Deployment"), _of(objects, "PodDisruptionBudget")
     for service in SERVICES:
         spec = deployments[service]["spec"]
@@ -86,7 +86,7 @@ def test_the_namespace_opted_in_and_says_where_its_endpoints_are(objects: list[d
     namespace = _of(objects, "Namespace")["payments"]["metadata"]
     assert namespace["labels"]["paychaos.io/chaos"] == "enabled"
     assert {"paychaos.io/prometheus", "paychaos.io/edge", "paychaos.io/toxiproxy", "paychaos.io/kafka"} <= set(namespace["annotations"])
-    topology = load_topology(REFERENCE / "topology.yaml")
+    topology = load_topology(REFERENCE / "topology.yaml", port_offset=False)
     assert namespace["annotations"]["paychaos.io/kafka"].split(".")[0] == topology.bootstrap_servers.split(":")[0]
     rule = _of(objects, "PrometheusRule")["paychaos-slo"]
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]

@@ -175,7 +175,7 @@ def manifests(
     from paychaos.platform.topology import load_topology
 
     try:
-        text = render(load_topology(topology), rules)
+        text = render(load_topology(topology, port_offset=False), rules)
     except (OSError, ValidationError, KeyError, yaml.YAMLError) as exc:
         raise fail(escape(f"cannot generate from {topology} and {rules}: {exc}")) from None
     try:

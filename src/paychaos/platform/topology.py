@@ -320,10 +320,12 @@ def default_topology_path() -> Path:
     return Path(str(resources.files("paychaos.platform.runtime") / "topology.yaml"))
 
 
-def load_topology(path: Path | None = None) -> Topology:
-    """Load a topology file (the packaged default when ``path`` is None), applying the port offset."""
+def load_topology(path: Path | None = None, *, port_offset: bool = True) -> Topology:
+    """Load a topology file (the packaged default when ``path`` is None), applying this machine's
+    port offset (``PAYCHAOS_PORT_OFFSET``) unless ``port_offset`` is False: a cluster topology's
+    ports are its Services', whatever the machine that reads it."""
     source = path or default_topology_path()
     with open(source, encoding="utf-8") as fh:
         data = yaml.safe_load(fh)
     topology = Topology.model_validate(data)
-    return topology.with_port_offset(int(os.environ.get(PORT_OFFSET_ENV, "0") or 0))
+    return topology.with_port_offset(int(os.environ.get(PORT_OFFSET_ENV, "0") or 0) if port_offset else 0)

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the ledger")
     args = parser.parse_args()
     try:
-        print(json.dumps(seed(load_topology(args.topology), timeout=args.timeout)))
+        print(json.dumps(seed(load_topology(args.topology, port_offset=False), timeout=args.timeout)))
     except SeedingFailed as exc:
         raise SystemExit(str(exc)) from None
 

@@ -30,7 +30,7 @@ def main() -> None:
         parser.error("--zone (or PAYCHAOS_ZONE) is required")
 
     if args.topology.suffix in (".yaml", ".yml"):
-        topology = load_topology(args.topology)
+        topology = load_topology(args.topology, port_offset=False)  # a cluster's: its Services' ports
     else:
         topology = Topology.model_validate_json(args.topology.read_text(encoding="utf-8"))
     ctx = ReplicaContext(topology, Replica(args.service, args.zone, args.index, args.port))
