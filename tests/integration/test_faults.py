@@ -22,10 +22,10 @@ import pytest
 from paychaos.experiments.spec import Fault, Limits
 from paychaos.faults import records
 from paychaos.faults.driving import InjectionFailed
+from paychaos.faults.kafka import partition_leader
 from paychaos.faults.planning import BlastRadiusExceeded, FaultPlan, partitions_needed, plan_fault
 from paychaos.faults.records import FileLedger
 from paychaos.faults.toxiproxy import Toxiproxy
-from paychaos.platform.runtime import kafka
 from paychaos.platform.runtime.state import alive, marker_names
 from paychaos.targets.local.driver import LocalDriver
 
@@ -178,7 +178,7 @@ def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) ->
 def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(stack) -> None:
     driver = LocalDriver(stack.run_dir)
     f = fault(kafkaBrokerFailure={"leaderOf": {"topic": "payments", "partition": 0}})
-    leader = kafka.partition_leader(stack.topology, "payments", 0)
+    leader = partition_leader(stack.topology.bootstrap_servers, "payments", 0)
     p = plan(stack, f, 2)
     assert [b.id for b in p.brokers] == [leader]
     name = f"kafka-{leader}"
@@ -187,7 +187,7 @@ def test_kafka_broker_failure_takes_down_the_partition_leader_until_reverted(sta
         assert (stack.run_dir.held / name).exists()
         assert stack.state().process(name).pid is None
         # The cluster notices: another node takes over the partition.
-        stack.wait_for("a new leader for payments-0", lambda: kafka.partition_leader(stack.topology, "payments", 0) != leader,
+        stack.wait_for("a new leader for payments-0", lambda: partition_leader(stack.topology.bootstrap_servers, "payments", 0) != leader,
                        timeout=60, interval=1)
         assert stack.state().process(name).pid is None
     finally:
@@ -219,7 +219,7 @@ def test_a_leader_killed_after_its_followers_stalled_dies_while_they_are_stopped
         # Resumed once the leader was dead: running again, and still in the cluster.
         state = stack.state()
         assert not any(stopped(state.process(name).pid) for name in followers)
-        stack.wait_for("a follower to lead payments-1", lambda: f"kafka-{kafka.partition_leader(stack.topology, 'payments', 1)}" in followers,
+        stack.wait_for("a follower to lead payments-1", lambda: f"kafka-{partition_leader(stack.topology.bootstrap_servers, 'payments', 1)}" in followers,
                        timeout=60, interval=1)
     finally:
         records.revert(FileLedger(stack.run_dir.root), driver, record.id)
@@ -435,9 +435,9 @@ def test_plan_shows_exactly_what_would_be_hit_and_changes_nothing(stack, tmp_pat
     # Leadership may still move back to a preferred replica after earlier tests restarted brokers:
     # compare with a plan taken while it stood still.
     for _ in range(5):
-        leader = kafka.partition_leader(stack.topology, "payments", 1)
+        leader = partition_leader(stack.topology.bootstrap_servers, "payments", 1)
         shown = stack.cli("plan", str(path))
-        if kafka.partition_leader(stack.topology, "payments", 1) == leader:
+        if partition_leader(stack.topology.bootstrap_servers, "payments", 1) == leader:
             break
         time.sleep(2)
     assert shown.returncode == 0, shown.stderr

@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from paychaos.faults.kafka import partition_leader
 from paychaos.faults.toxiproxy import Toxiproxy, ToxiproxyError
 from paychaos.installing import CACHE_DIR_ENV
 from paychaos.platform.runtime import installing, kafka, postgres
@@ -306,7 +307,7 @@ def test_kafka_acks_all_survives_one_node_and_fails_without_quorum_of_replicas(
         topology: Topology, tools: installing.Tools, run_dir: RunDir, kafka_cluster: dict[str, float],
         processes: Processes) -> None:
     assert _produce(topology, partition=0, timeout=20) is None
-    leader = kafka.partition_leader(topology, "payments", 0)
+    leader = partition_leader(topology.bootstrap_servers, "payments", 0)
     others = [n for n in topology.kafka_nodes if n != leader]
 
     processes.kill(kafka.node_name(others[0]))
