@@ -37,8 +37,9 @@ def install() -> None:
         found = build(progress=say)
     except (MissingTool, InstallError) as exc:
         raise fail(str(exc)) from None
-    err.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {len(found) - 1} binaries and KWOK's stages "
-              f"in {found['stages'].parent}")
+    binaries = len(found) - 2  # besides the binaries: KWOK's stages and the Prometheus Operator's CRDs
+    err.print(f"[green]ready[/] in {time.monotonic() - started:.1f}s: {binaries} binaries and KWOK's stages "
+              f"in {found['stages'].parent}, the Prometheus Operator's CRDs in {found['crds']}")
 
 
 ClusterDirOption = Annotated[
