@@ -81,7 +81,8 @@ class _Object:
         from kubernetes import client
 
         self.plural, self.name, self.namespace = plural, name, namespace
-        self.status_model = GameDayStatus if plural == "gamedays" else Status
+        # What its status holds, and how a finished run's outcome is read into it.
+        self.status_model, self.finish = (GameDayStatus, _finish_gameday) if plural == "gamedays" else (Status, _finish_experiment)
         self.api = api_client()
         self.objects = client.CustomObjectsApi(self.api)
 
@@ -132,9 +133,11 @@ def gameday(stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.B
             return
         status = current.get("status") or {}
         last = status.get("lastScheduleTime")
-        due = next_time(schedule, max(_now(), dt.datetime.fromisoformat(last) if last else _now()))
-        obj.status(next_schedule_time=_rfc3339(due))
-        logger.info("next run at %s (%s)", _rfc3339(due), schedule)
+        now = _now()
+        due = next_time(schedule, max(now, dt.datetime.fromisoformat(last)) if last else now)
+        if status.get("nextScheduleTime") != _rfc3339(due):  # the loop wakes each minute: write only news
+            obj.status(next_schedule_time=_rfc3339(due))
+            logger.info("next run at %s (%s)", _rfc3339(due), schedule)
         # Wake at least once a minute: an edited schedule is read again.
         if stopped.wait(min(60.0, max(0.0, (due - _now()).total_seconds()))) or _now() < due:
             continue
@@ -217,16 +220,14 @@ def _start_gameday(obj: _Object, current: dict[str, Any], target: KubernetesTarg
     entries = []
     for entry in current["spec"]["experiments"]:
         name = SuiteEntry.model_validate(entry).object_name
+        entries.append({**entry, "experiment": f"{name}.yaml"})
         try:
             experiment = obj.objects.get_namespaced_custom_object(GROUP, VERSION, obj.namespace, "chaosexperiments", name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            # The gate reports a missing file, line and all, as it does for a suite on disk.
-            entries.append({**entry, "experiment": f"{name}.yaml"})
-            continue
+            continue  # no file: the gate reports it missing, line and all, as for a suite on disk
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(_document(experiment), sort_keys=False), encoding="utf-8")
-        entries.append({**entry, "experiment": f"{name}.yaml"})
     suite["spec"] = {**suite["spec"], "experiments": entries}
     suite_file = folder / "gameday.yaml"
     suite_file.write_text(yaml.safe_dump(suite, sort_keys=False), encoding="utf-8")
@@ -239,6 +240,8 @@ def _start_gameday(obj: _Object, current: dict[str, Any], target: KubernetesTarg
 
 
 def _spawn(obj: _Object, argv: list[str], folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    # The verdict is read from this file when the run ends: one an earlier run left must not stand in.
+    Path(extra["journal"]).unlink(missing_ok=True)
     with open(folder / "run.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "paychaos.cli", *argv],
@@ -268,10 +271,7 @@ def _follow(obj: _Object, body: kopf.Body, run: dict[str, Any], target: Kubernet
             else:
                 logger.info("the controller is stopping (%s): the run (pid %s) goes on", stopped.reason, run["pid"])
             return  # the controller is exiting: the run goes on, and the next controller resumes it
-    if obj.plural == "gamedays":
-        _finish_gameday(obj, body, run)
-    else:
-        _finish_experiment(obj, body, run)
+    obj.finish(obj, body, run)
 
 
 def _running(run: dict[str, Any]) -> bool:

@@ -290,6 +290,16 @@ def prometheus(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+@pytest.fixture()
+def gameday_setup(api: Any, setup: tuple[str, Controller], prometheus: str) -> tuple[str, Controller]:
+    """The operator's namespace, its Prometheus annotation pointing at the real one a gate settles on."""
+    from kubernetes import client
+
+    namespace, controller = setup
+    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+    return namespace, controller
+
+
 def gameday(name: str, experiments: list[str], schedule: str | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"description": f"{name}, through the operator.", "settleWithin": "30s",
                             "experiments": [{"experiment": e} for e in experiments]}
@@ -308,11 +318,8 @@ def gameday_status(api: Any, namespace: str, name: str) -> dict[str, Any]:
     return status(api, namespace, name, "gamedays")
 
 
-def test_a_gameday_runs_the_experiments_it_names_and_its_status_holds_each_verdict(api: Any, setup, prometheus: str) -> None:
-    from kubernetes import client
-
-    namespace, _ = setup
-    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+def test_a_gameday_runs_the_experiments_it_names_and_its_status_holds_each_verdict(api: Any, gameday_setup) -> None:
+    namespace, _ = gameday_setup
     create(api, namespace, template("kill-payment", {"podKill": {"service": "payment"}}, 3))
     create(api, namespace, template("lose-az-b", {"zoneLoss": {"zone": "az-b"}}, 3))
     # Named as in a suite file beside the experiments, or by the object's name.
@@ -334,13 +341,10 @@ def test_a_gameday_runs_the_experiments_it_names_and_its_status_holds_each_verdi
     assert status(api, namespace, "kill-payment") == {}
 
 
-def test_a_scheduled_gameday_runs_at_its_cron_times(api: Any, setup, prometheus: str) -> None:
+def test_a_scheduled_gameday_runs_at_its_cron_times(api: Any, gameday_setup) -> None:
     import datetime as dt
 
-    from kubernetes import client
-
-    namespace, _ = setup
-    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+    namespace, _ = gameday_setup
     create(api, namespace, template("kill-payment", {"podKill": {"service": "payment"}}, 2))
     create(api, namespace, gameday("every-minute", ["kill-payment"], schedule="* * * * *"))
     first = wait_for("the next time in status", lambda: gameday_status(api, namespace, "every-minute").get("nextScheduleTime"),
@@ -356,11 +360,8 @@ def test_a_scheduled_gameday_runs_at_its_cron_times(api: Any, setup, prometheus:
     assert dt.datetime.fromisoformat(then) - due >= dt.timedelta(minutes=1), (first, then)
 
 
-def test_deleting_a_gameday_mid_run_stops_its_experiment_and_reverts_its_faults(api: Any, setup, prometheus: str) -> None:
-    from kubernetes import client
-
-    namespace, _ = setup
-    client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": {"paychaos.io/prometheus": prometheus}}})
+def test_deleting_a_gameday_mid_run_stops_its_experiment_and_reverts_its_faults(api: Any, gameday_setup) -> None:
+    namespace, _ = gameday_setup
     create(api, namespace, template("lose-az-c", {"zoneLoss": {"zone": "az-c"}}, 300))
     create(api, namespace, gameday("interrupted", ["lose-az-c"]))
     wait_for("az-c cordoned by the game day's experiment", lambda: cordoned(api, "az-c"), timeout=90)

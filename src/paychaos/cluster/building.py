@@ -81,6 +81,12 @@ def crds_dir() -> Path:
     return cache_dir() / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}" / "crds"
 
 
+def _crd_files() -> dict[str, Path]:
+    """Each Prometheus Operator CRD's file name (as its module names it) and where it is kept."""
+    return {f"monitoring.coreos.com_{name}.yaml": crds_dir() / f"monitoring.coreos.com_{name}.yaml"
+            for name in PROMETHEUS_OPERATOR_CRDS}
+
+
 def locate() -> dict[str, Path]:
     """Every binary (and the KWOK stages as ``stages``, the Prometheus Operator's CRDs as ``crds``),
     or ``MissingTool`` naming the command that builds them."""
@@ -88,7 +94,7 @@ def locate() -> dict[str, Path]:
     missing = [name for name, path in found.items() if not os.access(path, os.X_OK)]
     if not (bin_dir() / STAGES).is_file():
         missing.append("KWOK stages")
-    if not all((crds_dir() / f"monitoring.coreos.com_{name}.yaml").is_file() for name in PROMETHEUS_OPERATOR_CRDS):
+    if not all(path.is_file() for path in _crd_files().values()):
         missing.append("Prometheus Operator CRDs")
     if missing:
         raise MissingTool(f"the test cluster's {', '.join(missing)} not built", INSTALL_COMMAND)
@@ -189,13 +195,13 @@ def install(progress: Progress) -> dict[str, Path]:
             partial.write_text(kwok_stages(_module(go, f"sigs.k8s.io/kwok@{KWOK_VERSION}")), encoding="utf-8")
             partial.replace(stages)
             progress(f"KWOK stages: {stages}")
-        crds = crds_dir()
-        if not all((crds / f"monitoring.coreos.com_{name}.yaml").is_file() for name in PROMETHEUS_OPERATOR_CRDS):
+        crds = _crd_files()
+        if not all(path.is_file() for path in crds.values()):
             source = _module(go, f"github.com/prometheus-operator/prometheus-operator@{PROMETHEUS_OPERATOR_VERSION}")
-            crds.mkdir(parents=True, exist_ok=True)
-            for name in PROMETHEUS_OPERATOR_CRDS:
-                file = f"monitoring.coreos.com_{name}.yaml"
-                shutil.copyfile(source / "example" / "prometheus-operator-crd" / file, crds / f".{file}.partial")
-                (crds / f".{file}.partial").replace(crds / file)
-            progress(f"Prometheus Operator {PROMETHEUS_OPERATOR_VERSION} CRDs: {crds}")
+            crds_dir().mkdir(parents=True, exist_ok=True)
+            for file, path in crds.items():
+                partial = path.with_name(f".{file}.partial")
+                shutil.copyfile(source / "example" / "prometheus-operator-crd" / file, partial)
+                partial.replace(path)  # only a whole file ever sits under its name
+            progress(f"Prometheus Operator {PROMETHEUS_OPERATOR_VERSION} CRDs: {crds_dir()}")
     return locate()

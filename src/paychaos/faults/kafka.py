@@ -4,6 +4,8 @@ plan is made."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -30,3 +32,17 @@ def partition_leader(bootstrap_servers: str, topic: str, partition: int, timeout
     if part.leader < 0:
         raise MetadataError(f"Kafka partition {topic}-{partition} has no leader right now")
     return int(part.leader)
+
+
+def partition_leaders(bootstrap_servers: str, partitions: Sequence[tuple[str, int]]) -> tuple[
+        dict[tuple[str, int], int], dict[tuple[str, int], str]]:
+    """Each (topic, partition)'s leader, and for those that could not be read, why: what a driver's
+    ``observe`` hands the planner."""
+    leaders: dict[tuple[str, int], int] = {}
+    errors: dict[tuple[str, int], str] = {}
+    for topic, partition in partitions:
+        try:
+            leaders[(topic, partition)] = partition_leader(bootstrap_servers, topic, partition)
+        except MetadataError as exc:
+            errors[(topic, partition)] = str(exc)
+    return leaders, errors

@@ -42,6 +42,19 @@ def _meta(name: str, component: str = "service") -> dict[str, Any]:
     return {"name": name, "labels": _labels(name, component)}
 
 
+def _deployment(name: str, component: str, replicas: int, pod: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, component),
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                     "template": {"metadata": {"labels": _labels(name, component)}, "spec": pod}}}
+
+
+def _service(name: str, component: str, ports: dict[str, int]) -> dict[str, Any]:
+    """A Service in front of the pods of ``name``: each port (by its name) to the container port of that name."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, component),
+            "spec": {"selector": {"app.kubernetes.io/name": name},
+                     "ports": [{"name": port, "port": number, "targetPort": port} for port, number in ports.items()]}}
+
+
 def _topology_volume() -> tuple[dict[str, Any], dict[str, Any]]:
     return ({"name": "topology", "configMap": {"name": TOPOLOGY_CONFIG}},
             {"name": "topology", "mountPath": TOPOLOGY_MOUNT, "readOnly": True})
@@ -68,30 +81,14 @@ def service_objects(topology: Topology, service: str) -> list[dict[str, Any]]:
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "volumeMounts": [mount],
     }
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(service),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": _labels(service)},
-                "spec": {
-                    # Evenly over the zones; a cordoned zone's nodes do not count (Honor), so a lost
-                    # zone's replicas are replaced in the zones left.
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1, "topologyKey": ZONE_LABEL, "whenUnsatisfiable": "DoNotSchedule",
-                        "nodeTaintsPolicy": "Honor", "labelSelector": {"matchLabels": selector},
-                    }],
-                    "terminationGracePeriodSeconds": 10,
-                    "containers": [container],
-                    "volumes": [volume],
-                },
-            },
-        },
-    }
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(service),
-           "spec": {"selector": selector,
-                    "ports": [{"name": "http", "port": getattr(topology.ports.internal, service), "targetPort": "http"}]}}
+    # Evenly over the zones; a cordoned zone's nodes do not count (Honor), so a lost zone's
+    # replicas are replaced in the zones left.
+    spread = {"maxSkew": 1, "topologyKey": ZONE_LABEL, "whenUnsatisfiable": "DoNotSchedule",
+              "nodeTaintsPolicy": "Honor", "labelSelector": {"matchLabels": selector}}
+    deployment = _deployment(service, "service", replicas, {
+        "topologySpreadConstraints": [spread], "terminationGracePeriodSeconds": 10,
+        "containers": [container], "volumes": [volume]})
+    svc = _service(service, "service", {"http": getattr(topology.ports.internal, service)})
     budget = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(service),
               "spec": {"maxUnavailable": max(1, spec.replicas_per_zone), "selector": {"matchLabels": selector}}}
     return [deployment, svc, budget]
@@ -105,26 +102,16 @@ def toxiproxy_objects(topology: Topology) -> list[dict[str, Any]]:
                for name, p in sorted(topology.proxies.items())]
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta("toxiproxy", "fault-injection"),
               "data": {"toxiproxy.json": json.dumps(proxies, indent=2) + "\n"}}
-    selector = {"app.kubernetes.io/name": "toxiproxy"}
-    ports = [{"name": "api", "containerPort": topology.ports.toxiproxy_api},
-             *({"name": name[:15], "containerPort": p.listen} for name, p in sorted(topology.proxies.items()))]
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta("toxiproxy", "fault-injection"),
-        "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": {
-            "metadata": {"labels": _labels("toxiproxy", "fault-injection")},
-            "spec": {"containers": [{
-                "name": "toxiproxy", "image": TOXIPROXY_IMAGE,
-                "args": ["-host", "0.0.0.0", "-port", str(topology.ports.toxiproxy_api), "-config", "/etc/toxiproxy/toxiproxy.json"],
-                "ports": ports,
-                "readinessProbe": {"httpGet": {"path": "/version", "port": "api"}, "periodSeconds": 2},
-                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-                "volumeMounts": [{"name": "config", "mountPath": "/etc/toxiproxy", "readOnly": True}],
-            }], "volumes": [{"name": "config", "configMap": {"name": "toxiproxy"}}]},
-        }},
-    }
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta("toxiproxy", "fault-injection"),
-               "spec": {"selector": selector,
-                        "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]} for p in ports]}}
+    ports = {"api": topology.ports.toxiproxy_api, **{name[:15]: p.listen for name, p in sorted(topology.proxies.items())}}
+    deployment = _deployment("toxiproxy", "fault-injection", 1, {"containers": [{
+        "name": "toxiproxy", "image": TOXIPROXY_IMAGE,
+        "args": ["-host", "0.0.0.0", "-port", str(topology.ports.toxiproxy_api), "-config", "/etc/toxiproxy/toxiproxy.json"],
+        "ports": [{"name": name, "containerPort": number} for name, number in ports.items()],
+        "readinessProbe": {"httpGet": {"path": "/version", "port": "api"}, "periodSeconds": 2},
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/toxiproxy", "readOnly": True}],
+    }], "volumes": [{"name": "config", "configMap": {"name": "toxiproxy"}}]})
+    service = _service("toxiproxy", "fault-injection", ports)
     return [config, deployment, service]
 
 
@@ -161,29 +148,21 @@ def locust_objects(topology: Topology, workers: int = 2) -> list[dict[str, Any]]
                   "data": {"load.json": json.dumps(config, indent=2) + "\n"}}
     locustfile = ["-f", "/app/src/paychaos/load/locustfile.py"]  # where the Containerfile puts the project
 
-    def deployment(part: str, replicas: int, args: list[str], ports: list[dict[str, Any]]) -> dict[str, Any]:
-        name = f"locust-{part}"
-        selector = {"app.kubernetes.io/name": name}
-        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, "load"),
-                "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": {
-                    "metadata": {"labels": _labels(name, "load")},
-                    "spec": {"containers": [{
-                        "name": "locust", "image": IMAGE, "args": ["locust", *locustfile, *args],
-                        "env": [{"name": "PAYCHAOS_LOAD_CONFIG", "value": "/etc/locust/load.json"},
-                                {"name": "PAYCHAOS_LOAD_PART", "value": part if part == "master" else "worker-1"}],
-                        "ports": ports,
-                        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
-                        "volumeMounts": [{"name": "load", "mountPath": "/etc/locust", "readOnly": True}],
-                    }], "volumes": [{"name": "load", "configMap": {"name": "locust"}}]},
-                }}}
+    def deployment(part: str, replicas: int, args: list[str], ports: dict[str, int]) -> dict[str, Any]:
+        return _deployment(f"locust-{part}", "load", replicas, {"containers": [{
+            "name": "locust", "image": IMAGE, "args": ["locust", *locustfile, *args],
+            "env": [{"name": "PAYCHAOS_LOAD_CONFIG", "value": "/etc/locust/load.json"},
+                    {"name": "PAYCHAOS_LOAD_PART", "value": part if part == "master" else "worker-1"}],
+            "ports": [{"name": name, "containerPort": number} for name, number in ports.items()],
+            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
+            "volumeMounts": [{"name": "load", "mountPath": "/etc/locust", "readOnly": True}],
+        }], "volumes": [{"name": "load", "configMap": {"name": "locust"}}]})
 
+    master_ports = {"workers": 5557, "metrics": LOCUST_METRICS_PORT}
     master = deployment("master", 1, ["--master", "--headless", "--host", topology.edge_url, "--expect-workers", str(workers)],
-                        [{"name": "workers", "containerPort": 5557}, {"name": "metrics", "containerPort": LOCUST_METRICS_PORT}])
-    worker = deployment("worker", workers, ["--worker", "--master-host", "locust-master"], [])
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta("locust-master", "load"),
-               "spec": {"selector": {"app.kubernetes.io/name": "locust-master"},
-                        "ports": [{"name": "workers", "port": 5557, "targetPort": "workers"},
-                                  {"name": "metrics", "port": LOCUST_METRICS_PORT, "targetPort": "metrics"}]}}
+                        master_ports)
+    worker = deployment("worker", workers, ["--worker", "--master-host", "locust-master"], {})
+    service = _service("locust-master", "load", master_ports)
     return [config_map, master, service, worker]
 
 

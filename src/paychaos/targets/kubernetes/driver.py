@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
-from paychaos.faults.kafka import MetadataError, partition_leader
+from paychaos.faults.kafka import partition_leaders
 from paychaos.faults.planning import FaultPlan, Observed, ObservedBroker, ObservedNode, ObservedReplica, PartitionRef
 from paychaos.faults.records import FaultRecord
 
@@ -111,21 +111,13 @@ class KubernetesDriver:
                         leaders=leaders, leader_errors=errors, nodes=nodes)
 
     def _leaders(self, partitions: Sequence[PartitionRef]) -> tuple[dict[PartitionRef, int], dict[PartitionRef, str]]:
-        """Each partition's leader as Kafka reports it (a Strimzi node id, the broker pod's
-        ``strimzi.io/pod-name`` suffix), or why it could not be read."""
-        leaders: dict[PartitionRef, int] = {}
-        errors: dict[PartitionRef, str] = {}
-        for topic, partition in partitions:
-            if self.kafka_bootstrap is None:
-                errors[(topic, partition)] = (
-                    f"namespace {self.namespace} does not say where its Kafka is: annotate it with "
-                    f"paychaos.io/kafka=BOOTSTRAP (host:port), or name the broker (kafkaBrokerFailure: {{broker: N}})")
-                continue
-            try:
-                leaders[(topic, partition)] = partition_leader(self.kafka_bootstrap, topic, partition)
-            except MetadataError as exc:
-                errors[(topic, partition)] = str(exc)
-        return leaders, errors
+        """Each partition's leader as Kafka reports it (a node id: the broker pod's name ends in it),
+        or why it could not be read."""
+        if self.kafka_bootstrap is None:
+            why = (f"namespace {self.namespace} does not say where its Kafka is: annotate it with "
+                   f"paychaos.io/kafka=BOOTSTRAP (host:port), or name the broker (kafkaBrokerFailure: {{broker: N}})")
+            return {}, {p: why for p in partitions}
+        return partition_leaders(self.kafka_bootstrap, partitions)
 
     # -- the fault kinds ----------------------------------------------------------------------
 

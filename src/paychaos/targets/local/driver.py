@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from paychaos.faults import toxiproxy
 from paychaos.faults.driving import InjectionFailed, RevertFailed, TargetUnreachable
-from paychaos.faults.kafka import MetadataError, partition_leader
+from paychaos.faults.kafka import partition_leaders
 from paychaos.faults.planning import (
     FaultPlan,
     Observed,
@@ -96,13 +96,7 @@ class LocalDriver:
             for p in state.processes if p.kind == "kafka"
         )
         proxies = toxiproxy.observed_proxies(topology.toxiproxy_url, {n: p.upstream for n, p in topology.proxies.items()})
-        leaders: dict[PartitionRef, int] = {}
-        errors: dict[PartitionRef, str] = {}
-        for topic, partition in partitions:
-            try:
-                leaders[(topic, partition)] = partition_leader(topology.bootstrap_servers, topic, partition)
-            except MetadataError as exc:
-                errors[(topic, partition)] = str(exc)
+        leaders, errors = partition_leaders(topology.bootstrap_servers, partitions)
         return Observed(zones=tuple(state.zones), replicas=replicas, brokers=brokers, proxies=proxies,
                         leaders=leaders, leader_errors=errors)
 
