@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from paychaos.installing import MissingTool
 from paychaos.platform.runtime import stacking
@@ -21,15 +22,18 @@ def require_wrk() -> None:
 
 
 @contextmanager
-def running_stack() -> Iterator[Topology]:
-    """The stack of the default run dir; one started here is stopped again afterwards."""
+def running_stack(topology_path: Path | None = None) -> Iterator[Topology]:
+    """The stack of the default run dir; one started here is stopped again afterwards.
+    ``topology_path`` asks for a stack of that topology, which must be started here."""
     run_dir = RunDir.default()
     started_here = not supervisor_alive(run_dir)
+    if topology_path is not None and not started_here:
+        raise SystemExit(f"error: a stack is running in {run_dir.root}; stop it (paychaos stack down) to measure another topology")
     if started_here:
         print(f"no stack running in {run_dir.root}; starting one", file=sys.stderr)
         t0 = time.monotonic()
         try:
-            stacking.up(run_dir, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
+            stacking.up(run_dir, topology_path, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
         except (MissingTool, stacking.StackError) as exc:
             raise SystemExit(f"error: {exc}") from None
         print(f"stack ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)

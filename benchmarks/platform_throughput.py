@@ -12,13 +12,23 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 
+import httpx
+import psutil
+import yaml
 from _stack import require_wrk, running_stack  # the benchmarks folder is on sys.path when run as a script
+
+from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.state import read_state
+from paychaos.platform.topology import Topology, default_topology_path
 
 LUA = Path(__file__).resolve().parent / "wrk"
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
@@ -34,6 +44,7 @@ class WrkResult:
     non_2xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)
     status_codes: dict[str, int] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # by part of the stack, during the run
 
 
 class WrkOutputError(Exception):
@@ -72,8 +83,43 @@ def parse_wrk(name: str, text: str) -> WrkResult:
     )
 
 
+class CpuMeter:
+    """CPU seconds each part of the stack spent, summed over a process and its children (a
+    PostgreSQL backend is a child of the postmaster), per service for the replicas and per kind
+    for the rest (haproxy, postgres, kafka, toxiproxy, prometheus): where a request's cost goes."""
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.parts: list[tuple[str, psutil.Process]] = []
+        state = read_state(run_dir)
+        for p in state.processes if state else []:
+            if p.pid is None:
+                continue
+            part = p.name.split("-", 1)[0] if p.kind == "service" else p.kind
+            try:
+                self.parts.append((part, psutil.Process(p.pid)))
+            except psutil.Error:
+                continue
+
+    def sample(self) -> dict[str, float]:
+        """CPU seconds so far by part; children that exited between samples are not counted."""
+        totals: dict[str, float] = {}
+        for part, proc in self.parts:
+            try:
+                procs = [proc, *proc.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for q in procs:
+                try:
+                    t = q.cpu_times()
+                except psutil.Error:
+                    continue
+                totals[part] = totals.get(part, 0.0) + t.user + t.system
+        return totals
+
+
 def run_wrk(
-    name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None
+    name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None,
+    meter: CpuMeter | None = None,
 ) -> WrkResult:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"--timeout={args.timeout}s"]
     if script:
@@ -81,10 +127,15 @@ def run_wrk(
     cmd.append(url)
     if script_args:
         cmd += ["--", *script_args]
+    before = meter.sample() if meter else {}
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.duration + args.timeout + 30)
     if out.returncode != 0:
         raise WrkOutputError(f"wrk exited {out.returncode} for {name}: {out.stderr.strip() or out.stdout.strip()}")
-    return parse_wrk(name, out.stdout)
+    result = parse_wrk(name, out.stdout)
+    if meter:
+        after = meter.sample()
+        result.cpu_seconds = {k: after[k] - before.get(k, 0.0) for k in after}
+    return result
 
 
 def _row(result: WrkResult, baseline: WrkResult | None) -> str:
@@ -109,6 +160,82 @@ def print_table(baseline: WrkResult, results: list[WrkResult]) -> None:
     for r in (baseline, *results):
         if r.socket_errors and any(r.socket_errors.values()):
             print(f"  {r.name} socket errors — {r.socket_errors}")
+    print_cpu((baseline, *results))
+
+
+def print_cpu(results: tuple[WrkResult, ...]) -> None:
+    """CPU milliseconds per request by part of the stack: the profile of one request, by hop."""
+    parts = sorted({k for r in results for k in r.cpu_seconds}, key=lambda k: -max(r.cpu_seconds.get(k, 0) for r in results))
+    if not parts:
+        return
+    print()
+    print("CPU ms per request by part of the stack (during each run; background work included)")
+    print(f"{'part':<12}" + "".join(f"{r.name[:24]:>26}" for r in results))
+    for part in [*parts, "total"]:
+        cells = []
+        for r in results:
+            seconds = sum(r.cpu_seconds.values()) if part == "total" else r.cpu_seconds.get(part, 0.0)
+            cells.append(f"{1e3 * seconds / r.requests:>26.3f}" if r.requests else f"{'—':>26}")
+        print(f"{part:<12}" + "".join(cells))
+
+
+class Freshness(threading.Thread):
+    """While payments run, pays ¥100 now and then for one user the load leaves alone, and times
+    how long after the 201 the user's campaign status first shows it: the read model's lag,
+    payment → outbox → Kafka → campaign aggregates → status read."""
+
+    def __init__(self, edge: str, user: str, every: float = 0.5, give_up: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.edge, self.user, self.every, self.give_up = edge, user, every, give_up
+        self.lags: list[float] = []
+        self.missed = 0
+        self.stop = threading.Event()
+
+    def _value(self, client: httpx.Client) -> int:
+        r = client.get("/v1/campaign/status", params={"user_id": self.user}, headers={"X-Device-Id": f"device-{self.user}"})
+        r.raise_for_status()
+        return int(r.json()["step"]["value"])
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.edge, timeout=5) as client:
+            while not self.stop.wait(self.every):
+                before = self._value(client)
+                r = client.post("/v1/payments", json={"user_id": self.user, "merchant_id": "m001", "amount": 100,
+                                                      "method": "balance"},
+                                headers={"Idempotency-Key": uuid.uuid4().hex, "X-Device-Id": f"device-{self.user}"})
+                if r.status_code != 201:
+                    continue
+                paid = time.perf_counter()
+                while self._value(client) < before + 100:
+                    if time.perf_counter() - paid > self.give_up:
+                        self.missed += 1
+                        break
+                    time.sleep(0.01)
+                else:
+                    self.lags.append(time.perf_counter() - paid)
+
+    def report(self) -> str:
+        if not self.lags:
+            return f"status freshness: no payment seen in the status ({self.missed} missed)"
+        lags = sorted(self.lags)
+        return (f"status freshness under the payments load: a payment shows in the user's status "
+                f"p50 {1e3 * median(lags):.0f} ms, max {1e3 * lags[-1]:.0f} ms after its 201 "
+                f"({len(lags)} payments, {self.missed} not seen within {self.give_up:.0f} s)")
+
+
+def replicas_per_zone(topology: Topology) -> str:
+    counts = sorted({s.replicas_per_zone for s in topology.services.values()})
+    return "/".join(map(str, counts))
+
+
+def scaled_topology(replicas: int) -> Path:
+    """The default topology with ``replicas`` per zone of every service, as a file for `stack up`."""
+    data = yaml.safe_load(default_topology_path().read_text(encoding="utf-8"))
+    for service in data["services"].values():
+        service["replicasPerZone"] = replicas
+    path = Path(tempfile.mkdtemp(prefix="paychaos-bench-")) / f"topology-{replicas}-per-zone.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def main() -> int:
@@ -117,29 +244,41 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--timeout", type=int, default=10, help="wrk request timeout in seconds")
+    parser.add_argument("--replicas", type=int, metavar="N",
+                        help="start a stack with N replicas per zone of every service (none may be running)")
     args = parser.parse_args()
     require_wrk()
+    topology_path = scaled_topology(args.replicas) if args.replicas else None
     try:
-        with running_stack() as topology:
+        with running_stack(topology_path) as topology:
+            meter = CpuMeter(RunDir.default())
             edge = topology.edge_url
             users, merchants = str(topology.seed.users), str(topology.seed.merchants)
             # A short warm-up so the replicas' connection pools and caches are warm before measuring.
             warm = argparse.Namespace(**{**vars(args), "duration": 2})
             run_wrk("warm-up", f"{edge}/v1/campaign/status", warm, "campaign_status.lua", [users])
-            baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args)
-            reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users])
+            baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args, meter=meter)
+            reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users],
+                            meter=meter)
+            # The last seeded user is left out of the load: its status changes only by the probe's payments.
+            freshness = Freshness(edge, f"u{topology.seed.users:05d}")
+            freshness.start()
             payments = run_wrk(
                 "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
-                "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", users, merchants],
+                "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", str(topology.seed.users - 1), merchants], meter=meter,
             )
+            freshness.stop.set()
+            freshness.join()
     except WrkOutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs: "
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency through the edge {edge}"
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency through the edge {edge}, "
+        f"{replicas_per_zone(topology)} replicas per zone"
     )
     print_table(baseline, [reads, payments])
+    print(freshness.report())
     return 0
 
 

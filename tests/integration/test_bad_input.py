@@ -82,3 +82,25 @@ def test_unusable_ids_on_reads_are_4xx(stack, bad: str) -> None:
         assert_client_error(status, f"campaign status for {bad[:20]!r}")
         wallet_read = client.get(f"{stack.edge}/v1/wallets/{quote(bad, safe='')}", headers=headers)
         assert_client_error(wallet_read, f"wallet of {bad[:20]!r}")
+
+
+def test_an_idempotency_key_that_is_not_utf8_is_refused_at_the_gateway(stack) -> None:
+    # Legal HTTP (visible Latin-1), but the gateway passes header text on as UTF-8: re-encoded,
+    # the key would reach the payment service as another key than the app sent.
+    payments = "SELECT count(*) FROM payment.payments"
+    with httpx.Client(timeout=30) as client:
+        before, stored = wallet(stack, client, USER), stack.scalar(payments)
+        r = client.post(f"{stack.edge}/v1/payments", json=GOOD,
+                        headers={"Idempotency-Key": b"caf\xe9-" + uuid.uuid4().hex.encode(), "X-Device-Id": f"device-{USER}"})
+        assert_client_error(r, "Latin-1 key")
+        assert r.status_code == 400 and r.json()["error"] == {
+            "code": "INVALID_HEADER", "message": "The idempotency-key header must be UTF-8 text.", "field": "idempotency-key"}
+        # The same key in UTF-8 goes through, and a retry of it is answered from the stored response.
+        key = "caf\u00e9-" + uuid.uuid4().hex
+        first, again = (client.post(f"{stack.edge}/v1/payments", json=GOOD,
+                                    headers={"Idempotency-Key": key.encode(), "X-Device-Id": f"device-{USER}"})
+                        for _ in range(2))
+        assert first.status_code == 201 and again.status_code == 201, (first.text, again.text)
+        assert again.json() == first.json()
+        assert wallet(stack, client, USER) == before - GOOD["amount"]
+        assert stack.scalar(payments) == stored + 1

@@ -107,6 +107,14 @@ def paid(stack) -> tuple[str, str]:
         lambda: stack.scalar("SELECT count(*) FROM campaign.processed_events WHERE payment_id = %s", payment_id) == 1,
         timeout=30,
     )
+    # Its cashback is booked in the ledger just after: cashback-exactly-once's planted second
+    # transfer only counts once the first is there.
+    stack.wait_for(
+        "the payment's cashback to be booked",
+        lambda: stack.scalar("SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s",
+                             payment_id) == 1,
+        timeout=30,
+    )
     return key, payment_id
 
 

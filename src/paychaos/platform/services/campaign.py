@@ -13,7 +13,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-import httpx
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from paychaos.platform.services import campaign_store as store
+from paychaos.platform.services.calling import CallFailed, Reply, ServiceClient
 from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent, month_of, next_tier, tier_for
 from paychaos.platform.services.consuming import BatchConsumer, consumer_config
 from paychaos.platform.services.reaggregating import DriftReport, reaggregate
@@ -138,7 +138,7 @@ class Metrics:
 
 class CampaignService:
     def __init__(
-        self, ctx: ReplicaContext, pool: AsyncConnectionPool, ledger: httpx.AsyncClient, metrics: Metrics
+        self, ctx: ReplicaContext, pool: AsyncConnectionPool, ledger: ServiceClient, metrics: Metrics
     ) -> None:
         self.ctx = ctx
         self.spec = ctx.topology.campaign
@@ -182,7 +182,7 @@ class CampaignService:
         }
         try:
             response = await self.ledger.post("/v1/transfers", json=body)
-        except httpx.HTTPError as exc:
+        except CallFailed as exc:
             log.warning("ledger unreachable for %s (%s); retrying later", grant.transfer_id, exc)
             return
         code = _error_code(response)
@@ -287,7 +287,7 @@ def _decode(message: Message, *, skip_poison: bool = True) -> PaymentEvent | Non
         raise Undecodable(where) from None
 
 
-def _error_code(response: httpx.Response) -> str | None:
+def _error_code(response: Reply) -> str | None:
     try:
         return str(response.json()["error"]["code"])
     except (ValueError, KeyError, TypeError):

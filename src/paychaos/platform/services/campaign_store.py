@@ -112,12 +112,11 @@ async def record_event(
 
 
 async def mark_applied(conn: Conn, transfer_id: str) -> None:
-    async with conn.transaction():
-        await conn.execute(
-            "UPDATE campaign.grants SET status = 'applied', updated_at = now()"
-            " WHERE transfer_id = %s AND status = 'pending'",
-            (transfer_id,),
-        )
+    await conn.execute(
+        "UPDATE campaign.grants SET status = 'applied', updated_at = now()"
+        " WHERE transfer_id = %s AND status = 'pending'",
+        (transfer_id,),
+    )
 
 
 async def mark_refused(conn: Conn, transfer_id: str) -> None:
@@ -145,12 +144,11 @@ async def mark_refused(conn: Conn, transfer_id: str) -> None:
 
 async def mark_parked(conn: Conn, transfer_id: str) -> None:
     """The ledger refused for a reason retrying cannot fix: keep the grant for a human to resolve."""
-    async with conn.transaction():
-        await conn.execute(
-            "UPDATE campaign.grants SET status = 'parked', updated_at = now()"
-            " WHERE transfer_id = %s AND status = 'pending'",
-            (transfer_id,),
-        )
+    await conn.execute(
+        "UPDATE campaign.grants SET status = 'parked', updated_at = now()"
+        " WHERE transfer_id = %s AND status = 'pending'",
+        (transfer_id,),
+    )
 
 
 async def pending_grants(conn: Conn, *, older_than_seconds: float, limit: int = 200) -> list[Grant]:

@@ -7,17 +7,19 @@ cannot be reached becomes 503 UPSTREAM_UNAVAILABLE instead of a hung or broken r
 from __future__ import annotations
 
 import json
+import string
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
+from urllib.parse import quote
 
-import httpx
 from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from paychaos.platform.services.admission import Admission, Decision, Restriction, pass_expires, stack_secret
+from paychaos.platform.services.calling import CallFailed, CallTimedOut, Reply, ServiceClient
 from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_identifier, problem
 
 PASS_HEADER = "X-Admission-Pass"
@@ -27,6 +29,7 @@ DEVICE_HEADER = "X-Device-Id"
 FORWARDED_HEADERS = frozenset({b"idempotency-key", b"x-device-id", b"x-user-id", b"content-type", b"accept"})
 # Downstream statuses that mean "the service is not there" (HAProxy answers these with HTML).
 UNAVAILABLE_STATUSES = (502, 503, 504)
+PASSED_HEADERS = frozenset({"content-type", "retry-after", "location"})
 TRY_AGAIN = "Lots of people are paying right now — please try again in a few seconds."
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -40,7 +43,7 @@ class Gateway:
         self.spec = ctx.topology.resilience.admission
         self.admission = Admission(self.spec, stack_secret(ctx.topology), time.time())
         self.in_flight = 0
-        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.clients: dict[str, ServiceClient] = {}
         self.decisions = Counter(
             "gateway_admission_decisions",
             "Admission decisions of the gateway",
@@ -124,24 +127,33 @@ class Gateway:
                              "until": r.until if r is not None else None})
 
     async def forward(self, request: Request, dependency: str, path: str) -> Response:
-        # The bytes as received: a header value may hold any visible Latin-1 character, and httpx
-        # would refuse to encode such a value given back to it as text (a 500 before this).
-        headers = [(name, value) for name, value in request.headers.raw if name in FORWARDED_HEADERS]
+        # Header values and the query string go on byte for byte (bytes a request line may not
+        # hold, percent-encoded). Header text is written as UTF-8, so a value that is not UTF-8
+        # (any visible Latin-1 byte is legal HTTP) is the app's mistake, answered 400 here rather
+        # than re-encoded into another key downstream.
+        headers = []
+        for name, value in request.headers.raw:
+            if name in FORWARDED_HEADERS:
+                try:
+                    headers.append((name.decode("ascii"), value.decode("utf-8")))
+                except UnicodeDecodeError:
+                    header = name.decode("latin-1")
+                    return problem(400, "INVALID_HEADER", f"The {header} header must be UTF-8 text.", field=header)
         try:
             upstream = await self.clients[dependency].request(
-                request.method, path, params=request.query_params, headers=headers, content=await request.body()
+                request.method, path, query=quote(request.scope["query_string"], safe=string.punctuation), headers=headers,
+                content=await request.body(),
             )
-        except httpx.TimeoutException:
+        except CallTimedOut:
             return _unavailable(dependency, "did not answer in time")
-        except httpx.TransportError:
+        except CallFailed:
             return _unavailable(dependency, "could not be reached")
         if upstream.status_code in UNAVAILABLE_STATUSES and not _is_json(upstream):
             return _unavailable(dependency, f"answered {upstream.status_code}")
-        passed = {"content-type", "retry-after", "location"}
         return Response(
             upstream.content,
             status_code=upstream.status_code,
-            headers={k: v for k, v in upstream.headers.items() if k in passed},
+            headers={k.lower(): v for k, v in upstream.headers.items() if k.lower() in PASSED_HEADERS},
         )
 
     def routes(self) -> list[Route]:
@@ -178,7 +190,7 @@ def _payment_method(body: bytes) -> str:
     return method if method in ("card", "balance") else "other"
 
 
-def _is_json(response: httpx.Response) -> bool:
+def _is_json(response: Reply) -> bool:
     return response.headers.get("content-type", "").startswith("application/json")
 
 

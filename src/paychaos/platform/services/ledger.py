@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from prometheus_client import Counter, Gauge
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, OperationalError, errors
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
@@ -157,54 +157,42 @@ def _render(row: dict[str, Any], *, replayed: bool) -> dict[str, Any]:
     }
 
 
+#: Refusals ledger.apply_transfer raises as 'paychaos:<CODE>' with the account or transfer as detail.
+REFUSALS = {
+    "UNKNOWN_ACCOUNT": (404, "No such account: {}.", "account"),
+    "TRANSFER_EXCLUDED": (409, "Transfer {} exists, which excludes this one.", "excluded_by"),
+    "INSUFFICIENT_FUNDS": (422, "Account {} has insufficient funds.", "account"),
+}
+
+
 async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request_hash: str) -> dict[str, Any] | None:
-    """Apply ``t`` inside the caller's transaction; None when its id is already taken (committed)."""
-    cur = await conn.execute(
-        "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash) VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (id) DO NOTHING RETURNING created_at",
-        [t.id, t.kind, t.user_id, t.payment_id, request_hash],
-    )
-    created = await cur.fetchone()
+    """Apply ``t`` in one statement (ledger.apply_transfer, ledger_schema.sql); None when its id is
+    already taken (committed). One round trip instead of seven: a payment sends two or three
+    transfers, and each statement of the old transaction cost the ledger a wait and a wake-up."""
+    try:
+        cur = await conn.execute(
+            "SELECT ledger.apply_transfer(%s, %s, %s, %s, %s, %s::text[], %s::bigint[], %s::text[])",
+            [t.id, t.kind, t.user_id, t.payment_id, request_hash,
+             [p.account for p in t.postings], [p.amount for p in t.postings], t.excludes],
+        )
+    except errors.RaiseException as exc:
+        code = (exc.diag.message_primary or "").removeprefix("paychaos:")
+        if code not in REFUSALS:
+            raise
+        status, message, field = REFUSALS[code]
+        culprit = exc.diag.message_detail or ""
+        raise Refused(status, code, message.format(culprit), **{field: culprit}) from None
+    row = await cur.fetchone()
+    created = row[0] if row else None
     if created is None:
         return None
-    net = net_by_account(t.postings)
-    ids = sorted(net)
-    # Locking in id order is what keeps concurrent transfers over the same accounts deadlock-free.
-    cur = await conn.execute(
-        "SELECT id, allow_negative, balance FROM ledger.accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids]
-    )
-    accounts = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-    missing = [a for a in ids if a not in accounts]
-    if missing:
-        raise Refused(404, "UNKNOWN_ACCOUNT", f"No such account: {missing[0]}.", account=missing[0])
-    if t.excludes:
-        cur = await conn.execute("SELECT id FROM ledger.transfers WHERE id = ANY(%s) LIMIT 1", [t.excludes])
-        hit = await cur.fetchone()
-        if hit is not None:
-            raise Refused(409, "TRANSFER_EXCLUDED", f"Transfer {hit[0]} exists, which excludes this one.", excluded_by=hit[0])
-    for account, delta in net.items():
-        allow_negative, balance = accounts[account]
-        if not allow_negative and balance + delta < 0:
-            raise Refused(422, "INSUFFICIENT_FUNDS", f"Account {account} has insufficient funds.", account=account)
-    accounts_col = [p.account for p in t.postings]
-    amounts_col = [p.amount for p in t.postings]
-    await conn.execute(
-        "INSERT INTO ledger.entries (transfer_id, account_id, amount)"
-        " SELECT %s, a, m FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS p(a, m, n) ORDER BY n",
-        [t.id, accounts_col, amounts_col],
-    )
-    await conn.execute(
-        "UPDATE ledger.accounts AS acc SET balance = acc.balance + d.delta"
-        " FROM unnest(%s::text[], %s::bigint[]) AS d(id, delta) WHERE acc.id = d.id",
-        [ids, [net[a] for a in ids]],
-    )
     return {
         "id": t.id,
         "kind": t.kind,
         "user_id": t.user_id,
         "payment_id": t.payment_id,
         "postings": [{"account": p.account, "amount": p.amount} for p in t.postings],
-        "created_at": created[0].isoformat(),
+        "created_at": created.isoformat(),
         "replayed": False,
     }
 
@@ -240,7 +228,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
 
         try:
             with in_flight.labels(kind=t.kind, **labels).track_inprogress():
-                applied = await transaction(pool, work)
+                applied = await transaction(pool, work, one_statement=True)
             if applied is not None:
                 postings_total.labels(kind=t.kind, **labels).inc()
                 return JSONResponse(applied, status_code=201)

@@ -38,3 +38,64 @@ END $$;
 CREATE OR REPLACE TRIGGER entries_append_only
     BEFORE UPDATE OR DELETE ON ledger.entries
     FOR EACH ROW EXECUTE FUNCTION ledger.entries_append_only();
+
+-- One transfer, applied in the one statement that calls this (a single round trip): the transfer
+-- row claims its id; the accounts are locked in id order (so concurrent transfers over the same
+-- accounts cannot deadlock); the excluding transfers are checked after the locks (race-free when
+-- they share an account); no account that may not go negative does; the entries are appended in
+-- posting order and each balance snapshot moves by its account's net. Returns the new transfer's
+-- created_at, or NULL when the id was already taken. A refusal raises (so nothing stays written)
+-- with the message 'paychaos:<CODE>' and the account or transfer it concerns as the detail.
+CREATE OR REPLACE FUNCTION ledger.apply_transfer(
+    p_id text, p_kind text, p_user_id text, p_payment_id text, p_request_hash text,
+    p_accounts text[], p_amounts bigint[], p_excludes text[]
+) RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    v_created timestamptz;
+    v_ids     text[];
+    v_deltas  bigint[];
+    v_culprit text;
+BEGIN
+    INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash)
+    VALUES (p_id, p_kind, p_user_id, p_payment_id, p_request_hash)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING created_at INTO v_created;
+    IF v_created IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT array_agg(account ORDER BY account), array_agg(net ORDER BY account) INTO v_ids, v_deltas
+    FROM (SELECT account, sum(amount)::bigint AS net
+          FROM unnest(p_accounts, p_amounts) AS p(account, amount) GROUP BY account) AS n;
+
+    PERFORM 1 FROM ledger.accounts WHERE id = ANY (v_ids) ORDER BY id FOR UPDATE;
+
+    SELECT x INTO v_culprit FROM unnest(v_ids) AS x
+    WHERE NOT EXISTS (SELECT 1 FROM ledger.accounts a WHERE a.id = x) ORDER BY x LIMIT 1;
+    IF v_culprit IS NOT NULL THEN
+        RAISE EXCEPTION 'paychaos:UNKNOWN_ACCOUNT' USING DETAIL = v_culprit;
+    END IF;
+
+    IF cardinality(p_excludes) > 0 THEN
+        SELECT id INTO v_culprit FROM ledger.transfers WHERE id = ANY (p_excludes) LIMIT 1;
+        IF v_culprit IS NOT NULL THEN
+            RAISE EXCEPTION 'paychaos:TRANSFER_EXCLUDED' USING DETAIL = v_culprit;
+        END IF;
+    END IF;
+
+    SELECT a.id INTO v_culprit
+    FROM unnest(v_ids, v_deltas) AS d(id, delta) JOIN ledger.accounts a ON a.id = d.id
+    WHERE NOT a.allow_negative AND a.balance + d.delta < 0 ORDER BY a.id LIMIT 1;
+    IF v_culprit IS NOT NULL THEN
+        RAISE EXCEPTION 'paychaos:INSUFFICIENT_FUNDS' USING DETAIL = v_culprit;
+    END IF;
+
+    INSERT INTO ledger.entries (transfer_id, account_id, amount)
+    SELECT p_id, account, amount FROM unnest(p_accounts, p_amounts) WITH ORDINALITY AS p(account, amount, n)
+    ORDER BY n;
+
+    UPDATE ledger.accounts AS acc SET balance = acc.balance + d.delta
+    FROM unnest(v_ids, v_deltas) AS d(id, delta) WHERE acc.id = d.id;
+
+    RETURN v_created;
+END $$;

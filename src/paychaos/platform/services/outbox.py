@@ -14,7 +14,6 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from paychaos.platform.services.serving import ReplicaContext
@@ -39,13 +38,6 @@ def producer_config(ctx: ReplicaContext) -> dict[str, Any]:
         "linger.ms": 5,
         "message.timeout.ms": int(DELIVERY_TIMEOUT * 1000),
     }
-
-
-async def enqueue(conn: Any, key: str, event: dict[str, Any]) -> None:
-    """Add an event to the outbox inside the caller's transaction."""
-    await conn.execute(
-        "INSERT INTO payment.outbox (topic, key, payload) VALUES (%s, %s, %s)", [TOPIC, key, Jsonb(event)]
-    )
 
 
 class Publisher:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.requests import Request
@@ -24,10 +25,11 @@ from starlette.routing import Route
 
 from paychaos.platform.services.breaker import BreakerMetrics, CircuitBreaker
 from paychaos.platform.services.fingerprints import fingerprint
-from paychaos.platform.services.outbox import Publisher, enqueue
+from paychaos.platform.services.outbox import TOPIC as OUTBOX_TOPIC
+from paychaos.platform.services.outbox import Publisher
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
-from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
+from paychaos.platform.services.schemas import database_ready, ensure_schema
 from paychaos.platform.services.serving import ID_PATTERN, LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_request, problem
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
@@ -52,6 +54,16 @@ MESSAGES = {
     "LEDGER_UNAVAILABLE": "Payments are temporarily unavailable. Please try again shortly.",
     "PAYMENT_IN_PROGRESS": "This payment is still being processed. Please try again shortly.",
 }
+FINISH_SQL = (
+    "WITH done AS ("
+    " UPDATE payment.payments SET status = %(status)s, response_status = %(response_status)s, response = %(response)s,"
+    " authorization_id = coalesce(%(authorization_id)s, authorization_id), completed_at = %(completed_at)s,"
+    " lease_until = now(), updated_at = now()"
+    " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'pending' RETURNING id),"
+    " queued AS (INSERT INTO payment.outbox (topic, key, payload)"
+    " SELECT %(topic)s, %(key)s, %(event)s::jsonb FROM done WHERE %(event)s::jsonb IS NOT NULL)"
+    " SELECT count(*) FROM done"
+)
 STATUS_CODES = {"completed": 201, "failed": 502, "aborted": 503, "pending": 503}
 DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOUNT": 422}
 
@@ -195,22 +207,19 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         completed_at = datetime.now(UTC) if ending.status == "completed" else None
         status_code, text = render(p, ending, completed_at)
         stored = ending.status != "pending"  # an unfinished compensation is not an answer to keep
-
-        async def work(conn: AsyncConnection[Any]) -> None:
-            cur = await conn.execute(
-                "UPDATE payment.payments SET status = %s, response_status = %s, response = %s,"
-                " authorization_id = coalesce(%s, authorization_id), completed_at = %s,"
-                " lease_until = now(), updated_at = now()"
-                " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
-                ["pending" if not stored else ending.status, status_code if stored else None, text if stored else None,
-                 ending.authorization_id, completed_at, p.id, owner],
-            )
-            if cur.rowcount != 1:
-                raise LeaseLost(p.id)
-            if completed_at is not None and res.outbox:
-                await enqueue(conn, p.user_id, completed_event(p, key, completed_at))
-
-        await transaction(pool, work)
+        queued = completed_at is not None and res.outbox
+        # The payment's ending and its outbox event in one statement, so in one transaction (and
+        # one round trip): the event is queued only if this replica still held the lease.
+        async with pool.connection() as conn:
+            cur = await conn.execute(FINISH_SQL, {
+                "status": "pending" if not stored else ending.status, "response_status": status_code if stored else None,
+                "response": text if stored else None, "authorization_id": ending.authorization_id,
+                "completed_at": completed_at, "id": p.id, "owner": owner, "topic": OUTBOX_TOPIC, "key": p.user_id,
+                "event": Jsonb(completed_event(p, key, completed_at)) if queued and completed_at else None,
+            })
+            row = await cur.fetchone()
+        if not row or row[0] != 1:
+            raise LeaseLost(p.id)
         if completed_at is not None and not res.outbox:
             publisher.publish_direct(p.user_id, completed_event(p, key, completed_at))
         payments_total.labels(method=p.method, outcome=ending.status, **labels).inc()

@@ -12,9 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
-
 from paychaos.platform.services.breaker import CallNotPermitted, CircuitBreaker
+from paychaos.platform.services.calling import CallFailed, Reply, ServiceClient
 from paychaos.platform.services.ledger import escrow_of
 from paychaos.platform.services.payment_rules import (
     Card,
@@ -66,8 +65,8 @@ class Saga:
 
     def __init__(
         self,
-        ledger: httpx.AsyncClient,
-        acquirer: httpx.AsyncClient,
+        ledger: ServiceClient,
+        acquirer: ServiceClient,
         breaker: CircuitBreaker,
         *,
         retry_refused_for: float = 0.0,
@@ -98,7 +97,7 @@ class Saga:
         }
         try:
             response = await self.ledger.post("/v1/transfers", json=body)
-        except httpx.HTTPError:
+        except CallFailed:
             return Ledger.UNAVAILABLE
         code = None
         if response.status_code >= 400:
@@ -152,12 +151,12 @@ class Saga:
             return Ending("completed")
         return Ending("pending", "PAYMENT_IN_PROGRESS")
 
-    async def _authorize_once(self, p: PaymentFacts) -> httpx.Response:
+    async def _authorize_once(self, p: PaymentFacts) -> Reply:
         """One call through the breaker; raises ``CallNotPermitted`` or ``_AcquirerDown``."""
         with self.breaker.guard():
             try:
                 response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
-            except httpx.HTTPError as exc:
+            except CallFailed as exc:
                 raise _AcquirerDown(str(exc)) from exc
             if breaker_counts_as_failure(response.status_code):
                 raise _AcquirerDown(f"acquirer answered {response.status_code}")
@@ -202,6 +201,6 @@ class Saga:
     async def _void(self, authorization_id: str) -> bool:
         try:
             response = await self.acquirer.post(f"/v1/authorizations/{authorization_id}/void")
-        except httpx.HTTPError:
+        except CallFailed:
             return False
         return response.status_code == 200

@@ -31,13 +31,23 @@ async def ensure_schema(pool: AsyncConnectionPool, resource: str) -> None:
 
 
 async def transaction(
-    pool: AsyncConnectionPool, work: Callable[[AsyncConnection[Any]], Awaitable[T]], *, attempts: int = 8
+    pool: AsyncConnectionPool,
+    work: Callable[[AsyncConnection[Any]], Awaitable[T]],
+    *,
+    attempts: int = 8,
+    one_statement: bool = False,
 ) -> T:
-    """Run ``work`` in a transaction, again from scratch when the database aborts it for a conflict."""
+    """Run ``work`` in a transaction, again from scratch when the database aborts it for a conflict.
+
+    ``one_statement``: ``work`` runs a single statement, which on the pools' autocommit
+    connections is a transaction of its own; no BEGIN and COMMIT round trips around it."""
     for attempt in range(attempts):
         try:
-            async with pool.connection() as conn, conn.transaction():
-                return await work(conn)
+            async with pool.connection() as conn:
+                if one_statement:
+                    return await work(conn)
+                async with conn.transaction():
+                    return await work(conn)
         except RETRYABLE:
             if attempt == attempts - 1:
                 raise

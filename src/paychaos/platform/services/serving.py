@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paychaos.platform.services.calling import ServiceClient
 from paychaos.platform.topology import Replica, Topology
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -56,15 +56,9 @@ class ReplicaContext:
             return None
         return getattr(t, dependency).total_seconds()
 
-    def client(self, dependency: str, **kwargs: Any) -> httpx.AsyncClient:
-        """An HTTP client for another service, through its load balancer (or its Toxiproxy)."""
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        return httpx.AsyncClient(
-            base_url=self.topology.internal_url(dependency),
-            timeout=httpx.Timeout(self.timeout(dependency)),
-            limits=limits,
-            **kwargs,
-        )
+    def client(self, dependency: str) -> ServiceClient:
+        """A client for another service, through its load balancer (or its Toxiproxy)."""
+        return ServiceClient(self.topology.internal_url(dependency), self.timeout(dependency))
 
     def db_pool(self, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
         """A connection pool whose search_path is this service's own schema (one schema per service)."""
@@ -78,6 +72,10 @@ class ReplicaContext:
             min_size=min_size,
             max_size=max_size,
             configure=configure,
+            # Each statement outside a transaction block commits itself: a single-statement read
+            # or write costs one round trip, not three (BEGIN, it, and the pool's COMMIT). Work of
+            # several statements says so with conn.transaction().
+            kwargs={"autocommit": True},
             open=False,
             timeout=self.timeout("ledger") or 30.0,
         )
