@@ -184,9 +184,9 @@ class Freshness(threading.Thread):
     how long after the 201 the user's campaign status first shows it: the read model's lag,
     payment → outbox → Kafka → campaign aggregates → status read."""
 
-    def __init__(self, edge: str, user: str, every: float = 0.5, give_up: float = 10.0) -> None:
+    def __init__(self, edge: str, user: str, label: str, every: float = 0.5, give_up: float = 10.0) -> None:
         super().__init__(daemon=True)
-        self.edge, self.user, self.every, self.give_up = edge, user, every, give_up
+        self.edge, self.user, self.label, self.every, self.give_up = edge, user, label, every, give_up
         self.lags: list[float] = []
         self.missed = 0
         self.stop = threading.Event()
@@ -216,9 +216,9 @@ class Freshness(threading.Thread):
 
     def report(self) -> str:
         if not self.lags:
-            return f"status freshness: no payment seen in the status ({self.missed} missed)"
+            return f"status freshness {self.label}: no payment seen in the status ({self.missed} missed)"
         lags = sorted(self.lags)
-        return (f"status freshness under the payments load: a payment shows in the user's status "
+        return (f"status freshness {self.label}: a payment shows in the user's status "
                 f"p50 {1e3 * median(lags):.0f} ms, max {1e3 * lags[-1]:.0f} ms after its 201 "
                 f"({len(lags)} payments, {self.missed} not seen within {self.give_up:.0f} s)")
 
@@ -261,7 +261,13 @@ def main() -> int:
             reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users],
                             meter=meter)
             # The last seeded user is left out of the load: its status changes only by the probe's payments.
-            freshness = Freshness(edge, f"u{topology.seed.users:05d}")
+            probe_user = f"u{topology.seed.users:05d}"
+            idle = Freshness(edge, probe_user, "with no other load", every=0.2)
+            idle.start()
+            time.sleep(args.duration)
+            idle.stop.set()
+            idle.join()
+            freshness = Freshness(edge, probe_user, "under the payments load")
             freshness.start()
             payments = run_wrk(
                 "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
@@ -278,6 +284,7 @@ def main() -> int:
         f"{replicas_per_zone(topology)} replicas per zone"
     )
     print_table(baseline, [reads, payments])
+    print(idle.report())
     print(freshness.report())
     return 0
 
