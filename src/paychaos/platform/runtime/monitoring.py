@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import yaml
 
 from paychaos.platform.runtime.paths import RunDir
@@ -36,6 +38,11 @@ def prometheus_process(topology: Topology, prometheus: str, run_dir: RunDir) -> 
     config = run_dir.config / "prometheus.yml"
     config.write_text(prometheus_config(topology), encoding="utf-8")
     storage = run_dir.data / "prometheus"
+    # Each stack starts with empty metrics. Series a previous stack left (its replicas, maybe
+    # more of them than this topology has) carry no staleness marker across a restart, so for
+    # five minutes they still answered queries: a gate after `--replicas 2` read the dead
+    # replicas' consumer lag (340) and never settled. Runs keep what they read in journals.
+    shutil.rmtree(storage, ignore_errors=True)
     storage.mkdir(parents=True, exist_ok=True)
     return ProcessSpec(
         name="prometheus",
