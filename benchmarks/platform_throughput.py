@@ -51,6 +51,7 @@ class WrkResult:
     socket_errors: dict[str, int] = field(default_factory=dict)
     status_codes: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # by part of the stack, during the run
+    drain_seconds: float = 0.0  # after wrk ended, until the outbox and the campaign consumer caught up
 
 
 class WrkOutputError(Exception):
@@ -107,7 +108,8 @@ class CpuMeter:
                 continue
 
     def sample(self) -> dict[str, float]:
-        """CPU seconds so far by part; children that exited between samples are not counted."""
+        """CPU seconds so far by part: each process, its live children, and the children it has
+        reaped (a PostgreSQL backend or autovacuum worker that exited between samples)."""
         totals: dict[str, float] = {}
         for part, proc in self.parts:
             try:
@@ -119,14 +121,33 @@ class CpuMeter:
                     t = q.cpu_times()
                 except psutil.Error:
                     continue
-                totals[part] = totals.get(part, 0.0) + t.user + t.system
+                totals[part] = totals.get(part, 0.0) + t.user + t.system + t.children_user + t.children_system
         return totals
+
+
+def drain(prometheus_url: str, limit: float = 60.0) -> float:
+    """Seconds until the work a run left queued is done (outbox rows unsent, events the campaign
+    consumer has not applied, both as Prometheus last scraped them); at most ``limit``."""
+    started = time.monotonic()
+    with httpx.Client(base_url=prometheus_url, timeout=5) as client:
+        while time.monotonic() - started < limit:
+            left = 0.0
+            for query in ("sum(outbox_backlog)", "sum(campaign_consumer_lag)"):
+                result = client.get("/api/v1/query", params={"query": query}).json()["data"]["result"]
+                left += float(result[0]["value"][1]) if result else 0.0
+            if left == 0:
+                break
+            time.sleep(1.0)
+    return time.monotonic() - started
 
 
 def run_wrk(
     name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None,
-    meter: CpuMeter | None = None,
+    meter: CpuMeter | None = None, prometheus_url: str | None = None,
 ) -> WrkResult:
+    """One wrk run. With ``meter``, the CPU each part spent from its start until the work it left
+    queued is done (waited for through ``prometheus_url``): what its requests cost, background
+    work included."""
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"--timeout={args.timeout}s"]
     if script:
         cmd += ["-s", str(LUA / script)]
@@ -139,6 +160,8 @@ def run_wrk(
         raise WrkOutputError(f"wrk exited {out.returncode} for {name}: {out.stderr.strip() or out.stdout.strip()}")
     result = parse_wrk(name, out.stdout)
     if meter:
+        if prometheus_url:
+            result.drain_seconds = drain(prometheus_url)
         after = meter.sample()
         result.cpu_seconds = {k: after[k] - before.get(k, 0.0) for k in after}
     return result
@@ -175,7 +198,8 @@ def print_cpu(results: tuple[WrkResult, ...]) -> None:
     if not parts:
         return
     print()
-    print("CPU ms per request by part of the stack (during each run; background work included)")
+    print("CPU ms per request by part of the stack (each run, then until the outbox and the campaign consumer "
+          "caught up: " + ", ".join(f"{r.name.split(' (')[0]} {r.drain_seconds:.1f} s" for r in results) + ")")
     print(f"{'part':<12}" + "".join(f"{r.name[:24]:>26}" for r in results))
     for part in [*parts, "total"]:
         cells = []
@@ -195,6 +219,7 @@ class Freshness(threading.Thread):
         self.edge, self.user, self.label, self.every, self.give_up = edge, user, label, every, give_up
         self.lags: list[float] = []
         self.missed = 0
+        self.errors: list[str] = []
         self.stop = threading.Event()
 
     def _value(self, client: httpx.Client) -> int:
@@ -205,28 +230,36 @@ class Freshness(threading.Thread):
     def run(self) -> None:
         with httpx.Client(base_url=self.edge, timeout=5) as client:
             while not self.stop.wait(self.every):
-                before = self._value(client)
-                r = client.post("/v1/payments", json={"user_id": self.user, "merchant_id": "m001", "amount": 100,
-                                                      "method": "balance"},
-                                headers={"Idempotency-Key": uuid.uuid4().hex, "X-Device-Id": f"device-{self.user}"})
-                if r.status_code != 201:
-                    continue
-                paid = time.perf_counter()
-                while self._value(client) < before + 100:
-                    if time.perf_counter() - paid > self.give_up:
-                        self.missed += 1
-                        break
-                    time.sleep(0.01)
-                else:
-                    self.lags.append(time.perf_counter() - paid)
+                try:
+                    self._probe(client)
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    def _probe(self, client: httpx.Client) -> None:
+        before = self._value(client)
+        r = client.post("/v1/payments", json={"user_id": self.user, "merchant_id": "m001", "amount": 100, "method": "balance"},
+                        headers={"Idempotency-Key": uuid.uuid4().hex, "X-Device-Id": f"device-{self.user}"})
+        if r.status_code != 201:
+            self.errors.append(f"payment answered {r.status_code}")
+            return
+        paid = time.perf_counter()
+        while self._value(client) < before + 100:
+            if self.stop.is_set():
+                return  # the load ended while this one was on its way: its lag is not the load's
+            if time.perf_counter() - paid > self.give_up:
+                self.missed += 1
+                return
+            time.sleep(0.01)
+        self.lags.append(time.perf_counter() - paid)
 
     def report(self) -> str:
+        errors = f"; {len(self.errors)} probes failed, e.g. {self.errors[0]}" if self.errors else ""
         if not self.lags:
-            return f"status freshness {self.label}: no payment seen in the status ({self.missed} missed)"
+            return f"status freshness {self.label}: no payment seen in the status ({self.missed} missed{errors})"
         lags = sorted(self.lags)
         return (f"status freshness {self.label}: a payment shows in the user's status "
                 f"p50 {1e3 * median(lags):.0f} ms, max {1e3 * lags[-1]:.0f} ms after its 201 "
-                f"({len(lags)} payments, {self.missed} not seen within {self.give_up:.0f} s)")
+                f"({len(lags)} payments, {self.missed} not seen within {self.give_up:.0f} s{errors})")
 
 
 #: How long the invariants may take to hold after the load: the read models catch up with the
@@ -298,6 +331,13 @@ def main() -> int:
             baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args, meter=meter)
             reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users],
                             meter=meter)
+            pay_args = [str(topology.seed.users - 1), merchants]  # the last user is the freshness probe's
+            payments = run_wrk(
+                "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
+                "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", *pay_args], meter=meter,
+                prometheus_url=topology.prometheus_url,
+            )
+            # Freshness apart from the measured runs: its status polls would count as their CPU.
             # The last seeded user is left out of the load: its status changes only by the probe's payments.
             probe_user = f"u{topology.seed.users:05d}"
             idle = Freshness(edge, probe_user, "with no other load", every=0.2)
@@ -307,10 +347,8 @@ def main() -> int:
             idle.join()
             freshness = Freshness(edge, probe_user, "under the payments load")
             freshness.start()
-            payments = run_wrk(
-                "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
-                "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", str(topology.seed.users - 1), merchants], meter=meter,
-            )
+            run_wrk("payments beside the freshness probe", f"{edge}/v1/payments", args,
+                    "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", *pay_args])
             freshness.stop.set()
             freshness.join()
             money, settled = check_money(topology)
