@@ -12,6 +12,7 @@ depends on aiohttp's types, and a replaced client would change this module only.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,10 @@ class ServiceClient:
 
     def __init__(self, base_url: str, timeout: float | None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=None, sock_read=None, connect=None)
+        # ceil_threshold: aiohttp rounds a deadline of 5 s or more up to the next whole second
+        # unless told not to, and the bound is the topology's, to the millisecond.
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=None, sock_read=None, connect=None,
+                                             ceil_threshold=math.inf)
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -78,8 +82,8 @@ class ServiceClient:
         """Send one request; ``path`` and ``query`` go out as given (already encoded)."""
         url = URL(f"{self.base_url}{path}{'?' + query if query else ''}", encoded=True)
         try:
-            async with self._open().request(
-                method, url, json=json, data=content, headers=CIMultiDict(headers)
+            async with self._open().request(  # a redirect is an answer to pass on, not to follow
+                method, url, json=json, data=content, headers=CIMultiDict(headers), allow_redirects=False
             ) as response:
                 body = await response.read()
                 return Reply(response.status, body, response.headers)

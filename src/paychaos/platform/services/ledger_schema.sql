@@ -85,7 +85,8 @@ BEGIN
 
     SELECT a.id INTO v_culprit
     FROM unnest(v_ids, v_deltas) AS d(id, delta) JOIN ledger.accounts a ON a.id = d.id
-    WHERE NOT a.allow_negative AND a.balance + d.delta < 0 ORDER BY a.id LIMIT 1;
+    WHERE NOT a.allow_negative AND a.balance + d.delta < 0
+    ORDER BY array_position(p_accounts, a.id) LIMIT 1;  -- the first such account of the postings
     IF v_culprit IS NOT NULL THEN
         RAISE EXCEPTION 'paychaos:INSUFFICIENT_FUNDS' USING DETAIL = v_culprit;
     END IF;
