@@ -326,7 +326,11 @@ def test_poison_skip_off_consumer_lag_never_recovers_and_is_caught(defects: Stac
         stacking.reconfigure(defects.run_dir, healthy, ["campaign"])
     assert stalled_lag.verdict == "failed", stalled_lag
     lags = [v for s in samples if s.t >= injected and (v := s.values.get(lag_key(LAG_PROBE.group))) is not None]
-    assert lags and min(lags[-5:]) >= 1, lags  # still growing or stuck at the deadline, not drained
+    # Still behind at the deadline: not drained. Only the last sample: the campaign replicas,
+    # just restarted with skipPoison off, rebalance for some seconds, and a replica that holds
+    # no partition for that while reports a lag of 0, so the sum dips (runs saw [1, 1, 0, 0, 0,
+    # 3, ...] and [0, ..., 0, 3, 3, 3]; the lag probe above judged both failed, as it should).
+    assert lags and lags[-1] >= 1, lags
     # Switched back on, the consumer skips the poison and the payments behind it get their cashback.
     defects.wait_for("the stalled partition to drain", lambda: cashback_count(defects, stuck) == 2, timeout=60)
 
