@@ -153,7 +153,7 @@ class Gateway:
         return Response(
             upstream.content,
             status_code=upstream.status_code,
-            headers={k.lower(): v for k, v in upstream.headers.items() if k.lower() in PASSED_HEADERS},
+            headers={name: upstream.headers[name] for name in PASSED_HEADERS if name in upstream.headers},
         )
 
     def routes(self) -> list[Route]:

@@ -207,7 +207,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         completed_at = datetime.now(UTC) if ending.status == "completed" else None
         status_code, text = render(p, ending, completed_at)
         stored = ending.status != "pending"  # an unfinished compensation is not an answer to keep
-        queued = completed_at is not None and res.outbox
+        event = Jsonb(completed_event(p, key, completed_at)) if completed_at is not None and res.outbox else None
         # The payment's ending and its outbox event in one statement, so in one transaction (and
         # one round trip): the event is queued only if this replica still held the lease.
         async with pool.connection() as conn:
@@ -215,7 +215,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 "status": "pending" if not stored else ending.status, "response_status": status_code if stored else None,
                 "response": text if stored else None, "authorization_id": ending.authorization_id,
                 "completed_at": completed_at, "id": p.id, "owner": owner, "topic": OUTBOX_TOPIC, "key": p.user_id,
-                "event": Jsonb(completed_event(p, key, completed_at)) if queued and completed_at else None,
+                "event": event,
             })
             row = await cur.fetchone()
         if not row or row[0] != 1:
