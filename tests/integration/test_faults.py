@@ -111,8 +111,10 @@ def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payme
     driver = LocalDriver(stack.run_dir)
     ledger = FileLedger(stack.run_dir.root)
     users = [stack.fresh_user() for _ in range(4)]
-    # The database 30 ms slower per round trip: a reserve then takes a few hundred ms, long enough to cut.
-    slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "30ms"}), 7))
+    # The database 150 ms slower per round trip, as in ledger-kill-slow-db: a reserve is one
+    # statement, so at 30 ms it was answered ~35 ms after it began, before the kill's 50 ms hold
+    # was up, and the kill could land on a replica whose reserve had just been answered.
+    slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "150ms"}), 7))
     statuses: list[int] = []
     stop = threading.Event()
 
