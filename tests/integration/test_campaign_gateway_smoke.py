@@ -32,7 +32,7 @@ from paychaos.platform.runtime.processes import HttpReady, ProcessSpec, TcpReady
 from paychaos.platform.runtime.seeding import seed
 from paychaos.platform.services.admission import device_group, in_rotation
 from paychaos.platform.services.campaign import CampaignService, Metrics
-from paychaos.platform.services.campaign_rules import PaymentEvent
+from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent, month_of
 from paychaos.platform.services.serving import ReplicaContext
 from paychaos.platform.topology import PORT_OFFSET_ENV, Replica, Topology, load_topology
 
@@ -328,8 +328,8 @@ class TestCampaignThroughKafka:
         assert httpx.post(f"{smoke.campaign}/admin/reaggregate", timeout=30).json()["drifted"] == []
 
 
-def process_twice(smoke: Smoke, *, dedupe: bool, ev: dict[str, Any]) -> None:
-    """Run the consumer's processing function in-process, delivering one event twice."""
+def process(smoke: Smoke, *, dedupe: bool, batches: list[list[dict[str, Any]]]) -> None:
+    """Run the consumer's processing in-process, one call per batch of events."""
     resilience = smoke.topology.resilience.model_copy(update={"consumer_dedupe": dedupe})
     topology = smoke.topology.model_copy(update={"resilience": resilience})
     ctx = ReplicaContext(topology, Replica("campaign", "az-b", 9, 0))
@@ -339,13 +339,18 @@ def process_twice(smoke: Smoke, *, dedupe: bool, ev: dict[str, Any]) -> None:
         await pool.open(wait=True)
         try:
             service = CampaignService(ctx, pool, ledger, Metrics.register(ctx))
-            for _ in range(2):
-                await service.process(PaymentEvent.model_validate(ev))
+            for batch in batches:
+                await service.process([PaymentEvent.model_validate(ev) for ev in batch])
         finally:
             await ledger.aclose()
             await pool.close()
 
     asyncio.run(run())
+
+
+def process_twice(smoke: Smoke, *, dedupe: bool, ev: dict[str, Any]) -> None:
+    """One event delivered twice, in two batches: the way a redelivery after a rebalance comes."""
+    process(smoke, dedupe=dedupe, batches=[[ev], [ev]])
 
 
 class TestDedupeSwitch:
@@ -358,6 +363,57 @@ class TestDedupeSwitch:
         ev = event("u00003", 1000)
         process_twice(smoke, dedupe=False, ev=ev)
         assert cashback_transfers(smoke, ev["payment_id"]) == 2
+
+    def test_an_event_twice_in_one_batch_is_counted_and_granted_once(self, smoke: Smoke) -> None:
+        ev, other = event("u00030", 1000), event("u00030", 2000)
+        before = smoke.sql("SELECT coalesce(sum(payments), 0) FROM campaign.step_progress WHERE user_id = 'u00030'")[0][0]
+        process(smoke, dedupe=True, batches=[[ev, other, ev]])
+        assert [cashback_transfers(smoke, e["payment_id"]) for e in (ev, other)] == [1, 1]
+        after = smoke.sql("SELECT coalesce(sum(payments), 0) FROM campaign.step_progress WHERE user_id = 'u00030'")[0][0]
+        assert after - before == 2
+
+
+class TestStatusCopy:
+    """Status reads come from the replica's in-memory copy, which follows every write to the
+    aggregates and, when its connection is cut, gives way to the database until it is back."""
+
+    def read(self, smoke: Smoke, user: str) -> tuple[int, str]:
+        """The user's Step value, and where the replica answered it from (its read counters)."""
+        before = self.reads(smoke, "copy")
+        r = httpx.get(f"{smoke.campaign}/v1/campaign/status", params={"user_id": user}, timeout=5)
+        assert r.status_code == 200, r.text
+        return int(r.json()["step"]["value"]), "copy" if self.reads(smoke, "copy") > before else "database"
+
+    def reads(self, smoke: Smoke, source: str) -> float:
+        text = httpx.get(f"{smoke.campaign}/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("campaign_status_reads_total{") and f'source="{source}"' in line)
+
+    def set_value(self, smoke: Smoke, user: str, value: int) -> None:
+        smoke.sql("INSERT INTO campaign.step_progress (user_id, month, payments, value) VALUES (%s, %s, 1, %s)"
+                  " ON CONFLICT (user_id, month) DO UPDATE SET value = EXCLUDED.value",
+                  user, month_of(datetime.now(CAMPAIGN_TZ)), value)
+
+    def test_a_write_shows_at_once_and_a_cut_copy_gives_way_to_the_database(self, smoke: Smoke) -> None:
+        user = "u00041"
+        wait_for("the replica's copy to be current", lambda: self.read(smoke, user)[1] == "copy")
+        self.set_value(smoke, user, 4321)
+        wait_for("the write in the status, from the copy", lambda: self.read(smoke, user) == (4321, "copy"), timeout=2)
+
+        from_database = self.reads(smoke, "database")
+        (cut,) = smoke.sql("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                           " WHERE application_name = 'campaign-status-view') t")[0]
+        assert cut == 1
+        self.set_value(smoke, user, 5555)  # announced to no one: the copy must not answer any more
+        # A connection the database closes is noticed at once (one left hanging, within a
+        # heartbeat and its check): the next copy takes more than a second to load, so an old
+        # copy still answering would show 4321 here.
+        wait_for("the write made while the copy was cut", lambda: self.read(smoke, user)[0] == 5555, timeout=1.0)
+        assert self.reads(smoke, "database") > from_database  # it was the database that answered
+
+        wait_for("a new copy, current", lambda: self.read(smoke, user) == (5555, "copy"), timeout=10)
+        self.set_value(smoke, user, 6000)
+        wait_for("a write after the reconnect", lambda: self.read(smoke, user) == (6000, "copy"), timeout=2)
 
 
 class TestBudget:

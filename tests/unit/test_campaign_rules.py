@@ -10,9 +10,12 @@ from paychaos.platform.services.campaign import campaign_status
 from paychaos.platform.services.campaign_rules import (
     cashback_transfer_id,
     counts_for_step,
+    PaymentEvent,
     flash_grant,
+    grants_in_order,
     month_of,
     next_tier,
+    step_deltas,
     tier_for,
 )
 from paychaos.platform.services.campaign_store import StatusRow
@@ -95,6 +98,40 @@ class TestFlash:
         for amount in [7000, 9000, 3000, 12_000, 800, 50_000]:
             granted += self.grant(amount, user=granted)[0]
         assert granted == FLASH.per_user_cap
+
+
+def event(n: int, user: str, amount: int, at: datetime = datetime(2026, 12, 4, 3, tzinfo=UTC)) -> PaymentEvent:
+    return PaymentEvent(event_id=f"e{n}", type="payment.completed", payment_id=f"p{n}", user_id=user,
+                        merchant_id="m1", amount=amount, method="balance", completed_at=at)
+
+
+class TestBatch:
+    """A batch applied in one transaction grants what the same events applied one by one would."""
+
+    def test_each_grant_counts_against_the_user_cap_and_budget_of_the_next(self) -> None:
+        events = [event(1, "u1", 5000), event(2, "u2", 5000), event(3, "u1", 5000), event(4, "u1", 5000),
+                  event(5, "u2", 5000)]
+        # u1 has 1500 of its 3000 cap; the budget has 2600 left.
+        amounts = grants_in_order(events, FLASH, user_granted={"u1": 1500}, budget_remaining=2600, exhausted=False)
+        one_by_one, granted, budget = [], {"u1": 1500}, 2600
+        for e in events:
+            g = flash_grant(e.amount, FLASH, user_granted=granted.get(e.user_id, 0), budget_remaining=budget,
+                            exhausted=False).amount
+            one_by_one.append(g)
+            granted[e.user_id] = granted.get(e.user_id, 0) + g
+            budget -= g
+        assert amounts == one_by_one == [1000, 1000, 500, 0, 100]  # u1 capped at 3000, then the budget runs out
+
+    def test_an_exhausted_budget_grants_nothing(self) -> None:
+        assert grants_in_order([event(1, "u1", 5000)], FLASH, user_granted={}, budget_remaining=10**6,
+                               exhausted=True) == [0]
+
+    def test_step_deltas_sum_per_user_and_month_counting_only_eligible_payments(self) -> None:
+        december, january = datetime(2026, 12, 4, 3, tzinfo=UTC), datetime(2026, 12, 31, 16, tzinfo=UTC)
+        events = [event(1, "u1", 100, december), event(2, "u1", 99, december), event(3, "u2", 500, december),
+                  event(4, "u1", 300, january)]  # 16:00 UTC on the 31st is January in JST
+        assert step_deltas(events, STEP) == {("u1", "2026-12"): (1, 199), ("u2", "2026-12"): (1, 500),
+                                             ("u1", "2027-01"): (1, 300)}
 
 
 def test_month_is_japanese_calendar() -> None:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from paychaos.platform.services import campaign_store as store
 from paychaos.platform.services.calling import CallFailed, Reply, ServiceClient
 from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent, month_of, next_tier, tier_for
+from paychaos.platform.services.campaign_view import StatusView
 from paychaos.platform.services.consuming import BatchConsumer, consumer_config
 from paychaos.platform.services.reaggregating import DriftReport, reaggregate
 from paychaos.platform.services.schemas import database_ready
@@ -36,11 +37,6 @@ TOPIC = "payments"
 CONSUMER_GROUP = "campaign"
 #: A pending grant younger than this is still being booked by the replica that reserved it.
 RETRY_PENDING_AFTER_SECONDS = 5.0
-# Grants are booked together (a batch, or every pending one at once), and each marks its outcome
-# on a pooled connection: at most this many at a time, so that status reads, which users wait on,
-# keep a share of the pool's ten. On a starved machine status reads did wait past the pool's
-# timeout (500s, campaign status at 0.82 availability); bookings were the one unbounded user.
-MARKING_CONNECTIONS = 4
 
 
 class NextTier(BaseModel):
@@ -115,6 +111,8 @@ class Metrics:
     lag: Gauge
     duplicates: Counter
     poison: Counter
+    reads_from_copy: Counter
+    reads_from_database: Counter
 
     @classmethod
     def register(cls, ctx: ReplicaContext) -> Metrics:
@@ -127,12 +125,20 @@ class Metrics:
             ["service", "zone"],
             registry=ctx.registry,
         )
+        reads = Counter(
+            "campaign_status_reads",
+            "Status reads by where they were answered from: the replica's copy, or the database while it had none",
+            ["service", "zone", "source"],
+            registry=ctx.registry,
+        )
         return cls(
             consumed=counter("campaign_events_consumed", "Payment events applied to the aggregates"),
             granted_yen=counter("campaign_cashback_granted_yen", "Cashback yen booked in the ledger by this replica"),
             lag=lag.labels(**ctx.labels()),
             duplicates=counter("campaign_duplicates_skipped", "Redelivered events recognised and skipped"),
             poison=counter("campaign_poison_skipped", "Undecodable events logged and skipped (skipPoison)"),
+            reads_from_copy=reads.labels(source="copy", **ctx.labels()),
+            reads_from_database=reads.labels(source="database", **ctx.labels()),
         )
 
 
@@ -147,29 +153,52 @@ class CampaignService:
         self.pool = pool
         self.ledger = ledger
         self.metrics = metrics
-        self.marking = asyncio.Semaphore(MARKING_CONNECTIONS)
+        self.view = StatusView(ctx.topology.database_dsn(ctx.service), self.spec.flash.name)
 
-    async def record(self, event: PaymentEvent) -> store.Recorded:
-        """Apply one event to the aggregates; a grant it earns is reserved, not yet booked."""
+    async def record(self, events: list[PaymentEvent]) -> store.Recorded:
+        """Apply a batch of events to the aggregates; the grants they earn are reserved, not yet booked."""
         # Without dedupe every delivery is a new grant with its own transfer id: the defect on purpose.
-        suffix = None if self.dedupe else secrets.token_hex(6)
+        suffix = (lambda: None) if self.dedupe else (lambda: secrets.token_hex(6))
         async with self.pool.connection() as conn:
-            recorded = await store.record_event(conn, event, self.spec, dedupe=self.dedupe, suffix=suffix)
-        if recorded.duplicate:
-            self.metrics.duplicates.inc()
-        else:
-            self.metrics.consumed.inc()
+            recorded = await store.record_events(conn, events, self.spec, dedupe=self.dedupe, suffix=suffix)
+        self.metrics.duplicates.inc(recorded.duplicates)
+        self.metrics.consumed.inc(recorded.applied)
         return recorded
 
-    async def process(self, event: PaymentEvent) -> store.Recorded:
-        """Record one event, then book its grant in the ledger once the transaction committed."""
-        recorded = await self.record(event)
-        if recorded.grant is not None:
-            await self.book(recorded.grant)
-        return recorded
+    async def book(self, grants: list[store.Grant]) -> None:
+        """Send grants to the ledger together, so a slow ledger costs them one timeout rather than
+        one each; mark what it answered definitely, leave the rest pending for the retry loop."""
+        if not grants:
+            return
+        answers = await asyncio.gather(*(self._send(grant) for grant in grants))
+        applied = [g for g, a in zip(grants, answers, strict=True) if a is not None and a.status_code in (200, 201)]
+        # One connection for the whole batch's marks: the consumer and the retry loop are its only
+        # callers, so bookings hold at most two of the pool's connections and status reads keep
+        # the rest (when each grant marked on its own connection, a starved machine's status
+        # reads waited past the pool's timeout).
+        async with self.pool.connection() as conn:
+            if applied:
+                await store.mark_applied(conn, [g.transfer_id for g in applied])
+            for grant, response in zip(grants, answers, strict=True):
+                if response is None or response.status_code in (200, 201):
+                    continue
+                code = _error_code(response)
+                if code == "INSUFFICIENT_FUNDS":
+                    log.warning("campaign budget %s exhausted at %s", grant.campaign, grant.transfer_id)
+                    await store.mark_refused(conn, grant.transfer_id)
+                elif code == "TRANSFER_ID_REUSED":
+                    # Retrying cannot help: the id is taken by a transfer with another body.
+                    log.error("ledger holds %s with another body; grant parked for a human", grant.transfer_id)
+                    await store.mark_parked(conn, grant.transfer_id)
+                else:
+                    # 5xx, or UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
+                    log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code,
+                                grant.transfer_id)
+        self.metrics.granted_yen.inc(sum(g.amount for g, a in zip(grants, answers, strict=True)
+                                         if a is not None and a.status_code == 201))
 
-    async def book(self, grant: store.Grant) -> None:
-        """Send one grant to the ledger; leave it pending on anything but a definite answer."""
+    async def _send(self, grant: store.Grant) -> Reply | None:
+        """The ledger's answer to one grant, or None when it could not be had (retried later)."""
         body = {
             "id": grant.transfer_id,
             "kind": "cashback",
@@ -181,29 +210,19 @@ class CampaignService:
             ],
         }
         try:
-            response = await self.ledger.post("/v1/transfers", json=body)
+            return await self.ledger.post("/v1/transfers", json=body)
         except CallFailed as exc:
             log.warning("ledger unreachable for %s (%s); retrying later", grant.transfer_id, exc)
-            return
-        code = _error_code(response)
-        async with self.marking, self.pool.connection() as conn:
-            if response.status_code in (200, 201):
-                await store.mark_applied(conn, grant.transfer_id)
-                if response.status_code == 201:
-                    self.metrics.granted_yen.inc(grant.amount)
-            elif code == "INSUFFICIENT_FUNDS":
-                log.warning("campaign budget %s exhausted at %s", grant.campaign, grant.transfer_id)
-                await store.mark_refused(conn, grant.transfer_id)
-            elif code == "TRANSFER_ID_REUSED":
-                # Retrying cannot help: the id is taken by a transfer with another body.
-                log.error("ledger holds %s with another body; grant parked for a human", grant.transfer_id)
-                await store.mark_parked(conn, grant.transfer_id)
-            else:
-                # 5xx, or UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
-                log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code, grant.transfer_id)
+            return None
+
+    async def process(self, events: list[PaymentEvent]) -> store.Recorded:
+        """Record a batch of events, then book the grants it earned once its transaction committed."""
+        recorded = await self.record(events)
+        await self.book(recorded.grants)
+        return recorded
 
     async def handle_batch(self, messages: list[Message]) -> None:
-        grants: list[store.Grant] = []
+        events: list[PaymentEvent] = []
         for message in messages:
             try:
                 event = _decode(message, skip_poison=self.skip_poison)
@@ -211,11 +230,9 @@ class CampaignService:
                 self.metrics.poison.inc()
                 continue
             if event is not None:
-                recorded = await self.record(event)
-                if recorded.grant is not None:
-                    grants.append(recorded.grant)
-        # Booked together, so a slow ledger costs a batch one timeout rather than one per event.
-        await asyncio.gather(*(self.book(grant) for grant in grants))
+                events.append(event)
+        if events:
+            await self.process(events)
 
     async def consume(self) -> None:
         topology = self.ctx.topology
@@ -235,7 +252,7 @@ class CampaignService:
             try:
                 async with self.pool.connection() as conn:
                     grants = await store.pending_grants(conn, older_than_seconds=RETRY_PENDING_AFTER_SECONDS)
-                await asyncio.gather(*(self.book(grant) for grant in grants))
+                await self.book(grants)
             except Exception:
                 log.exception("retrying pending grants failed")
 
@@ -246,9 +263,14 @@ class CampaignService:
         if (invalid := invalid_identifier(user_id, "user_id")) is not None:
             return invalid
         now = datetime.now(CAMPAIGN_TZ)
-        async with self.pool.connection() as conn:
-            row = await store.read_status(conn, self.spec, user_id, now)
-        return JSONResponse(campaign_status(self.spec, user_id, now, row).model_dump())
+        row = self.view.status(user_id, month_of(now))
+        if row is not None:
+            self.metrics.reads_from_copy.inc()
+        else:  # the copy is loading or was dropped: the database answers
+            self.metrics.reads_from_database.inc()
+            async with self.pool.connection() as conn:
+                row = await store.read_status(conn, self.spec, user_id, now)
+        return Response(campaign_status(self.spec, user_id, now, row).model_dump_json(), media_type="application/json")
 
     async def reaggregate(self, request: Request) -> Response:
         raw = await request.body()
@@ -318,5 +340,5 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         startup=[start],
         shutdown=[stop],
         ready=ready,
-        background=[service.consume, service.retry_pending],
+        background=[service.consume, service.retry_pending, service.view.run],
     )

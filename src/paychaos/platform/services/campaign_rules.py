@@ -6,6 +6,7 @@ API and the batch re-aggregation so that all three agree on what a payment earns
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -81,6 +82,33 @@ def flash_grant(
     # min() keeps the first of equal values, so "percent" wins ties: it is the natural amount.
     granted, reason = min(candidates, key=lambda c: c[0])
     return FlashGrant(granted, reason)
+
+
+def grants_in_order(
+    events: Iterable[PaymentEvent], flash: FlashSpec, *, user_granted: Mapping[str, int], budget_remaining: int,
+    exhausted: bool,
+) -> list[int]:
+    """The cashback of each event of a batch, applied in order: what one grants counts against
+    its user's cap and the budget for every event after it, as if each had its own transaction."""
+    granted = dict(user_granted)
+    amounts = []
+    for event in events:
+        due = flash_grant(event.amount, flash, user_granted=granted.get(event.user_id, 0),
+                          budget_remaining=budget_remaining, exhausted=exhausted)
+        amounts.append(due.amount)
+        granted[event.user_id] = granted.get(event.user_id, 0) + due.amount
+        budget_remaining -= due.amount
+    return amounts
+
+
+def step_deltas(events: Iterable[PaymentEvent], step: StepSpec) -> dict[tuple[str, str], tuple[int, int]]:
+    """What a batch adds to each (user, month) of Step progress: payments that count, and value."""
+    deltas: dict[tuple[str, str], tuple[int, int]] = {}
+    for event in events:
+        key = (event.user_id, month_of(event.completed_at))
+        payments, value = deltas.get(key, (0, 0))
+        deltas[key] = (payments + int(counts_for_step(event.amount, step)), value + event.amount)
+    return deltas
 
 
 def cashback_transfer_id(payment_id: str, *, suffix: str | None = None) -> str:

@@ -1,11 +1,13 @@
 """The campaign's own tables (schema ``campaign``): precomputed aggregates, grants, processed events.
 
-Each consumed event is applied in one transaction: dedupe record, Step progress, per-user flash
-total, budget reservation and a *pending* grant row, which is sent to the ledger after commit.
+Each batch of consumed events is applied in one transaction: dedupe records, Step progress,
+per-user flash totals, the budget reservation and a *pending* grant row per cashback, each sent
+to the ledger after commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,9 +19,9 @@ from paychaos.platform.services import schemas
 from paychaos.platform.services.campaign_rules import (
     PaymentEvent,
     cashback_transfer_id,
-    counts_for_step,
-    flash_grant,
+    grants_in_order,
     month_of,
+    step_deltas,
 )
 from paychaos.platform.topology import CampaignSpec
 
@@ -48,74 +50,92 @@ class Grant:
 
 @dataclass(frozen=True)
 class Recorded:
-    duplicate: bool
-    grant: Grant | None = None
+    applied: int  # events applied to the aggregates
+    duplicates: int  # events recognised as delivered before (or twice in the batch) and skipped
+    grants: list[Grant]  # reserved in the same transaction, to be booked in the ledger
 
 
-async def record_event(
-    conn: Conn, event: PaymentEvent, campaign: CampaignSpec, *, dedupe: bool, suffix: str | None = None
+async def record_events(
+    conn: Conn, events: Sequence[PaymentEvent], campaign: CampaignSpec, *, dedupe: bool,
+    suffix: Callable[[], str | None] = lambda: None,
 ) -> Recorded:
-    """Apply one payment event to the aggregates in one transaction (the effect, not the ledger call)."""
+    """Apply a batch of payment events to the aggregates in one transaction (the effect, not the
+    ledger calls): dedupe records, Step progress, per-user flash totals, the budget reservation
+    and a *pending* grant per cashback. Seven round trips a batch, not seven an event: the
+    consumer's database work was what kept a user's status seconds behind their payment.
+
+    Rows are locked in one order by every replica (table by table, keys sorted, the hot budget
+    row last and for the fewest round trips), so concurrent batches cannot deadlock."""
     flash = campaign.flash
     async with conn.transaction():
         if dedupe:
+            first: dict[str, PaymentEvent] = {}
+            for event in events:
+                first.setdefault(event.payment_id, event)
+            ids = sorted(first)
             cur = await conn.execute(
-                "INSERT INTO campaign.processed_events (payment_id, event_id) VALUES (%s, %s)"
+                "INSERT INTO campaign.processed_events (payment_id, event_id)"
+                " SELECT * FROM unnest(%s::text[], %s::text[])"
                 " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
-                (event.payment_id, event.event_id),
+                (ids, [first[i].event_id for i in ids]),
             )
-            if await cur.fetchone() is None:
-                return Recorded(duplicate=True)
+            new = {payment_id for (payment_id,) in await cur.fetchall()}
+            fresh = [e for e in events if e.payment_id in new and first[e.payment_id] is e]
+        else:
+            fresh = list(events)
+        if not fresh:
+            return Recorded(applied=0, duplicates=len(events), grants=[])
+        steps = step_deltas(fresh, campaign.step)
+        keys = sorted(steps)
         await conn.execute(
-            "INSERT INTO campaign.step_progress AS s (user_id, month, payments, value) VALUES (%s, %s, %s, %s)"
+            "INSERT INTO campaign.step_progress AS s (user_id, month, payments, value)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[])"
             " ON CONFLICT (user_id, month) DO UPDATE"
             " SET payments = s.payments + EXCLUDED.payments, value = s.value + EXCLUDED.value",
-            (
-                event.user_id,
-                month_of(event.completed_at),
-                int(counts_for_step(event.amount, campaign.step)),
-                event.amount,
-            ),
+            ([u for u, _ in keys], [m for _, m in keys], [steps[k][0] for k in keys], [steps[k][1] for k in keys]),
         )
-        # Lock order is always user row, then budget row, so concurrent replicas cannot deadlock;
-        # the budget row (hot) is locked last to hold it as briefly as possible.
         cur = await conn.execute(
-            "INSERT INTO campaign.flash_users AS f (campaign, user_id) VALUES (%s, %s)"
-            " ON CONFLICT (campaign, user_id) DO UPDATE SET granted = f.granted RETURNING granted",
-            (flash.name, event.user_id),
+            "INSERT INTO campaign.flash_users AS f (campaign, user_id) SELECT %s, u FROM unnest(%s::text[]) AS u"
+            " ON CONFLICT (campaign, user_id) DO UPDATE SET granted = f.granted RETURNING user_id, granted",
+            (flash.name, sorted({e.user_id for e in fresh})),
         )
-        (user_granted,) = await _one(cur)
+        user_granted = {user: int(granted) for user, granted in await cur.fetchall()}
         cur = await conn.execute(
             "SELECT remaining, exhausted FROM campaign.budgets WHERE campaign = %s FOR UPDATE", (flash.name,)
         )
         remaining, exhausted = await _one(cur)
-        due = flash_grant(
-            event.amount, flash, user_granted=user_granted, budget_remaining=remaining, exhausted=exhausted
-        )
-        if due.amount <= 0:
-            return Recorded(duplicate=False)
-        transfer_id = cashback_transfer_id(event.payment_id, suffix=suffix)
-        grant = Grant(transfer_id, flash.name, event.payment_id, event.user_id, due.amount)
-        await conn.execute(
-            "UPDATE campaign.flash_users SET granted = granted + %s WHERE campaign = %s AND user_id = %s",
-            (grant.amount, flash.name, event.user_id),
-        )
-        await conn.execute(
-            "UPDATE campaign.budgets SET remaining = remaining - %s WHERE campaign = %s", (grant.amount, flash.name)
-        )
-        await conn.execute(
-            "INSERT INTO campaign.grants (transfer_id, campaign, payment_id, user_id, amount, status)"
-            " VALUES (%s, %s, %s, %s, %s, 'pending')",
-            (grant.transfer_id, grant.campaign, grant.payment_id, grant.user_id, grant.amount),
-        )
-        return Recorded(duplicate=False, grant=grant)
+        amounts = grants_in_order(fresh, flash, user_granted=user_granted, budget_remaining=remaining,
+                                  exhausted=exhausted)
+        grants = [Grant(cashback_transfer_id(e.payment_id, suffix=suffix()), flash.name, e.payment_id, e.user_id, amount)
+                  for e, amount in zip(fresh, amounts, strict=True) if amount > 0]
+        if grants:
+            per_user: dict[str, int] = {}
+            for g in grants:
+                per_user[g.user_id] = per_user.get(g.user_id, 0) + g.amount
+            users = sorted(per_user)
+            await conn.execute(
+                "WITH users AS (UPDATE campaign.flash_users f SET granted = f.granted + d.amount"
+                "   FROM unnest(%(users)s::text[], %(amounts)s::bigint[]) AS d(user_id, amount)"
+                "   WHERE f.campaign = %(campaign)s AND f.user_id = d.user_id),"
+                " budget AS (UPDATE campaign.budgets SET remaining = remaining - %(total)s"
+                "   WHERE campaign = %(campaign)s)"
+                " INSERT INTO campaign.grants (transfer_id, campaign, payment_id, user_id, amount, status)"
+                " SELECT t, %(campaign)s, p, u, a, 'pending'"
+                " FROM unnest(%(ids)s::text[], %(payments)s::text[], %(grantees)s::text[], %(granted)s::bigint[])"
+                "   AS g(t, p, u, a)",
+                {"users": users, "amounts": [per_user[u] for u in users], "campaign": flash.name,
+                 "total": sum(per_user.values()), "ids": [g.transfer_id for g in grants],
+                 "payments": [g.payment_id for g in grants], "grantees": [g.user_id for g in grants],
+                 "granted": [g.amount for g in grants]},
+            )
+    return Recorded(applied=len(fresh), duplicates=len(events) - len(fresh), grants=grants)
 
 
-async def mark_applied(conn: Conn, transfer_id: str) -> None:
+async def mark_applied(conn: Conn, transfer_ids: Sequence[str]) -> None:
     await conn.execute(
         "UPDATE campaign.grants SET status = 'applied', updated_at = now()"
-        " WHERE transfer_id = %s AND status = 'pending'",
-        (transfer_id,),
+        " WHERE transfer_id = ANY(%s) AND status = 'pending'",
+        (list(transfer_ids),),
     )
 
 

@@ -1,0 +1,140 @@
+"""The campaign status read model: every user's aggregates in the replica's memory, kept current
+by PostgreSQL notifications.
+
+A status read is the platform's most frequent request (about ten per payment). Read from the
+database, each cost the campaign replica a pooled connection and a round trip, and PostgreSQL
+a query: a third of the replica's CPU per read. Here the consumer's writes announce themselves
+(triggers in ``campaign_schema.sql``, on ``campaign_status``, at commit), and each replica
+applies them to its copy, so a status read is a dictionary lookup.
+
+The copy is served only while it is known to be current: loaded after ``LISTEN`` took effect,
+with each row's version (stamped under the row's lock, so rising in commit order) deciding
+between the snapshot and a notification of the same change, and the listening connection
+checked every ``HEARTBEAT_SECONDS``. When the connection fails or a check goes unanswered the
+copy is dropped and reads go to the database until a new copy is loaded: a status read is then
+as fresh as the database, never older than ``HEARTBEAT_SECONDS + CHECK_TIMEOUT_SECONDS`` plus
+the time a notification takes to arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from paychaos.platform.services.campaign_store import StatusRow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "campaign_status"
+HEARTBEAT_SECONDS = 1.0
+CHECK_TIMEOUT_SECONDS = 1.0
+RECONNECT_SECONDS = 1.0
+
+
+@dataclass
+class Aggregates:
+    """The copy itself, without I/O: rows by key, each with the version it was written at."""
+
+    campaign: str
+    step: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)  # (user, month) → payments, value, version
+    flash: dict[str, tuple[int, int]] = field(default_factory=dict)  # user → granted, version
+    budget: tuple[int, bool, int] | None = None  # remaining, exhausted, version
+
+    def apply(self, table: str, row: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """One row as a snapshot read it or a notification announced it; an older version of a
+        row than the one held changes nothing (a change both in the snapshot and announced)."""
+        version = int(row["version"])
+        if table == "step_progress":
+            key = (str(row["user_id"]), str(row["month"]))
+            self._put(self.step, key, (int(row["payments"]), int(row["value"]), version), version, deleted)
+        elif table == "flash_users" and row["campaign"] == self.campaign:
+            self._put(self.flash, str(row["user_id"]), (int(row["granted"]), version), version, deleted)
+        elif table == "budgets" and row["campaign"] == self.campaign:
+            if self.budget is None or version >= self.budget[2]:
+                self.budget = None if deleted else (int(row["remaining"]), bool(row["exhausted"]), version)
+
+    @staticmethod
+    def _put(rows: dict[Any, Any], key: Any, value: tuple[int, ...], version: int, deleted: bool) -> None:
+        held = rows.get(key)
+        if held is not None and version < held[-1]:
+            return
+        if deleted:
+            rows.pop(key, None)
+        else:
+            rows[key] = value
+
+    def status(self, user_id: str, month: str) -> StatusRow | None:
+        """The user's status row, as ``campaign_store.read_status`` would read it; None without a budget row."""
+        if self.budget is None:
+            return None
+        payments, value, _ = self.step.get((user_id, month), (0, 0, 0))
+        granted, _ = self.flash.get(user_id, (0, 0))
+        remaining, exhausted, _ = self.budget
+        return StatusRow(payments, value, granted, remaining, exhausted)
+
+
+class StatusView:
+    """Keeps an :class:`Aggregates` current from its own connection; ``status`` answers from it
+    while it is current, else None (the caller reads the database)."""
+
+    def __init__(self, dsn: str, campaign: str) -> None:
+        self.dsn = dsn
+        self.campaign = campaign
+        self._copy: Aggregates | None = None
+
+    def status(self, user_id: str, month: str) -> StatusRow | None:
+        return self._copy.status(user_id, month) if self._copy is not None else None
+
+    @property
+    def current(self) -> bool:
+        return self._copy is not None
+
+    async def run(self) -> None:
+        """The background loop: connect, listen, load, follow; on any failure drop the copy and start over."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                what = "dropped" if self._copy is not None else "not loaded"
+                log.warning("campaign status copy %s (%r); status reads go to the database", what, exc)
+            finally:
+                self._copy = None
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _follow(self) -> None:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                                     application_name="campaign-status-view")
+        async with conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            copy = Aggregates(self.campaign)
+            # After LISTEN: a change committed from here on is in the snapshot, announced, or both.
+            for table, query in (
+                ("step_progress", "SELECT user_id, month, payments, value, version FROM campaign.step_progress"),
+                ("flash_users", "SELECT campaign, user_id, granted, version FROM campaign.flash_users"
+                                " WHERE campaign = %(c)s"),
+                ("budgets", "SELECT campaign, remaining, exhausted, version FROM campaign.budgets WHERE campaign = %(c)s"),
+            ):
+                cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+                await cur.execute(query, {"c": self.campaign})  # type: ignore[arg-type]
+                for row in await cur.fetchall():
+                    copy.apply(table, row)
+            while True:
+                async for note in conn.notifies(timeout=HEARTBEAT_SECONDS):
+                    change = json.loads(note.payload)
+                    copy.apply(change["table"], change["row"], deleted=change["deleted"])
+                # Is the connection still there? (What is announced meanwhile waits in the
+                # connection's backlog for the next notifies().)
+                await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_SECONDS)
+                if self._copy is None:
+                    # Served from here: what was announced while the snapshot loaded (a change
+                    # it may also hold, or one older than it) has been applied by now.
+                    self._copy = copy
+                    log.info("campaign status copy current: %d step rows, %d flash users", len(copy.step), len(copy.flash))
