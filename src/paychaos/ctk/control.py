@@ -67,9 +67,10 @@ def before_experiment_control(context: dict[str, Any], **_: Any) -> None:
     if load is not None:
         from paychaos.load.running import LoadRunner  # the runner starts Locust in a child process
 
-        ctx.load = LoadRunner(ctx.endpoints.edge_url, load, ctx.out_dir / "load", held=True)
+        ctx.load = LoadRunner(ctx.endpoints.edge_url, load, ctx.out_dir / "load", workers=load.workers, held=True)
         ctx.load.start()
-        ctx.record("load-started", profile=load.profile, baselineRps=load.baseline_rps, peakMultiplier=load.peak_multiplier)
+        ctx.record("load-started", profile=load.profile, baselineRps=load.baseline_rps, peakMultiplier=load.peak_multiplier,
+                   workers=load.workers)
     prometheus = Prometheus(ctx.endpoints.prometheus_url)
     ctx.sampler = Sampler(
         prometheus,
