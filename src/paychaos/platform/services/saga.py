@@ -8,8 +8,10 @@ can be run again from the top by whichever replica takes the payment over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from paychaos.platform.services.breaker import CallNotPermitted, CircuitBreaker
@@ -71,10 +73,14 @@ class Saga:
         *,
         retry_refused_for: float = 0.0,
         on_ledger_retry: Callable[[str], None] = lambda step: None,
+        authorizing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.ledger = ledger
         self.acquirer = acquirer
         self.breaker = breaker
+        # Held while a card authorization is in flight, the saga's state written and leased: what
+        # a podKill waiting for `authorization` work cuts (the replica's work_in_flight gauge).
+        self.authorizing = authorizing
         # Told the step each time a ledger transfer whose outcome is unknown is sent again.
         self.on_ledger_retry = on_ledger_retry
         # Seconds a call the breaker refuses is tried again before giving up: 0 is the fallback
@@ -155,7 +161,8 @@ class Saga:
         """One call through the breaker; raises ``CallNotPermitted`` or ``_AcquirerDown``."""
         with self.breaker.guard():
             try:
-                response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
+                with self.authorizing():
+                    response = await self.acquirer.post("/v1/authorizations", json={"payment_id": p.id, "amount": p.amount})
             except CallFailed as exc:
                 raise _AcquirerDown(str(exc)) from exc
             if breaker_counts_as_failure(response.status_code):
