@@ -169,11 +169,11 @@ apiVersion: paychaos.io/v1alpha1
 kind: ChaosExperiment
 metadata: {{name: {name}}}
 spec:
-  description: A payment replica in az-a is killed mid-payment.
+  description: A payment replica in az-a is killed mid-saga, a card authorization out.
   load: {{profile: steady, baselineRps: 20, paymentShare: 0.5, duration: 30s}}
   exercise: {exercise}
   faults:
-    - {{at: 8s, for: 10s, podKill: {{service: payment, zone: az-a, inFlight: true}}}}
+    - {{at: 8s, for: 10s, podKill: {{service: payment, zone: az-a, inFlightKind: authorization}}}}
     # Card calls at 200 ms, as pod-kill-payment has them: a saga lasts long enough to be cut in
     # half (balance payments alone finish in milliseconds, too fast for a kill to land inside one).
     - {{at: 5s, for: 15s, slowDownstream: {{proxy: acquirer, latency: 200ms}}}}
@@ -230,7 +230,8 @@ def test_a_fault_the_planner_refuses_makes_the_run_an_error_and_the_same_spec_ru
     check = fault_check(journal)
     (killed,) = check["evidence"]["effect"]["killed"]
     assert check["verdict"] == "passed" and killed["name"] == "payment-az-a-1" and killed["inFlight"] >= 1, check
-    assert killed["busyForMs"] >= IN_FLIGHT_HOLD * 1000, killed  # inside a long request, not after a quick one
+    assert killed["inFlightKind"] == "authorization", killed
+    assert killed["busyForMs"] >= IN_FLIGHT_HOLD * 1000, killed  # inside a long call, not after a quick one
     (retried,) = [c for c in journal["paychaos"]["checks"] if c["kind"] == "exercise"]
     assert retried["verdict"] == "passed" and retried["observed"] >= 1, retried
 
