@@ -66,11 +66,14 @@ def _measured(
     """Run ``cmd`` (and ``helpers`` beside it, such as Locust workers, waited for after it):
     its stdout, and the CPU all of them spent."""
     cpu0 = _children_cpu()
-    started = [subprocess.Popen(h, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for h in helpers or []]
+    started = [subprocess.Popen(h, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for h in helpers or []]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
         for proc in started:
-            proc.wait(timeout=30)  # a worker quits when its master does
+            try:
+                proc.wait(timeout=30)  # a worker quits when its master does
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{name}: a worker was still running 30 s after its master ended") from None
     finally:
         for proc in started:
             if proc.poll() is None:

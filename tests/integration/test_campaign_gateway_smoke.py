@@ -366,11 +366,19 @@ class TestDedupeSwitch:
 
     def test_an_event_twice_in_one_batch_is_counted_and_granted_once(self, smoke: Smoke) -> None:
         ev, other = event("u00030", 1000), event("u00030", 2000)
-        before = smoke.sql("SELECT coalesce(sum(payments), 0) FROM campaign.step_progress WHERE user_id = 'u00030'")[0][0]
+
+        def totals() -> tuple[int, int, int]:
+            (payments,) = smoke.sql("SELECT coalesce(sum(payments), 0) FROM campaign.step_progress WHERE user_id = 'u00030'")[0]
+            granted = smoke.sql("SELECT coalesce(sum(granted), 0) FROM campaign.flash_users WHERE user_id = 'u00030'")[0][0]
+            (remaining,) = smoke.sql("SELECT remaining FROM campaign.budgets")[0]
+            return int(payments), int(granted), int(remaining)
+
+        before = totals()
         process(smoke, dedupe=True, batches=[[ev, other, ev]])
         assert [cashback_transfers(smoke, e["payment_id"]) for e in (ev, other)] == [1, 1]
-        after = smoke.sql("SELECT coalesce(sum(payments), 0) FROM campaign.step_progress WHERE user_id = 'u00030'")[0][0]
-        assert after - before == 2
+        payments, granted, remaining = totals()
+        # 20 % of ¥1,000 and of ¥2,000: both grants of one user in one batch, each counted once.
+        assert (payments - before[0], granted - before[1], before[2] - remaining) == (2, 600, 600)
 
 
 class TestStatusCopy:

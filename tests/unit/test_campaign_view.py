@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from paychaos.platform.services.campaign_store import StatusRow
-from paychaos.platform.services.campaign_view import Aggregates
+from paychaos.platform.services.campaign_view import Aggregates, Transactions
 
 
 def step(user: str, payments: int, value: int, version: int, month: str = "2026-12") -> dict[str, object]:
@@ -55,3 +55,24 @@ def test_other_campaigns_are_not_mixed_in_and_no_budget_means_no_answer() -> Non
     copy.apply("budgets", {"campaign": "other", "remaining": 1, "exhausted": True, "version": 31})
     assert copy.status("u1", "2026-12") == StatusRow(3, 900, 180, 5000, False)
     assert Aggregates("noon-flash").status("u1", "2026-12") is None  # the database answers instead
+
+
+def test_a_transaction_is_taken_whole_once_the_next_begins_or_nothing_more_comes() -> None:
+    gather = Transactions()
+    first = [{"tx": 7, "table": "step_progress", "n": i} for i in range(3)]
+    assert [gather.add(c) for c in first] == [[], [], []]  # still gathering: a read sees none of it
+    second = {"tx": 8, "table": "budgets"}
+    assert gather.add(second) == first  # the next transaction's first change ends the one before
+    assert gather.flush() == [second] and gather.flush() == []
+
+
+def test_a_repair_read_between_its_deletes_and_inserts_is_never_seen() -> None:
+    copy = loaded()
+    repair = [{"tx": 9, "table": "step_progress", "deleted": True, "row": step("u1", 3, 900, 7)},
+              {"tx": 9, "table": "step_progress", "deleted": False, "row": step("u1", 3, 900, 21)}]
+    gather = Transactions()
+    for change in repair:
+        copy.apply_all(gather.add(change))
+        assert copy.status("u1", "2026-12") == StatusRow(3, 900, 180, 5000, False)
+    copy.apply_all(gather.flush())
+    assert copy.status("u1", "2026-12") == StatusRow(3, 900, 180, 5000, False) and copy.step[("u1", "2026-12")][2] == 21

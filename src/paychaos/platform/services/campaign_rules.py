@@ -30,7 +30,8 @@ class PaymentEvent(BaseModel):
     type: Literal["payment.completed"]
     payment_id: str = Field(min_length=1)
     idempotency_key: str | None = None
-    user_id: str = Field(min_length=1)
+    # As long as the payment API allows: the aggregates' notifications carry it (8000 bytes at most).
+    user_id: str = Field(min_length=1, max_length=64)
     merchant_id: str
     amount: int = Field(ge=0)
     method: Literal["balance", "card"]

@@ -31,27 +31,13 @@ CREATE TABLE IF NOT EXISTS campaign.budgets (
     exhausted_at timestamptz
 );
 
-CREATE TABLE IF NOT EXISTS campaign.grants (
-    transfer_id text PRIMARY KEY,
-    campaign    text NOT NULL,
-    payment_id  text NOT NULL,
-    user_id     text NOT NULL,
-    amount      bigint NOT NULL CHECK (amount > 0),
-    status      text NOT NULL CHECK (status IN ('pending', 'applied', 'refused', 'parked')),
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE INDEX IF NOT EXISTS grants_pending ON campaign.grants (created_at) WHERE status = 'pending';
-
-CREATE INDEX IF NOT EXISTS grants_by_payment ON campaign.grants (payment_id);
-
 -- The status read model. Every change to a user's aggregates or to a budget is stamped with a
 -- version, taken under the row's lock (so a row's versions rise in commit order), and announced
 -- on channel campaign_status when its transaction commits; each campaign replica keeps all of
 -- them in memory (campaign_view.py) and answers status reads without a database round trip.
 -- Guarded by the catalog, not IF NOT EXISTS: ALTER TABLE locks the table even when there is
--- nothing to do, and a replica restarted mid-run must not stall the others' writes.
+-- nothing to do, and a replica restarted mid-run must not stall the others' writes. Before the
+-- grants table's statements, whose locks would otherwise be held while these wait for theirs.
 CREATE SEQUENCE IF NOT EXISTS campaign.aggregate_versions;
 
 CREATE OR REPLACE FUNCTION campaign.stamp_version() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -63,6 +49,7 @@ END $$;
 CREATE OR REPLACE FUNCTION campaign.announce() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('campaign_status', json_build_object(
+        'tx', txid_current(),
         'table', TG_TABLE_NAME,
         'deleted', TG_OP = 'DELETE',
         'row', CASE WHEN TG_OP = 'DELETE' THEN to_json(OLD) ELSE to_json(NEW) END)::text);
@@ -89,3 +76,18 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
+
+CREATE TABLE IF NOT EXISTS campaign.grants (
+    transfer_id text PRIMARY KEY,
+    campaign    text NOT NULL,
+    payment_id  text NOT NULL,
+    user_id     text NOT NULL,
+    amount      bigint NOT NULL CHECK (amount > 0),
+    status      text NOT NULL CHECK (status IN ('pending', 'applied', 'refused', 'parked')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS grants_pending ON campaign.grants (created_at) WHERE status = 'pending';
+
+CREATE INDEX IF NOT EXISTS grants_by_payment ON campaign.grants (payment_id);

@@ -80,7 +80,11 @@ async def record_events(
                 (ids, [first[i].event_id for i in ids]),
             )
             new = {payment_id for (payment_id,) in await cur.fetchall()}
-            fresh = [e for e in events if e.payment_id in new and first[e.payment_id] is e]
+            fresh = []
+            for event in events:  # each new payment once, at its first delivery in the batch
+                if event.payment_id in new:
+                    fresh.append(event)
+                    new.discard(event.payment_id)
         else:
             fresh = list(events)
         if not fresh:

@@ -10,10 +10,11 @@ applies them to its copy, so a status read is a dictionary lookup.
 The copy is served only while it is known to be current: loaded after ``LISTEN`` took effect,
 with each row's version (stamped under the row's lock, so rising in commit order) deciding
 between the snapshot and a notification of the same change, and the listening connection
-checked every ``HEARTBEAT_SECONDS``. When the connection fails or a check goes unanswered the
-copy is dropped and reads go to the database until a new copy is loaded: a status read is then
-as fresh as the database, never older than ``HEARTBEAT_SECONDS + CHECK_TIMEOUT_SECONDS`` plus
-the time a notification takes to arrive.
+checked every ``HEARTBEAT_SECONDS``. A transaction's changes are applied together (each names
+its transaction), so a read never sees half of one, such as a re-aggregation's repair between
+its deletes and its inserts. When the connection fails, or no check has succeeded for
+``STALE_AFTER_SECONDS``, the database answers until a new copy is loaded: a status read is never
+older than that, plus the time a notification takes to arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,12 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "campaign_status"
 HEARTBEAT_SECONDS = 1.0
-CHECK_TIMEOUT_SECONDS = 1.0
+CHECK_TIMEOUT_SECONDS = 2.0
+#: A copy whose last good check is older than this is not served (a hung connection's cancelled
+#: check can take far longer than its timeout to give up).
+STALE_AFTER_SECONDS = HEARTBEAT_SECONDS + CHECK_TIMEOUT_SECONDS
+#: A transaction's announcements arrive in one burst: this long without one, the burst is whole.
+QUIET_SECONDS = 0.05
 RECONNECT_SECONDS = 1.0
 
 
@@ -69,6 +76,11 @@ class Aggregates:
         else:
             rows[key] = value
 
+    def apply_all(self, changes: list[dict[str, Any]]) -> None:
+        """One transaction's announcements (as the trigger writes them), applied together."""
+        for change in changes:
+            self.apply(change["table"], change["row"], deleted=change["deleted"])
+
     def status(self, user_id: str, month: str) -> StatusRow | None:
         """The user's status row, as ``campaign_store.read_status`` would read it; None without a budget row."""
         if self.budget is None:
@@ -79,6 +91,27 @@ class Aggregates:
         return StatusRow(payments, value, granted, remaining, exhausted)
 
 
+class Transactions:
+    """Gathers the announcements of one transaction, so the copy takes them whole: those of a
+    transaction arrive together and in order, so the first of another ends the one before."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, change: dict[str, Any]) -> list[dict[str, Any]]:
+        """Take one announcement; the transaction it ends (all of its changes), or []."""
+        done: list[dict[str, Any]] = []
+        if self.pending and self.pending[-1].get("tx") != change.get("tx"):
+            done, self.pending = self.pending, []
+        self.pending.append(change)
+        return done
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The transaction still gathering, once nothing more has come for a while."""
+        done, self.pending = self.pending, []
+        return done
+
+
 class StatusView:
     """Keeps an :class:`Aggregates` current from its own connection; ``status`` answers from it
     while it is current, else None (the caller reads the database)."""
@@ -87,13 +120,14 @@ class StatusView:
         self.dsn = dsn
         self.campaign = campaign
         self._copy: Aggregates | None = None
+        self._checked = 0.0  # monotonic time of the last check the connection answered
 
     def status(self, user_id: str, month: str) -> StatusRow | None:
-        return self._copy.status(user_id, month) if self._copy is not None else None
+        return self._copy.status(user_id, month) if self.current and self._copy is not None else None
 
     @property
     def current(self) -> bool:
-        return self._copy is not None
+        return self._copy is not None and time.monotonic() - self._checked < STALE_AFTER_SECONDS
 
     async def run(self) -> None:
         """The background loop: connect, listen, load, follow; on any failure drop the copy and start over."""
@@ -126,13 +160,21 @@ class StatusView:
                 await cur.execute(query, {"c": self.campaign})  # type: ignore[arg-type]
                 for row in await cur.fetchall():
                     copy.apply(table, row)
+            transactions = Transactions()
+            checked = time.monotonic()
             while True:
-                async for note in conn.notifies(timeout=HEARTBEAT_SECONDS):
-                    change = json.loads(note.payload)
-                    copy.apply(change["table"], change["row"], deleted=change["deleted"])
+                heard = False
+                async for note in conn.notifies(timeout=QUIET_SECONDS):
+                    heard = True
+                    copy.apply_all(transactions.add(json.loads(note.payload)))
+                if not heard:
+                    copy.apply_all(transactions.flush())
+                if time.monotonic() - checked < HEARTBEAT_SECONDS:
+                    continue
                 # Is the connection still there? (What is announced meanwhile waits in the
                 # connection's backlog for the next notifies().)
                 await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_SECONDS)
+                checked = self._checked = time.monotonic()
                 if self._copy is None:
                     # Served from here: what was announced while the snapshot loaded (a change
                     # it may also hold, or one older than it) has been applied by now.
