@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from psycopg import AsyncConnection, OperationalError, errors
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
@@ -203,12 +203,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "ledger_postings", "Transfers applied, by kind (replays not counted)", ["service", "zone", "kind"], registry=ctx.registry
     )
     labels = ctx.labels()
-    # `work_in_flight{kind}` is the platform's convention for "what a replica is doing right now":
-    # a podKill with inFlightKind waits on it, so a kill can cut a reserve, not just any request.
-    in_flight = Gauge("work_in_flight", "Transfers being applied, by kind", ["service", "zone", "kind"],
-                      registry=ctx.registry)
-    for kind in KINDS:
-        in_flight.labels(kind=kind, **labels)
+    in_flight = ctx.work_in_flight("Transfers being applied", KINDS)  # a kill can cut a reserve
 
     async def startup() -> None:
         await pool.open(wait=True)

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -142,10 +142,9 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     )
     # Every step's series present from the start: increase() misses a series' first value.
     retried = {step: ledger_retries.labels(step=step, **ctx.labels()) for step in ("reserve", "settle", "refund")}
-    # `work_in_flight{kind}`, the platform's "what a replica is doing right now" (the ledger's too):
-    # a podKill with inFlightKind: authorization cuts a card saga while its acquirer call is out.
-    in_flight = Gauge("work_in_flight", "Saga work in flight, by kind", ["service", "zone", "kind"], registry=ctx.registry)
-    authorizing = in_flight.labels(kind="authorization", **ctx.labels())
+    # A podKill with inFlightKind: authorization cuts a card saga while its acquirer call is out.
+    authorizing = ctx.work_in_flight("Card authorizations out", ["authorization"]).labels(
+        kind="authorization", **ctx.labels())
     saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry, on_ledger_retry=lambda step: retried[step].inc(),
                 authorizing=authorizing.track_inprogress)
     publisher = Publisher(ctx, pool)

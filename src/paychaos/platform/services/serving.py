@@ -56,6 +56,16 @@ class ReplicaContext:
             return None
         return getattr(t, dependency).total_seconds()
 
+    def work_in_flight(self, what: str, kinds: Sequence[str]) -> Gauge:
+        """``work_in_flight{kind}``, the platform's "what a replica is doing right now": a podKill
+        with inFlightKind waits on it, to cut work of that kind rather than any request. Each
+        kind's series exists from the start, so the fault can tell a kind the replica does not
+        report (refused up front) from one it is not doing at the moment."""
+        gauge = Gauge("work_in_flight", f"{what}, by kind", ["service", "zone", "kind"], registry=self.registry)
+        for kind in kinds:
+            gauge.labels(kind=kind, **self.labels())
+        return gauge
+
     def client(self, dependency: str) -> ServiceClient:
         """A client for another service, through its load balancer (or its Toxiproxy)."""
         return ServiceClient(self.topology.internal_url(dependency), self.timeout(dependency))
