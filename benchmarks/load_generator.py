@@ -19,7 +19,6 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 from statistics import mean
 
 from paychaos.experiments.spec import Load
-from paychaos.load.running import LoadRunner
+from paychaos.load.running import LoadRunner, free_port
 
 from _stack import require_wrk, running_stack  # the benchmarks folder is on sys.path when run as a script
 
@@ -107,7 +106,7 @@ def run_locust(
         "-u", str(args.connections), "-r", str(args.connections), "-t", f"{args.duration}s",
         "--only-summary", "--json", "--loglevel", "ERROR", "--exit-code-on-error", "0", "--stop-timeout", "0",
     ]
-    port = _free_port()
+    port = free_port()
     if workers:
         cmd += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
                 "--expect-workers", str(workers), "--expect-workers-max-wait", "60"]
@@ -125,12 +124,6 @@ def run_locust(
     result.requests = sum(s["num_requests"] for s in stats)
     result.non_ok = sum(s["num_failures"] for s in stats)
     return result
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

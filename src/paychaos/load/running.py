@@ -138,7 +138,7 @@ class LoadRunner:
         if not self.workers:
             self._master = self._spawn("main", common)
             return
-        port = _free_port()
+        port = free_port()
         self._master = self._spawn("master", [
             *common, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
             "--expect-workers", str(self.workers), "--expect-workers-max-wait", "60",
@@ -236,7 +236,7 @@ class LoadRunner:
         return "\n".join(tail) or f"exit code {self._master.returncode}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
