@@ -171,7 +171,17 @@ class CampaignService:
         if not grants:
             return
         answers = await asyncio.gather(*(self._send(grant) for grant in grants))
-        applied = [g for g, a in zip(grants, answers, strict=True) if a is not None and a.status_code in (200, 201)]
+        applied: list[store.Grant] = []
+        refused: list[tuple[store.Grant, Reply]] = []  # answered, but not booked
+        booked_yen = 0
+        for grant, answer in zip(grants, answers, strict=True):
+            if answer is None:
+                continue  # no answer: left pending for the retry loop
+            if answer.status_code in (200, 201):
+                applied.append(grant)
+                booked_yen += grant.amount if answer.status_code == 201 else 0
+            else:
+                refused.append((grant, answer))
         # One connection for the whole batch's marks: the consumer and the retry loop are its only
         # callers, so bookings hold at most two of the pool's connections and status reads keep
         # the rest (when each grant marked on its own connection, a starved machine's status
@@ -179,9 +189,7 @@ class CampaignService:
         async with self.pool.connection() as conn:
             if applied:
                 await store.mark_applied(conn, [g.transfer_id for g in applied])
-            for grant, response in zip(grants, answers, strict=True):
-                if response is None or response.status_code in (200, 201):
-                    continue
+            for grant, response in refused:
                 code = _error_code(response)
                 if code == "INSUFFICIENT_FUNDS":
                     log.warning("campaign budget %s exhausted at %s", grant.campaign, grant.transfer_id)
@@ -194,8 +202,7 @@ class CampaignService:
                     # 5xx, or UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
                     log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code,
                                 grant.transfer_id)
-        self.metrics.granted_yen.inc(sum(g.amount for g, a in zip(grants, answers, strict=True)
-                                         if a is not None and a.status_code == 201))
+        self.metrics.granted_yen.inc(booked_yen)
 
     async def _send(self, grant: store.Grant) -> Reply | None:
         """The ledger's answer to one grant, or None when it could not be had (retried later)."""

@@ -7,6 +7,7 @@ to the ledger after commit.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,15 +70,15 @@ async def record_events(
     flash = campaign.flash
     async with conn.transaction():
         if dedupe:
-            first: dict[str, PaymentEvent] = {}
+            event_ids: dict[str, str] = {}  # payment → the event id of its first delivery in the batch
             for event in events:
-                first.setdefault(event.payment_id, event)
-            ids = sorted(first)
+                event_ids.setdefault(event.payment_id, event.event_id)
+            ids = sorted(event_ids)
             cur = await conn.execute(
                 "INSERT INTO campaign.processed_events (payment_id, event_id)"
                 " SELECT * FROM unnest(%s::text[], %s::text[])"
                 " ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
-                (ids, [first[i].event_id for i in ids]),
+                (ids, [event_ids[i] for i in ids]),
             )
             new = {payment_id for (payment_id,) in await cur.fetchall()}
             fresh = []
@@ -113,9 +114,9 @@ async def record_events(
         grants = [Grant(cashback_transfer_id(e.payment_id, suffix=suffix()), flash.name, e.payment_id, e.user_id, amount)
                   for e, amount in zip(fresh, amounts, strict=True) if amount > 0]
         if grants:
-            per_user: dict[str, int] = {}
+            per_user = Counter[str]()
             for g in grants:
-                per_user[g.user_id] = per_user.get(g.user_id, 0) + g.amount
+                per_user[g.user_id] += g.amount
             users = sorted(per_user)
             await conn.execute(
                 "WITH users AS (UPDATE campaign.flash_users f SET granted = f.granted + d.amount"

@@ -51,7 +51,7 @@ class Aggregates:
     campaign: str
     step: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)  # (user, month) → payments, value, version
     flash: dict[str, tuple[int, int]] = field(default_factory=dict)  # user → granted, version
-    budget: tuple[int, bool, int] | None = None  # remaining, exhausted, version
+    budget: dict[str, tuple[int, bool, int]] = field(default_factory=dict)  # this campaign → remaining, exhausted, version
 
     def apply(self, table: str, row: Mapping[str, Any], *, deleted: bool = False) -> None:
         """One row as a snapshot read it or a notification announced it; an older version of a
@@ -63,11 +63,10 @@ class Aggregates:
         elif table == "flash_users" and row["campaign"] == self.campaign:
             self._put(self.flash, str(row["user_id"]), (int(row["granted"]), version), version, deleted)
         elif table == "budgets" and row["campaign"] == self.campaign:
-            if self.budget is None or version >= self.budget[2]:
-                self.budget = None if deleted else (int(row["remaining"]), bool(row["exhausted"]), version)
+            self._put(self.budget, self.campaign, (int(row["remaining"]), bool(row["exhausted"]), version), version, deleted)
 
     @staticmethod
-    def _put(rows: dict[Any, Any], key: Any, value: tuple[int, ...], version: int, deleted: bool) -> None:
+    def _put(rows: dict[Any, Any], key: Any, value: tuple[Any, ...], version: int, deleted: bool) -> None:
         held = rows.get(key)
         if held is not None and version < held[-1]:
             return
@@ -83,11 +82,11 @@ class Aggregates:
 
     def status(self, user_id: str, month: str) -> StatusRow | None:
         """The user's status row, as ``campaign_store.read_status`` would read it; None without a budget row."""
-        if self.budget is None:
+        if self.campaign not in self.budget:
             return None
         payments, value, _ = self.step.get((user_id, month), (0, 0, 0))
         granted, _ = self.flash.get(user_id, (0, 0))
-        remaining, exhausted, _ = self.budget
+        remaining, exhausted, _ = self.budget[self.campaign]
         return StatusRow(payments, value, granted, remaining, exhausted)
 
 
@@ -123,11 +122,10 @@ class StatusView:
         self._checked = 0.0  # monotonic time of the last check the connection answered
 
     def status(self, user_id: str, month: str) -> StatusRow | None:
-        return self._copy.status(user_id, month) if self.current and self._copy is not None else None
-
-    @property
-    def current(self) -> bool:
-        return self._copy is not None and time.monotonic() - self._checked < STALE_AFTER_SECONDS
+        """The copy's answer while it is current (its last check under STALE_AFTER_SECONDS old), else None."""
+        if self._copy is None or time.monotonic() - self._checked >= STALE_AFTER_SECONDS:
+            return None
+        return self._copy.status(user_id, month)
 
     async def run(self) -> None:
         """The background loop: connect, listen, load, follow; on any failure drop the copy and start over."""
