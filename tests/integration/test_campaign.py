@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 
 import httpx
+import psycopg
 import pytest
 from confluent_kafka import Producer
+
+from paychaos.platform.services.campaign_store import mark_refused
+from paychaos.platform.services.reaggregating import reaggregate
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +72,52 @@ def test_reaggregation_reports_no_drift_on_a_healthy_stack(stack) -> None:
         report = r.json()
         assert report["users_checked"] > 0
         assert report["drifted"] == []
+
+
+def test_a_refused_grant_and_a_repair_at_once_do_not_deadlock(stack) -> None:
+    """The repair locks the aggregate tables in one order; a refused grant's give-back writes
+    three of them. Sequenced so that the give-back starts while the repair holds the first two
+    and waits for the budget: had the give-back locked the grant first, each would hold a table
+    the other waits for, and PostgreSQL would cancel one of them (deadlock detected)."""
+    campaign = f"lock-order-{uuid.uuid4().hex[:8]}"  # rows of a campaign of its own: the real one is untouched
+    user, transfer = stack.fresh_user(), f"lock-order-{uuid.uuid4().hex}"
+    with psycopg.connect(stack.topology.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO campaign.budgets (campaign, budget, remaining) VALUES (%s, 1000, 900)", (campaign,))
+        conn.execute("INSERT INTO campaign.flash_users (campaign, user_id, granted) VALUES (%s, %s, 100)", (campaign, user))
+        conn.execute("INSERT INTO campaign.grants (transfer_id, campaign, payment_id, user_id, amount, status)"
+                     " VALUES (%s, %s, %s, %s, 100, 'pending')", (transfer, campaign, transfer, user))
+
+    async def waiting(probe: psycopg.AsyncConnection, pid: int) -> bool:
+        cur = await probe.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", (pid,))
+        return (await cur.fetchone())[0] > 0  # type: ignore[index]
+
+    async def until_waiting(probe: psycopg.AsyncConnection, pid: int, what: str) -> None:
+        for _ in range(200):
+            if await waiting(probe, pid):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what} never waited for a lock")
+
+    async def run() -> None:
+        dsn = stack.topology.postgres_dsn
+        async with (await psycopg.AsyncConnection.connect(dsn, autocommit=True) as probe,
+                    await psycopg.AsyncConnection.connect(dsn) as holder,
+                    await psycopg.AsyncConnection.connect(dsn) as repairing,
+                    await psycopg.AsyncConnection.connect(dsn) as refusing):
+            await holder.execute("LOCK TABLE campaign.budgets IN ROW EXCLUSIVE MODE")  # the repair stops at budgets
+            repair = asyncio.create_task(reaggregate(repairing, stack.topology.campaign, repair=True))
+            await until_waiting(probe, repairing.info.backend_pid, "the repair")
+            refusal = asyncio.create_task(mark_refused(refusing, transfer))
+            await until_waiting(probe, refusing.info.backend_pid, "the give-back")
+            await holder.commit()
+            await asyncio.wait_for(asyncio.gather(repair, refusal), 30)  # a deadlock raises here
+
+    try:
+        asyncio.run(run())
+        assert stack.scalar("SELECT status FROM campaign.grants WHERE transfer_id = %s", transfer) == "refused"
+        assert stack.scalar("SELECT granted FROM campaign.flash_users WHERE campaign = %s", campaign) == 0
+        assert stack.sql("SELECT remaining, exhausted FROM campaign.budgets WHERE campaign = %s", campaign) == [(1000, True)]
+    finally:
+        with psycopg.connect(stack.topology.postgres_dsn, autocommit=True) as conn:
+            for table in ("grants", "flash_users", "budgets"):
+                conn.execute(f"DELETE FROM campaign.{table} WHERE campaign = %s", (campaign,))

@@ -28,6 +28,11 @@ from paychaos.platform.topology import CampaignSpec
 
 Conn = AsyncConnection[TupleRow]
 
+#: The aggregate tables in the order every writer locks them: a batch of events writes them in
+#: this order, the repair locks all four in it, and anything else that writes several of them
+#: locks them in it first, so no two of them can each hold a table the other waits for.
+WRITE_ORDER = ("campaign.step_progress", "campaign.flash_users", "campaign.budgets", "campaign.grants")
+
 
 async def ensure_schema(pool: AsyncConnectionPool, campaign: CampaignSpec) -> None:
     """Create the schema (serialized across replicas) and the flash budget row if missing."""
@@ -147,6 +152,10 @@ async def mark_applied(conn: Conn, transfer_ids: Sequence[str]) -> None:
 async def mark_refused(conn: Conn, transfer_id: str) -> None:
     """The ledger refused for lack of budget: give the reservation back and stop granting."""
     async with conn.transaction():
+        # The tables in the order the consumer's batch and the repair (reaggregating.py) take
+        # them. Updating the grant first would hold grants while waiting for flash_users, and a
+        # repair holding flash_users while it waits for grants would deadlock with it.
+        await conn.execute(f"LOCK TABLE {', '.join(WRITE_ORDER[1:])} IN ROW EXCLUSIVE MODE")
         cur = await conn.execute(
             "UPDATE campaign.grants SET status = 'refused', updated_at = now()"
             " WHERE transfer_id = %s AND status = 'pending' RETURNING campaign, user_id, amount",

@@ -13,7 +13,7 @@ import psycopg
 from pydantic import BaseModel
 
 from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ_SQL
-from paychaos.platform.services.campaign_store import Conn
+from paychaos.platform.services.campaign_store import WRITE_ORDER, Conn
 from paychaos.platform.topology import CampaignSpec
 
 CASHBACK_KIND = "cashback"
@@ -90,10 +90,7 @@ async def reaggregate(conn: Conn, campaign: CampaignSpec, *, repair: bool = Fals
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         if repair:
             # Taken before the snapshot: consumers wait until the repair commits instead of racing it.
-            await conn.execute(
-                "LOCK TABLE campaign.step_progress, campaign.flash_users, campaign.budgets, campaign.grants"
-                " IN SHARE ROW EXCLUSIVE MODE"
-            )
+            await conn.execute(f"LOCK TABLE {', '.join(WRITE_ORDER)} IN SHARE ROW EXCLUSIVE MODE")
         ledger_step = {
             (u, m): (int(p), int(v))
             for u, m, p, v in await _all(
