@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from paychaos.platform.services.admission import Admission, Decision, Restriction, pass_expires, stack_secret
 from paychaos.platform.services.calling import CallFailed, CallTimedOut, Reply, ServiceClient
-from paychaos.platform.services.serving import LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_identifier, problem
+from paychaos.platform.services.serving import LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_identifier, problem
 
 PASS_HEADER = "X-Admission-Pass"
 # When the pass lapses (epoch seconds): the app, and a client-side probe, know the flow it covers.
@@ -62,6 +62,9 @@ class Gateway:
             registry=ctx.registry,
             buckets=LATENCY_BUCKETS,
         )
+        for method in ("balance", "card", "other"):
+            for status in SERVER_ERRORS:  # from the start: see SERVER_ERRORS
+                self.payments.labels(method=method, status=status, **ctx.labels())
 
     async def start(self) -> None:
         for dependency in ("payment", "campaign", "ledger"):

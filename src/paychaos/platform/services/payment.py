@@ -30,7 +30,7 @@ from paychaos.platform.services.outbox import Publisher
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
 from paychaos.platform.services.schemas import database_ready, ensure_schema
-from paychaos.platform.services.serving import ID_PATTERN, LATENCY_BUCKETS, ReplicaContext, ServiceParts, invalid_request, problem
+from paychaos.platform.services.serving import ID_PATTERN, LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_request, problem
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
 #: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
@@ -173,6 +173,9 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         registry=ctx.registry,
         buckets=LATENCY_BUCKETS,
     )
+    for method in ("balance", "card"):
+        for status in SERVER_ERRORS:  # from the start: see SERVER_ERRORS
+            request_duration.labels(method=method, status=status, **labels)
 
     async def fetch(conn: AsyncConnection[Any], where: str, value: str) -> dict[str, Any] | None:
         cur = conn.cursor(row_factory=dict_row)

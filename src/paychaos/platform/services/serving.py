@@ -28,6 +28,11 @@ from paychaos.platform.services.calling import ServiceClient
 from paychaos.platform.topology import Replica, Topology
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The server errors the platform answers with. A series labelled with one of them exists from a
+#: replica's start at zero: Prometheus' increase() and rate() see only the rises between a
+#: series' samples, so a series born with the first 503 would count that error as nothing, and
+#: a check that bounds server errors below one would pass the run that had one.
+SERVER_ERRORS = ("500", "502", "503", "504")
 
 
 @dataclass
@@ -121,6 +126,13 @@ class RedMetrics:
             buckets=LATENCY_BUCKETS,
         )
 
+        for route in routes:
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None) or ()
+            if path is not None and not _unmeasured(path):
+                for method in sorted(set(methods) - {"HEAD"}):
+                    for status in SERVER_ERRORS:
+                        self.histogram.labels(route=path, method=method, status=status, **self.labels)
+
     def _route_template(self, scope: Scope) -> str | None:
         for route in self.routes:
             match, _ = route.matches(scope)
@@ -133,7 +145,7 @@ class RedMetrics:
             await self.app(scope, receive, send)
             return
         route = self._route_template(scope)
-        if route is None or route.startswith("/health") or route == "/metrics":
+        if route is None or _unmeasured(route):
             await self.app(scope, receive, send)
             return
         status = 500
@@ -151,6 +163,10 @@ class RedMetrics:
             self.histogram.labels(
                 route=route, method=scope["method"], status=str(status), **self.labels
             ).observe(time.perf_counter() - started)
+
+
+def _unmeasured(route: str) -> bool:
+    return route.startswith("/health") or route == "/metrics"
 
 
 class WorkerPool:
