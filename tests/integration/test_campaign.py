@@ -87,16 +87,16 @@ def test_a_refused_grant_and_a_repair_at_once_do_not_deadlock(stack) -> None:
         conn.execute("INSERT INTO campaign.grants (transfer_id, campaign, payment_id, user_id, amount, status)"
                      " VALUES (%s, %s, %s, %s, 100, 'pending')", (transfer, campaign, transfer, user))
 
-    async def waiting(probe: psycopg.AsyncConnection, pid: int) -> bool:
-        cur = await probe.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", (pid,))
-        return (await cur.fetchone())[0] > 0  # type: ignore[index]
-
-    async def until_waiting(probe: psycopg.AsyncConnection, pid: int, what: str) -> None:
+    async def until_waiting(probe: psycopg.AsyncConnection, pid: int, table: str, what: str) -> None:
+        """Until ``pid`` waits for a lock on ``table`` (not any lock: the stack's consumer may
+        hold one of the tables for a moment)."""
         for _ in range(200):
-            if await waiting(probe, pid):
+            cur = await probe.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted"
+                                      " AND relation = %s::regclass", (pid, table))
+            if (await cur.fetchone())[0] > 0:  # type: ignore[index]
                 return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"{what} never waited for a lock")
+        raise AssertionError(f"{what} never waited for {table}")
 
     async def run() -> None:
         dsn = stack.topology.postgres_dsn
@@ -106,9 +106,9 @@ def test_a_refused_grant_and_a_repair_at_once_do_not_deadlock(stack) -> None:
                     await psycopg.AsyncConnection.connect(dsn) as refusing):
             await holder.execute("LOCK TABLE campaign.budgets IN ROW EXCLUSIVE MODE")  # the repair stops at budgets
             repair = asyncio.create_task(reaggregate(repairing, stack.topology.campaign, repair=True))
-            await until_waiting(probe, repairing.info.backend_pid, "the repair")
+            await until_waiting(probe, repairing.info.backend_pid, "campaign.budgets", "the repair")
             refusal = asyncio.create_task(mark_refused(refusing, transfer))
-            await until_waiting(probe, refusing.info.backend_pid, "the give-back")
+            await until_waiting(probe, refusing.info.backend_pid, "campaign.flash_users", "the give-back")
             await holder.commit()
             await asyncio.wait_for(asyncio.gather(repair, refusal), 30)  # a deadlock raises here
 
