@@ -33,7 +33,7 @@ EVENTUAL = {"acknowledged-events-consumed", "campaign-aggregates-converged", "no
 
 # What a broken stack would leave behind, one per invariant: SQL run before the invariant in the
 # same transaction, and payment ids to add to the acknowledged record. ":paid" is a completed
-# payment of this test (with its key and user), ":ghost" a payment id nobody ever stored.
+# payment of this test (with its key and user, ":user"), ":ghost" a payment id nobody ever stored.
 PLANTED: dict[str, tuple[list[str], list[str]]] = {
     "ledger-conservation": (
         [
@@ -79,7 +79,7 @@ PLANTED: dict[str, tuple[list[str], list[str]]] = {
     "cashback-exactly-once": (
         [
             "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash)"
-            " VALUES ('planted:cashback-again', 'cashback', 'u01993', :paid, 'x')",
+            " VALUES ('planted:cashback-again', 'cashback', :user, :paid, 'x')",
         ],
         [],
     ),
@@ -95,11 +95,14 @@ def test_every_invariant_in_the_catalogue_has_a_planted_defect() -> None:
 
 
 @pytest.fixture(scope="module")
-def paid(stack) -> tuple[str, str]:
-    """A completed payment whose event has reached the campaign service: (idempotency key, payment id)."""
-    key = uuid.uuid4().hex
+def paid(stack) -> tuple[str, str, str]:
+    """A completed payment whose cashback is booked: (idempotency key, payment id, user).
+
+    Its user is one nobody has paid for: a user the session's load had already paid up to the
+    flash campaign's per-user cap earns no cashback, and a CI run waited for one in vain."""
+    key, user = uuid.uuid4().hex, stack.fresh_user()
     with httpx.Client(timeout=15) as client:
-        r = stack.pay(client, "u01994", 700, key=key)
+        r = stack.pay(client, user, 700, key=key)
     assert r.status_code == 201, r.text
     payment_id = r.json()["payment_id"]
     stack.wait_for(
@@ -114,8 +117,10 @@ def paid(stack) -> tuple[str, str]:
         lambda: stack.scalar("SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback' AND payment_id = %s",
                              payment_id) == 1,
         timeout=30,
+        explain=lambda: (f"grants {stack.sql('SELECT status, amount FROM campaign.grants WHERE payment_id = %s', payment_id)},"
+                         f" flash granted {stack.sql('SELECT granted FROM campaign.flash_users WHERE user_id = %s', user)}"),
     )
-    return key, payment_id
+    return key, payment_id, user
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +143,7 @@ def check(engine, name: str, acknowledged: list[tuple[str, str]], planted: list[
 
 @pytest.mark.parametrize("name", sorted(PLANTED))
 def test_invariant_holds_on_the_healthy_stack_and_catches_its_defect(stack, engine, paid, name: str) -> None:
-    key, payment_id = paid
+    key, payment_id, user = paid
     acknowledged = [(key, payment_id)]
     # Read models catch up with the ledger asynchronously: give them the bound experiments give.
     deadline = time.monotonic() + (30 if name in EVENTUAL else 0)
@@ -148,7 +153,7 @@ def test_invariant_holds_on_the_healthy_stack_and_catches_its_defect(stack, engi
 
     statements, extra = PLANTED[name]
     ids = {":paid": payment_id, ":ghost": f"ghost-{uuid.uuid4().hex}"}
-    broken = check(engine, name, acknowledged + [("planted", ids[e]) for e in extra], statements, {"paid": payment_id})
+    broken = check(engine, name, acknowledged + [("planted", ids[e]) for e in extra], statements, {"paid": payment_id, "user": user})
     assert not broken.holds, f"{name} did not catch its planted defect"
     assert broken.sample, "a failed invariant shows the rows that violate it"
     # The planted rows are gone: the invariant holds again.
