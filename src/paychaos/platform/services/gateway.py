@@ -20,7 +20,9 @@ from starlette.routing import Route
 
 from paychaos.platform.services.admission import Admission, Decision, Restriction, pass_expires, stack_secret
 from paychaos.platform.services.calling import CallFailed, CallTimedOut, Reply, ServiceClient
-from paychaos.platform.services.serving import LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_identifier, problem
+from paychaos.platform.services.serving import (
+    LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_identifier, problem, series_from_start,
+)
 
 PASS_HEADER = "X-Admission-Pass"
 # When the pass lapses (epoch seconds): the app, and a client-side probe, know the flow it covers.
@@ -50,8 +52,7 @@ class Gateway:
             ["service", "zone", "decision"],
             registry=ctx.registry,
         )
-        for decision in ("admitted", "pass", "rate_limited", "rotated_out", "shed"):
-            self.decisions.labels(decision=decision, **ctx.labels())
+        series_from_start(self.decisions, ctx.labels(), decision=("admitted", "pass", "rate_limited", "rotated_out", "shed"))
         # Payments by method as the app saw them, refusals and queueing included: the SLO that
         # shows whether balance payments are spared when the card network is slow. Measured here
         # because a payment replica whose workers are all pinned never sees the requests it refuses.
@@ -62,9 +63,7 @@ class Gateway:
             registry=ctx.registry,
             buckets=LATENCY_BUCKETS,
         )
-        for method in ("balance", "card", "other"):
-            for status in SERVER_ERRORS:  # from the start: see SERVER_ERRORS
-                self.payments.labels(method=method, status=status, **ctx.labels())
+        series_from_start(self.payments, ctx.labels(), method=("balance", "card", "other"), status=SERVER_ERRORS)
 
     async def start(self) -> None:
         for dependency in ("payment", "campaign", "ledger"):

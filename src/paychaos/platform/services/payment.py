@@ -30,7 +30,9 @@ from paychaos.platform.services.outbox import Publisher
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
 from paychaos.platform.services.schemas import database_ready, ensure_schema
-from paychaos.platform.services.serving import ID_PATTERN, LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_request, problem
+from paychaos.platform.services.serving import (
+    ID_PATTERN, LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_request, problem, series_from_start,
+)
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
 #: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
@@ -158,8 +160,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "payment_takeovers", "Payments taken over from a dead (lease expired) or aborted owner",
         ["service", "zone", "reason"], registry=ctx.registry,
     )
-    for reason in ("abandoned", "aborted"):  # present from the start: increase() misses a series' first value
-        takeovers.labels(reason=reason, **labels)
+    series_from_start(takeovers, labels, reason=("abandoned", "aborted"))
     replays = Counter(
         "payment_idempotent_replays", "Retried keys answered with the stored response", ["service", "zone"], registry=ctx.registry
     ).labels(**labels)
@@ -173,9 +174,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         registry=ctx.registry,
         buckets=LATENCY_BUCKETS,
     )
-    for method in ("balance", "card"):
-        for status in SERVER_ERRORS:  # from the start: see SERVER_ERRORS
-            request_duration.labels(method=method, status=status, **labels)
+    series_from_start(request_duration, labels, method=("balance", "card"), status=SERVER_ERRORS)
 
     async def fetch(conn: AsyncConnection[Any], where: str, value: str) -> dict[str, Any] | None:
         cur = conn.cursor(row_factory=dict_row)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -28,11 +30,21 @@ from paychaos.platform.services.calling import ServiceClient
 from paychaos.platform.topology import Replica, Topology
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: The server errors the platform answers with. A series labelled with one of them exists from a
-#: replica's start at zero: Prometheus' increase() and rate() see only the rises between a
-#: series' samples, so a series born with the first 503 would count that error as nothing, and
-#: a check that bounds server errors below one would pass the run that had one.
+#: The server errors the platform answers with; their series exist from a replica's start (see
+#: series_from_start): a check that bounds server errors below one must see the first one.
 SERVER_ERRORS = ("500", "502", "503", "504")
+
+
+def series_from_start(metric: MetricWrapperBase, labels: Mapping[str, str], **values: Iterable[str]) -> None:
+    """Create ``metric``'s series for every combination of ``values`` (label → its values), at zero.
+
+    Prometheus' increase() and rate() see only the rises between a series' samples: a series
+    born with its first 503 (or takeover, or refusal) would count that one as nothing, and a
+    check bounding it below one would pass the run that had it.
+    """
+    names = list(values)
+    for combination in itertools.product(*values.values()):
+        metric.labels(**dict(zip(names, combination, strict=True)), **labels)
 
 
 @dataclass
@@ -67,8 +79,7 @@ class ReplicaContext:
         kind's series exists from the start, so the fault can tell a kind the replica does not
         report (refused up front) from one it is not doing at the moment."""
         gauge = Gauge("work_in_flight", f"{what}, by kind", ["service", "zone", "kind"], registry=self.registry)
-        for kind in kinds:
-            gauge.labels(kind=kind, **self.labels())
+        series_from_start(gauge, self.labels(), kind=kinds)
         return gauge
 
     def client(self, dependency: str) -> ServiceClient:
@@ -128,10 +139,9 @@ class RedMetrics:
 
         for route in routes:
             path, methods = getattr(route, "path", None), getattr(route, "methods", None) or ()
-            if path is not None and not _unmeasured(path):
-                for method in sorted(set(methods) - {"HEAD"}):
-                    for status in SERVER_ERRORS:
-                        self.histogram.labels(route=path, method=method, status=status, **self.labels)
+            if path is not None and not _management(path):
+                series_from_start(self.histogram, self.labels, route=[path], method=sorted(set(methods) - {"HEAD"}),
+                                  status=SERVER_ERRORS)
 
     def _route_template(self, scope: Scope) -> str | None:
         for route in self.routes:
@@ -145,7 +155,7 @@ class RedMetrics:
             await self.app(scope, receive, send)
             return
         route = self._route_template(scope)
-        if route is None or _unmeasured(route):
+        if route is None or _management(route):
             await self.app(scope, receive, send)
             return
         status = 500
@@ -165,8 +175,9 @@ class RedMetrics:
             ).observe(time.perf_counter() - started)
 
 
-def _unmeasured(route: str) -> bool:
-    return route.startswith("/health") or route == "/metrics"
+def _management(path: str) -> bool:
+    """Health and metrics: served as a management port would, outside the worker pool and the RED metrics."""
+    return path.startswith(("/health", "/metrics"))
 
 
 class WorkerPool:
@@ -194,7 +205,7 @@ class WorkerPool:
         ).labels(**ctx.labels())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(("/health", "/metrics")):
+        if scope["type"] != "http" or _management(scope["path"]):
             await self.app(scope, receive, send)
             return
         if self.admitted >= self.capacity:
