@@ -34,6 +34,14 @@ Conn = AsyncConnection[TupleRow]
 WRITE_ORDER = ("campaign.step_progress", "campaign.flash_users", "campaign.budgets", "campaign.grants")
 
 
+def in_write_order(*tables: str) -> list[str]:
+    """``tables`` sorted as WRITE_ORDER has them, to lock in that order; a table not in it is a bug."""
+    unknown = sorted(set(tables) - set(WRITE_ORDER))
+    if unknown:
+        raise ValueError(f"not aggregate tables with a write order: {', '.join(unknown)}")
+    return sorted(set(tables), key=WRITE_ORDER.index)
+
+
 async def ensure_schema(pool: AsyncConnectionPool, campaign: CampaignSpec) -> None:
     """Create the schema (serialized across replicas) and the flash budget row if missing."""
     await schemas.ensure_schema(pool, "campaign_schema.sql")
@@ -155,7 +163,8 @@ async def mark_refused(conn: Conn, transfer_id: str) -> None:
         # The tables in the order the consumer's batch and the repair (reaggregating.py) take
         # them. Updating the grant first would hold grants while waiting for flash_users, and a
         # repair holding flash_users while it waits for grants would deadlock with it.
-        await conn.execute(f"LOCK TABLE {', '.join(WRITE_ORDER[1:])} IN ROW EXCLUSIVE MODE")
+        tables = in_write_order("campaign.grants", "campaign.flash_users", "campaign.budgets")
+        await conn.execute(f"LOCK TABLE {', '.join(tables)} IN ROW EXCLUSIVE MODE")
         cur = await conn.execute(
             "UPDATE campaign.grants SET status = 'refused', updated_at = now()"
             " WHERE transfer_id = %s AND status = 'pending' RETURNING campaign, user_id, amount",
