@@ -2,9 +2,10 @@
 
 Campaign-status reads/s and payments/s end to end, each beside a baseline measured in the same
 run: the gateway's trivial `GET /health/live` through the same edge (HAProxy → uvicorn/Starlette).
-Also: CPU ms per request by part of the stack (the profile of a request by hop), how soon a
-payment shows in its user's campaign status, and every money invariant after the runs (exit 1
-if one is violated). Uses the stack in the default run dir, or starts one (and stops it
+Also: CPU ms per request by part of the stack (the profile of a request by hop), what
+PostgreSQL spent its time on and waited for (benchmarks/_database.py), how soon a payment shows
+in its user's campaign status, and every money invariant after the runs (exit 1 if one is
+violated). Uses the stack in the default run dir, or starts one (and stops it
 afterwards); `--replicas N` starts one with N replicas per zone of every service.
 """
 
@@ -27,7 +28,8 @@ from statistics import median
 import httpx
 import psutil
 import yaml
-from _stack import require_wrk, running_stack  # the benchmarks folder is on sys.path when run as a script
+from _database import DatabaseProfile, DatabaseReport, print_database  # the benchmarks folder is on sys.path
+from _stack import require_wrk, running_stack  # when run as a script
 
 from paychaos.platform.runtime.paths import RunDir
 from paychaos.probes.catalogue import load_catalogue
@@ -53,6 +55,7 @@ class WrkResult:
     status_codes: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # by part of the stack, during the run
     drain_seconds: float = 0.0  # after wrk ended, until the outbox and the campaign consumer caught up
+    database: DatabaseReport | None = None  # what PostgreSQL did over the same span
 
 
 class WrkOutputError(Exception):
@@ -140,11 +143,11 @@ def drain(prometheus_url: str, limit: float = 60.0) -> float:
 
 def run_wrk(
     name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None,
-    meter: CpuMeter | None = None, prometheus_url: str | None = None,
+    meter: CpuMeter | None = None, prometheus_url: str | None = None, database: DatabaseProfile | None = None,
 ) -> WrkResult:
     """One wrk run. With ``meter``, the CPU each part spent from its start until the work it left
     queued is done (waited for through ``prometheus_url``): what its requests cost, background
-    work included."""
+    work included. With ``database``, what PostgreSQL did over the same span."""
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", f"--timeout={args.timeout}s"]
     if script:
         cmd += ["-s", str(LUA / script)]
@@ -152,6 +155,8 @@ def run_wrk(
     if script_args:
         cmd += ["--", *script_args]
     before = meter.sample() if meter else {}
+    if database:
+        database.start()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.duration + args.timeout + 30)
     if out.returncode != 0:
         raise WrkOutputError(f"wrk exited {out.returncode} for {name}: {out.stderr.strip() or out.stdout.strip()}")
@@ -161,6 +166,8 @@ def run_wrk(
             result.drain_seconds = drain(prometheus_url)
         after = meter.sample()
         result.cpu_seconds = {k: after[k] - before.get(k, 0.0) for k in after}
+    if database:
+        result.database = database.stop()
     return result
 
 
@@ -187,6 +194,10 @@ def print_table(baseline: WrkResult, results: list[WrkResult]) -> None:
         if r.socket_errors and any(r.socket_errors.values()):
             print(f"  {r.name} socket errors — {r.socket_errors}")
     print_cpu((baseline, *results))
+    for r in results:
+        if r.database:
+            print()
+            print_database(r.name, r.database, r.requests)
 
 
 def print_cpu(results: tuple[WrkResult, ...]) -> None:
@@ -323,6 +334,7 @@ def main() -> int:
     try:
         with running_stack(topology_path) as topology:
             meter = CpuMeter(RunDir.default())
+            database = DatabaseProfile(topology.postgres_dsn)
             edge = topology.edge_url
             users, merchants = str(topology.seed.users), str(topology.seed.merchants)
             # A short warm-up so the replicas' connection pools and caches are warm before measuring.
@@ -330,12 +342,12 @@ def main() -> int:
             run_wrk("warm-up", f"{edge}/v1/campaign/status", warm, "campaign_status.lua", [users])
             baseline = run_wrk("baseline GET /health/live (gateway)", f"{edge}/health/live", args, meter=meter)
             reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users],
-                            meter=meter)
+                            meter=meter, database=database)
             pay_args = [str(topology.seed.users - 1), merchants]  # the last user is the freshness probe's
             payments = run_wrk(
                 "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
                 "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", *pay_args], meter=meter,
-                prometheus_url=topology.prometheus_url,
+                prometheus_url=topology.prometheus_url, database=database,
             )
             # Freshness apart from the measured runs: its status polls would count as their CPU.
             # The last seeded user is left out of the load: its status changes only by the probe's payments.

@@ -56,6 +56,10 @@ def _settings(topology: Topology, socket_dir: Path | None) -> dict[str, str]:
         "synchronous_commit": "on",
         "full_page_writes": "on",
         "max_wal_size": "1GB",
+        # Time by statement, nested ones too (benchmarks/platform_throughput.py reads it), as
+        # production databases usually keep it.
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "all",
         "checkpoint_timeout": "5min",
         "log_min_messages": "warning",
         "log_line_prefix": "%m [%p] ",
