@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from paychaos.installing import MissingTool
 from paychaos.platform.runtime import stacking
-from paychaos.platform.runtime.paths import RunDir
+from paychaos.platform.runtime.paths import RUN_DIR_ENV, RunDir
 from paychaos.platform.runtime.state import supervisor_alive
 from paychaos.platform.topology import Topology
 
@@ -23,22 +25,35 @@ def require_wrk() -> None:
 
 @contextmanager
 def running_stack(topology_path: Path | None = None) -> Iterator[Topology]:
-    """The stack of the default run dir; one started here is stopped again afterwards.
-    ``topology_path`` asks for a stack of that topology, which must be started here."""
+    """The stack of the default run dir if one is running there; otherwise a fresh one, started
+    here in a run dir of its own and stopped and removed afterwards. Fresh, because a run dir
+    remembers: after enough payments its campaign budget is spent and its users are at their cap,
+    and a payment there costs no cashback (and an experiment that checks cashback judges nothing).
+    ``topology_path`` asks for a stack of that topology, which must be started here. Inside, the
+    run dir is the default one for this process and the commands it starts (PAYCHAOS_RUN_DIR)."""
     run_dir = RunDir.default()
-    started_here = not supervisor_alive(run_dir)
-    if topology_path is not None and not started_here:
-        raise SystemExit(f"error: a stack is running in {run_dir.root}; stop it (paychaos stack down) to measure another topology")
-    if started_here:
-        print(f"no stack running in {run_dir.root}; starting one", file=sys.stderr)
+    if supervisor_alive(run_dir):
+        if topology_path is not None:
+            raise SystemExit(f"error: a stack is running in {run_dir.root}; stop it (paychaos stack down) to measure another topology")
+        yield stacking.current_topology(run_dir)
+        return
+    fresh = RunDir(Path(tempfile.mkdtemp(prefix="paychaos-bench-run-")))
+    print(f"no stack running in {run_dir.root}; starting a fresh one in {fresh.root} "
+          f"(should this process die, stop it with `paychaos stack down --run-dir {fresh.root}`)", file=sys.stderr)
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(fresh.root)
+    try:
         t0 = time.monotonic()
         try:
-            stacking.up(run_dir, topology_path, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
+            stacking.up(fresh, topology_path, wait=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
         except (MissingTool, stacking.StackError) as exc:
             raise SystemExit(f"error: {exc}") from None
         print(f"stack ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    try:
-        yield stacking.current_topology(run_dir)
+        yield stacking.current_topology(fresh)
     finally:
-        if started_here:
-            stacking.down(run_dir)
+        stacking.down(fresh)
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+        shutil.rmtree(fresh.root, ignore_errors=True)

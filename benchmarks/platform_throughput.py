@@ -27,6 +27,7 @@ from statistics import median
 
 import httpx
 import psutil
+import psycopg
 import yaml
 from _database import DatabaseProfile, DatabaseReport, print_database  # the benchmarks folder is on sys.path
 from _stack import require_wrk, running_stack  # when run as a script
@@ -141,6 +142,19 @@ def drain(prometheus_url: str, limit: float = 60.0) -> float:
     return time.monotonic() - started
 
 
+CASHBACK_SQL = (
+    "SELECT (SELECT count(*) FROM ledger.transfers WHERE kind = 'cashback'),"
+    " (SELECT coalesce(sum(balance), 0) FROM ledger.accounts WHERE kind = 'budget')"
+)
+
+
+def cashback_state(dsn: str) -> tuple[int, int]:
+    """Cashback transfers booked so far, and yen left in the campaign budgets."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        booked, left = conn.execute(CASHBACK_SQL).fetchone()
+    return int(booked), int(left)
+
+
 def run_wrk(
     name: str, url: str, args: argparse.Namespace, script: str | None = None, script_args: list[str] | None = None,
     meter: CpuMeter | None = None, prometheus_url: str | None = None, database: DatabaseProfile | None = None,
@@ -198,6 +212,19 @@ def print_table(baseline: WrkResult, results: list[WrkResult]) -> None:
         if r.database:
             print()
             print_database(r.name, r.database, r.requests)
+
+
+def print_cashback(payments: WrkResult, before: tuple[int, int], after: tuple[int, int]) -> None:
+    """How many of the run's payments cost a cashback too: a spent budget or users at their cap
+    make a payment cheaper than a campaign's, and the figures above say so only here."""
+    booked, left = after[0] - before[0], after[1]
+    share = booked / payments.requests if payments.requests else 0.0
+    print()
+    print(f"cashback during {payments.name}: {booked} transfers booked for {payments.requests} payments "
+          f"({share:.2f} a payment), ¥{left:,} left in the budget")
+    if share < 0.5:
+        print("  WARNING: most payments earned no cashback (budget spent or users at their cap): this stack "
+              "measures a payment without its campaign work; stop it and let the benchmark start a fresh one")
 
 
 def print_cpu(results: tuple[WrkResult, ...]) -> None:
@@ -344,11 +371,13 @@ def main() -> int:
             reads = run_wrk("GET /v1/campaign/status", f"{edge}/v1/campaign/status", args, "campaign_status.lua", [users],
                             meter=meter, database=database)
             pay_args = [str(topology.seed.users - 1), merchants]  # the last user is the freshness probe's
+            cashback_before = cashback_state(topology.postgres_dsn)
             payments = run_wrk(
                 "POST /v1/payments (¾ balance, ¼ card)", f"{edge}/v1/payments", args,
                 "payments.lua", [f"bench-{uuid.uuid4().hex[:12]}", *pay_args], meter=meter,
                 prometheus_url=topology.prometheus_url, database=database,
             )
+            cashback_after = cashback_state(topology.postgres_dsn)
             # Freshness apart from the measured runs: its status polls would count as their CPU.
             # The last seeded user is left out of the load: its status changes only by the probe's payments.
             probe_user = f"u{topology.seed.users:05d}"
@@ -374,6 +403,7 @@ def main() -> int:
         f"{replicas_per_zone(topology)} replicas per zone"
     )
     print_table(baseline, [reads, payments])
+    print_cashback(payments, cashback_before, cashback_after)
     print(idle.report())
     print(freshness.report())
     print_money(money, settled, len(acknowledged))

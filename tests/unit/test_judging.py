@@ -83,6 +83,15 @@ def test_an_exercise_seen_fewer_times_than_asked_is_inconclusive_with_a_negative
     assert (met.verdict, met.margin) == ("passed", 3.0)
 
 
+def test_an_exercise_the_catalogue_says_how_to_read_says_so_when_short() -> None:
+    from paychaos.probes.judging import judge_exercised
+
+    booked = load_catalogue().exercise("cashback-booked")
+    short = judge_exercised("after", "cashback-booked", 1, 0, booked.description, {}, booked.when_short)
+    assert short.verdict == "inconclusive"
+    assert "budget spent" in short.detail and "drive more traffic" not in short.detail
+
+
 class _Prometheus:
     """Our own PromQL client's seam: answers the volume query with a fixed count."""
 

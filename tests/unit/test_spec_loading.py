@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from paychaos.cli.experiments import experiment_schema
 from paychaos.experiments.loading import SpecError, load_experiment, load_experiments, parse_experiment
 from paychaos.experiments.spec import FAULT_KINDS, ChaosExperiment
 from paychaos.platform.topology import load_topology
-from paychaos.probes.catalogue import load_catalogue
+from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.targets.local import inventory_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,6 +299,29 @@ def test_an_eventual_invariant_has_a_bound_and_a_known_name() -> None:
     with pytest.raises(SpecError) as caught:
         parse_experiment(typo, "x.yaml", probes=load_catalogue(ROOT / "probes"))
     assert str(caught.value).startswith("x.yaml:19: spec.after[1].invariant.name: unknown invariant 'acknowledged-event-consumed'")
+
+
+def test_an_invariant_that_holds_vacuously_needs_the_exercise_that_guards_it() -> None:
+    # cashback-exactly-once holds on a stack that pays no cashback (budget spent, users at their
+    # cap), whatever the consumer does: a spec that checks it must ask for cashback to be booked.
+    probes = load_catalogue(ROOT / "probes")
+    unguarded = VALID.replace("[ledger-conservation, no-double-charge]", "[ledger-conservation, cashback-exactly-once]")
+    with pytest.raises(SpecError) as caught:
+        parse_experiment(unguarded, "x.yaml", probes=probes)
+    assert str(caught.value).splitlines() == [
+        "x.yaml:18: spec.after[0].invariant[1]: invariant 'cashback-exactly-once' holds whether or not a run does what it "
+        "guards: declare how often it must happen, `exercise: {cashback-booked: N}` (probes/exercises.yaml)"
+    ]
+    guarded = unguarded.replace("  steadyState:", "  exercise: {cashback-booked: 20}\n  steadyState:")
+    assert parse_experiment(guarded, "x.yaml", probes=probes).spec.exercise == {"cashback-booked": 20}
+
+
+def test_an_exercise_guarding_an_invariant_the_catalogue_lacks_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "probes", tmp_path / "probes")
+    exercises = tmp_path / "probes" / "exercises.yaml"
+    exercises.write_text(exercises.read_text().replace("guards: [cashback-exactly-once,", "guards: [cashback-exactly-one,"))
+    with pytest.raises(CatalogueError, match=r"exercise 'cashback-booked' guards 'cashback-exactly-one', which .* does not hold"):
+        load_catalogue(tmp_path / "probes")
 
 
 def test_breakers_and_consumer_groups_are_the_ones_the_series_vocabulary_lists() -> None:

@@ -134,9 +134,19 @@ def _probe_problems(exp: ChaosExperiment, probes: ProbeNames) -> list[Reference]
         if name not in probes.slos:
             out.append((path, _one_of("SLO", name, probes.slos)))
 
+    # An invariant some exercise guards holds vacuously on a run that did not provoke it.
+    guarded_by: dict[str, list[str]] = {}
+    for exercise_name, exercise in probes.exercises.items():
+        for guarded in getattr(exercise, "guards", ()):
+            guarded_by.setdefault(guarded, []).append(exercise_name)
+
     def invariant(path: tuple[Segment, ...], name: str) -> None:
         if name not in probes.invariants:
             out.append((path, _one_of("invariant", name, probes.invariants)))
+        elif (missing := [e for e in guarded_by.get(name, []) if e not in exp.spec.exercise]):
+            wanted = ", ".join(f"{e}: N" for e in missing)
+            out.append((path, f"invariant {name!r} holds whether or not a run does what it guards: declare how "
+                              f"often it must happen, `exercise: {{{wanted}}}` (probes/exercises.yaml)"))
 
     for section in ("steadyState", "expect", "after"):
         for i, check in enumerate(getattr(exp.spec, to_snake(section))):

@@ -91,6 +91,11 @@ class Exercise(BaseModel):
     # One source: PromQL of a counter's increase over $window, or the load's client record.
     promql: str | None = None
     client: Literal["retried-payments", "double-taps"] | None = None
+    # Invariants that hold vacuously unless this happened in the run: an experiment checking one
+    # of them must also declare this exercise (experiments/references.py refuses it otherwise).
+    guards: tuple[str, ...] = ()
+    # What to look at when a run saw too few, if not simply too little traffic or too short a fault.
+    when_short: str | None = Field(default=None, alias="whenShort")
 
     @model_validator(mode="after")
     def _one_source(self) -> Exercise:
@@ -163,6 +168,10 @@ def load_catalogue(root: Path | None = None) -> Catalogue:
     exercise_file = root / EXERCISES_FILE
     exercises = _read(exercise_file, ExerciseFile).exercises if exercise_file.is_file() else {}
     invariants = {p.stem: p.read_text(encoding="utf-8") for p in sorted((root / "invariants").glob("*.sql"))}
+    for name, exercise in exercises.items():
+        if unknown := [g for g in exercise.guards if g not in invariants]:
+            raise CatalogueError(f"{exercise_file}: exercise {name!r} guards {', '.join(map(repr, unknown))}, "
+                                 f"which {root / 'invariants'} does not hold (known: {', '.join(sorted(invariants))})")
     series_file = root / SERIES_FILE
     if not series_file.is_file():
         raise CatalogueError(f"no series vocabulary at {series_file}: copy the project's probes/{SERIES_FILE} and adapt its queries")

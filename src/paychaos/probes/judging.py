@@ -589,18 +589,21 @@ def judge_exercises(ctx: Run, wanted: dict[str, int], phase: str) -> list[CheckR
             except (CatalogueError, PrometheusUnavailable) as exc:
                 out.append(CheckResult(phase, "exercise", name, "error", None, f">= {needed}", str(exc)))
                 continue
-            out.append(judge_exercised(phase, name, needed, round(count or 0.0), exercise.description, evidence))
+            out.append(judge_exercised(phase, name, needed, round(count or 0.0), exercise.description, evidence,
+                                       exercise.when_short))
     return out
 
 
-def judge_exercised(phase: str, name: str, needed: int, seen: int, description: str, evidence: dict[str, object]) -> CheckResult:
-    """Seen at least ``needed`` times, or inconclusive: what guards this path saw nothing to judge."""
+def judge_exercised(phase: str, name: str, needed: int, seen: int, description: str, evidence: dict[str, object],
+                    when_short: str | None = None) -> CheckResult:
+    """Seen at least ``needed`` times, or inconclusive: what guards this path saw nothing to judge.
+    ``when_short``: what to look at then, when it is not simply too little traffic."""
     if seen >= needed:
         verdict, detail = "passed", f"{seen} seen: {description}"
     else:
         verdict, detail = "inconclusive", (
             f"only {seen} of the {needed} this experiment must provoke ({description}); the checks "
-            "that guard this path had too little to see: drive more traffic or a longer fault")
+            f"that guard this path had too little to see: {when_short or 'drive more traffic or a longer fault'}")
     return CheckResult(phase, "exercise", name, verdict, seen, f">= {needed}", detail, evidence, float(seen - needed))
 
 

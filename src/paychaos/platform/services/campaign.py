@@ -108,6 +108,7 @@ def campaign_status(spec: CampaignSpec, user_id: str, moment: datetime, row: sto
 class Metrics:
     consumed: Counter
     granted_yen: Counter
+    booked: Counter
     lag: Gauge
     duplicates: Counter
     poison: Counter
@@ -134,6 +135,7 @@ class Metrics:
         return cls(
             consumed=counter("campaign_events_consumed", "Payment events applied to the aggregates"),
             granted_yen=counter("campaign_cashback_granted_yen", "Cashback yen booked in the ledger by this replica"),
+            booked=counter("campaign_cashback_booked", "Cashback transfers the ledger booked for this replica (a replay of one already booked not counted)"),
             lag=lag.labels(**ctx.labels()),
             duplicates=counter("campaign_duplicates_skipped", "Redelivered events recognised and skipped"),
             poison=counter("campaign_poison_skipped", "Undecodable events logged and skipped (skipPoison)"),
@@ -173,13 +175,14 @@ class CampaignService:
         answers = await asyncio.gather(*(self._send(grant) for grant in grants))
         applied: list[store.Grant] = []
         refused: list[tuple[store.Grant, Reply]] = []  # answered, but not booked
-        booked_yen = 0
+        booked_yen = booked = 0
         for grant, answer in zip(grants, answers, strict=True):
             if answer is None:
                 continue  # no answer: left pending for the retry loop
             if answer.status_code in (200, 201):
                 applied.append(grant)
-                booked_yen += grant.amount if answer.status_code == 201 else 0
+                if answer.status_code == 201:
+                    booked_yen, booked = booked_yen + grant.amount, booked + 1
             else:
                 refused.append((grant, answer))
         # One connection for the whole batch's marks: the consumer and the retry loop are its only
@@ -203,6 +206,7 @@ class CampaignService:
                     log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code,
                                 grant.transfer_id)
         self.metrics.granted_yen.inc(booked_yen)
+        self.metrics.booked.inc(booked)
 
     async def _send(self, grant: store.Grant) -> Reply | None:
         """The ledger's answer to one grant, or None when it could not be had (retried later)."""
