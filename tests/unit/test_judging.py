@@ -191,3 +191,21 @@ def test_a_breaker_whose_trip_count_nobody_knows_is_inconclusive_not_failed() ->
     verdict, why = why_still_closed({"payment-1": 40}, {"payment-1": "closed"}, None, "20s")
     assert verdict == "inconclusive" and "give callsToOpen" in why and "40 calls" in why
     assert why_still_closed({"payment-1": 40}, {"payment-1": "disabled"}, None, "20s")[0] == "failed"
+
+
+def test_an_invariant_over_acknowledged_payments_with_none_acknowledged_is_inconclusive() -> None:
+    from paychaos.probes.invariants import InvariantResult
+    from paychaos.probes.judging import judge_invariant, reads_acknowledged
+
+    catalogue = load_catalogue()
+    durable = catalogue.invariant("acknowledged-payments-durable")
+    conservation = catalogue.invariant("ledger-conservation")
+    assert reads_acknowledged(durable) and not reads_acknowledged(conservation)
+    assert not reads_acknowledged("-- the acknowledged table is not read here\nSELECT 1 WHERE false")
+    held = InvariantResult("acknowledged-payments-durable", 0, [])
+    empty = judge_invariant("after", held, durable, acknowledged=0)
+    assert empty.verdict == "inconclusive" and "nothing for it to judge" in empty.detail
+    assert judge_invariant("after", held, durable, acknowledged=12).verdict == "passed"
+    assert judge_invariant("after", InvariantResult("ledger-conservation", 0, []), conservation, 0).verdict == "passed"
+    broken = judge_invariant("after", InvariantResult("acknowledged-payments-durable", 2, [{"payment_id": "p"}]), durable, 0)
+    assert (broken.verdict, broken.observed) == ("failed", 2)

@@ -8,6 +8,7 @@ themselves (``probes.verdicts``) are pure. ``JUDGES`` holds one judge per check 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Protocol
 
 from paychaos.experiments.spec import Breaker, ChaosExperiment, Check, EventualInvariant, KafkaLag, Recovery, SloBound
 from paychaos.probes.catalogue import Catalogue, CatalogueError, Slo
-from paychaos.probes.invariants import Acknowledged, LedgerUnavailable, check_invariants, engine_for, ledger_dsn
+from paychaos.probes.invariants import (
+    Acknowledged, InvariantResult, LedgerUnavailable, check_invariants, engine_for, ledger_dsn,
+)
 from paychaos.probes.prometheus import Prometheus, PrometheusUnavailable
 from paychaos.probes.series import SAMPLE_WINDOW, Vocabulary, breaker_key, fill, lag_key
 from paychaos.probes.verdicts import (
@@ -523,12 +526,25 @@ def judge_invariants(ctx: Run, names: list[str], phase: str) -> list[CheckResult
         found = check_invariants(engine, queries, acknowledged)
     finally:
         engine.dispose()
-    return [
-        CheckResult(phase, "invariant", r.name, "passed" if r.holds else "failed", r.violations, "0 violating rows",
-                    "holds" if r.holds else f"{r.violations} violating rows",
-                    {"sample": r.sample, "acknowledged": len(acknowledged), "query": queries[r.name].strip()})
-        for r in found
-    ]
+    return [judge_invariant(phase, r, queries[r.name], len(acknowledged)) for r in found]
+
+
+def judge_invariant(phase: str, found: InvariantResult, query: str, acknowledged: int) -> CheckResult:
+    """Violating rows fail it. An invariant over the payments the app was told completed (it reads
+    the ``acknowledged`` table) holds on an empty record whatever the stack did: inconclusive."""
+    evidence = {"sample": found.sample, "acknowledged": acknowledged, "query": query.strip()}
+    if not found.holds:
+        return CheckResult(phase, "invariant", found.name, "failed", found.violations, "0 violating rows",
+                           f"{found.violations} violating rows", evidence)
+    if not acknowledged and reads_acknowledged(query):
+        return CheckResult(phase, "invariant", found.name, "inconclusive", found.violations, "0 violating rows",
+                           "no payment the load was told completed, so nothing for it to judge", evidence)
+    return CheckResult(phase, "invariant", found.name, "passed", found.violations, "0 violating rows", "holds", evidence)
+
+
+def reads_acknowledged(query: str) -> bool:
+    """Whether an invariant's SQL reads the temporary table of acknowledged payments (comments aside)."""
+    return re.search(r"\backnowledged\b", re.sub(r"--[^\n]*", "", query), re.IGNORECASE) is not None
 
 
 EVENTUAL_RETRY = 1.0  # seconds between two judgements of an invariant that is still converging
@@ -544,11 +560,14 @@ def judge_eventual_invariant(ctx: Run, check: EventualInvariant, phase: str) -> 
     while True:
         (result,) = judge_invariants(ctx, [check.name], phase)
         waited = time.monotonic() - started
-        if result.verdict == "passed" or waited >= within or ctx.stop_reason is not None:
+        if result.verdict in ("passed", "inconclusive") or waited >= within or ctx.stop_reason is not None:
             break
         time.sleep(min(EVENTUAL_RETRY, within - waited))
     result.threshold = f"0 violating rows within {within:g}s"
-    result.detail = f"held after {waited:.1f}s" if result.verdict == "passed" else f"{result.observed} violating rows after {waited:.1f}s"
+    if result.verdict == "passed":
+        result.detail = f"held after {waited:.1f}s"
+    elif result.verdict == "failed":
+        result.detail = f"{result.observed} violating rows after {waited:.1f}s"
     result.evidence["waited"] = round(waited, 2)
     return [result]
 
