@@ -42,6 +42,7 @@ SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'on CPU') AS wait,
        l.relation::regclass::text || ' ' || pg_temp.row_key(l.relation, format('(%s,%s)', l.page, l.tuple)::tid) AS row
 FROM pg_stat_activity a
 LEFT JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted AND l.locktype = 'tuple'
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 WHERE a.state = 'active' AND a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
 """
 
@@ -78,6 +79,7 @@ class DatabaseReport:
     rows: Counter[str] = field(default_factory=Counter)  # queued-on rows, "table key"
     statements: list[Statement] = field(default_factory=list)
     unavailable: str | None = None  # why there is no statement breakdown
+    sampling_failed: str | None = None  # why the wait samples stopped early
 
 
 def wait_class(event: str) -> str:
@@ -112,7 +114,8 @@ class DatabaseProfile:
     def stop(self, top: int = 8) -> DatabaseReport:
         self._stop.set()
         if self._thread:
-            self._thread.join()
+            self._thread.join(timeout=10)  # a sample stuck behind a lock must not hang the benchmark
+            self._thread = None
         if self._report.unavailable is None:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 self._report.statements = [
@@ -122,15 +125,19 @@ class DatabaseProfile:
         return self._report
 
     def _sample(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(ROW_KEY_FUNCTION)
-            while not self._stop.wait(self.interval):
-                rows = conn.execute(ACTIVITY_SQL).fetchall()
-                self._report.samples += 1
-                for wait, row in rows:
-                    self._report.waits[wait_class(wait)] += 1
-                    if row is not None:
-                        self._report.rows[row] += 1
+        stop, report = self._stop, self._report  # this run's: a later start() gets its own
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute(ROW_KEY_FUNCTION)
+                while not stop.wait(self.interval):
+                    rows = conn.execute(ACTIVITY_SQL).fetchall()
+                    report.samples += 1
+                    for wait, row in rows:
+                        report.waits[wait_class(wait)] += 1
+                        if row is not None:
+                            report.rows[row] += 1
+        except psycopg.Error as exc:  # the samples so far stand; the report says why they stopped
+            report.sampling_failed = str(exc).strip().splitlines()[0]
 
 
 def print_database(name: str, report: DatabaseReport, requests: int) -> None:
@@ -141,6 +148,8 @@ def print_database(name: str, report: DatabaseReport, requests: int) -> None:
           f"({report.samples} samples)")
     if busy:
         print("  " + ", ".join(f"{kind} {100 * n / busy:.0f} %" for kind, n in report.waits.most_common()))
+    if report.sampling_failed:
+        print(f"  the wait samples stopped early: {report.sampling_failed}")
     if report.rows:
         print("  queued on rows: " + ", ".join(f"{row} ({n})" for row, n in report.rows.most_common(4)))
     if report.unavailable:

@@ -51,9 +51,11 @@ def running_stack(topology_path: Path | None = None) -> Iterator[Topology]:
         print(f"stack ready in {time.monotonic() - t0:.1f}s", file=sys.stderr)
         yield stacking.current_topology(fresh)
     finally:
-        stacking.down(fresh)
-        if previous is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous
-        shutil.rmtree(fresh.root, ignore_errors=True)
+        try:
+            stacking.down(fresh)
+            shutil.rmtree(fresh.root, ignore_errors=True)  # kept if the stack would not stop
+        finally:
+            if previous is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous

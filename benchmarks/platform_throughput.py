@@ -171,17 +171,19 @@ def run_wrk(
     before = meter.sample() if meter else {}
     if database:
         database.start()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.duration + args.timeout + 30)
-    if out.returncode != 0:
-        raise WrkOutputError(f"wrk exited {out.returncode} for {name}: {out.stderr.strip() or out.stdout.strip()}")
-    result = parse_wrk(name, out.stdout)
-    if meter:
-        if prometheus_url:
-            result.drain_seconds = drain(prometheus_url)
-        after = meter.sample()
-        result.cpu_seconds = {k: after[k] - before.get(k, 0.0) for k in after}
-    if database:
-        result.database = database.stop()
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=args.duration + args.timeout + 30)
+        if out.returncode != 0:
+            raise WrkOutputError(f"wrk exited {out.returncode} for {name}: {out.stderr.strip() or out.stdout.strip()}")
+        result = parse_wrk(name, out.stdout)
+        if meter:
+            if prometheus_url:
+                result.drain_seconds = drain(prometheus_url)
+            after = meter.sample()
+            result.cpu_seconds = {k: after[k] - before.get(k, 0.0) for k in after}
+    finally:
+        report = database.stop() if database else None
+    result.database = report
     return result
 
 

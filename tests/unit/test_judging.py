@@ -209,3 +209,37 @@ def test_an_invariant_over_acknowledged_payments_with_none_acknowledged_is_incon
     assert judge_invariant("after", InvariantResult("ledger-conservation", 0, []), conservation, 0).verdict == "passed"
     broken = judge_invariant("after", InvariantResult("acknowledged-payments-durable", 2, [{"payment_id": "p"}]), durable, 0)
     assert (broken.verdict, broken.observed) == ("failed", 2)
+
+
+def test_an_exercise_counted_from_the_fault_is_asked_over_the_fault_and_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from paychaos.experiments.loading import load_experiment
+    from paychaos.probes import judging
+
+    asked: list[str] = []
+
+    class Prometheus:
+        def __init__(self, url: str) -> None:
+            pass
+
+        def __enter__(self) -> Prometheus:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def scalar(self, promql: str, at: float | None = None) -> float:
+            asked.append(promql)
+            return 600.0
+
+    monkeypatch.setattr(judging, "Prometheus", Prometheus)
+    root = Path(__file__).resolve().parents[2]
+    experiment = load_experiment(root / "experiments" / "kafka-broker-failure.yaml")  # its fault at 20 s
+    ctx = SimpleNamespace(now=lambda: 95.0, catalogue=load_catalogue(root / "probes"), experiment=experiment,
+                          endpoints=SimpleNamespace(prometheus_url="http://prometheus"))
+    booked, held = judging.judge_exercises(ctx, {"cashback-booked": 100, "outbox-held-events": 20}, "after")  # type: ignore[arg-type]
+    assert "[75s]" in asked[0] and booked.evidence["window"] == [20.0, 95.0]  # from the fault on
+    assert "[95s:1s]" in asked[1] and held.evidence["window"] == [0.0, 95.0]  # over the whole method
+    assert (booked.verdict, booked.observed) == ("passed", 600)

@@ -94,9 +94,11 @@ def export(
     chosen = chosen_target(run_dir, target_file)
     try:
         # Checked against the target it will run on, as `run` does (a fault its driver lacks is refused here).
-        spec = load_experiment(experiment, chosen.inventory() if chosen.platform != "local" else None)
+        # And against the probe catalogue, as `run` is: unknown names, invariants without the exercise that guards them.
+        spec = load_experiment(experiment, chosen.inventory() if chosen.platform != "local" else None,
+                               probes=catalogue_of(chosen, load_catalogue()))
         target = _spec_target(spec, chosen)
-    except SpecError as exc:
+    except (SpecError, CatalogueError) as exc:
         raise fail(str(exc)) from None
     except UnsupportedTarget as exc:
         raise fail(str(exc)) from None

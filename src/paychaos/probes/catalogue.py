@@ -96,11 +96,16 @@ class Exercise(BaseModel):
     guards: tuple[str, ...] = ()
     # What to look at when a run saw too few, if not simply too little traffic or too short a fault.
     when_short: str | None = Field(default=None, alias="whenShort")
+    # "run": over the whole method; "fault": from the first fault's injection on, when what must be
+    # seen is the path walked under the fault (cashback booked before it proves nothing about it).
+    counted_from: Literal["run", "fault"] = Field(default="run", alias="countedFrom")
 
     @model_validator(mode="after")
     def _one_source(self) -> Exercise:
         if (self.promql is None) == (self.client is None):
             raise ValueError("an exercise is counted from exactly one of promql or client")
+        if self.counted_from == "fault" and self.client is not None:
+            raise ValueError("countedFrom: fault needs a promql count (the load's record covers the whole run)")
         return self
 
     def query(self, window: str) -> str:

@@ -592,7 +592,6 @@ def _acknowledged(ctx: Run) -> list[Acknowledged]:
 def judge_exercises(ctx: Run, wanted: dict[str, int], phase: str) -> list[CheckResult]:
     """How often the run walked each path the spec says it must (from the method start until
     now); fewer than asked is inconclusive: the checks guarding that path saw nothing to judge."""
-    span = f"{max(1, round(ctx.now()))}s"
     out = []
     with Prometheus(ctx.endpoints.prometheus_url) as prom:
         for name, needed in wanted.items():
@@ -602,9 +601,11 @@ def judge_exercises(ctx: Run, wanted: dict[str, int], phase: str) -> list[CheckR
                     count: float | None = _client_count(ctx, exercise.client)
                     evidence: dict[str, object] = {"source": f"the load's client record ({exercise.client})"}
                 else:
-                    query = exercise.query(span)
+                    from_fault = exercise.counted_from == "fault" and ctx.experiment.spec.faults
+                    start = faults_window(ctx)[0] if from_fault else 0.0
+                    query = exercise.query(f"{max(1, round(ctx.now() - start))}s")
                     count = prom.scalar(query)
-                    evidence = {"query": query, "window": [0.0, round(ctx.now(), 1)]}
+                    evidence = {"query": query, "window": [start, round(ctx.now(), 1)]}
             except (CatalogueError, PrometheusUnavailable) as exc:
                 out.append(CheckResult(phase, "exercise", name, "error", None, f">= {needed}", str(exc)))
                 continue
