@@ -532,14 +532,14 @@ def judge_invariants(ctx: Run, names: list[str], phase: str) -> list[CheckResult
 def judge_invariant(phase: str, found: InvariantResult, query: str, acknowledged: int) -> CheckResult:
     """Violating rows fail it. An invariant over the payments the app was told completed (it reads
     the ``acknowledged`` table) holds on an empty record whatever the stack did: inconclusive."""
-    evidence = {"sample": found.sample, "acknowledged": acknowledged, "query": query.strip()}
     if not found.holds:
-        return CheckResult(phase, "invariant", found.name, "failed", found.violations, "0 violating rows",
-                           f"{found.violations} violating rows", evidence)
-    if not acknowledged and reads_acknowledged(query):
-        return CheckResult(phase, "invariant", found.name, "inconclusive", found.violations, "0 violating rows",
-                           "no payment the load was told completed, so nothing for it to judge", evidence)
-    return CheckResult(phase, "invariant", found.name, "passed", found.violations, "0 violating rows", "holds", evidence)
+        verdict, detail = "failed", f"{found.violations} violating rows"
+    elif not acknowledged and reads_acknowledged(query):
+        verdict, detail = "inconclusive", "no payment the load was told completed, so nothing for it to judge"
+    else:
+        verdict, detail = "passed", "holds"
+    evidence = {"sample": found.sample, "acknowledged": acknowledged, "query": query.strip()}
+    return CheckResult(phase, "invariant", found.name, verdict, found.violations, "0 violating rows", detail, evidence)
 
 
 def reads_acknowledged(query: str) -> bool:
@@ -590,8 +590,9 @@ def _acknowledged(ctx: Run) -> list[Acknowledged]:
 
 
 def judge_exercises(ctx: Run, wanted: dict[str, int], phase: str) -> list[CheckResult]:
-    """How often the run walked each path the spec says it must (from the method start until
-    now); fewer than asked is inconclusive: the checks guarding that path saw nothing to judge."""
+    """How often the run walked each path the spec says it must (from the method start until now,
+    or from the first fault's injection for an exercise counted from the fault); fewer than asked
+    is inconclusive: the checks guarding that path saw nothing to judge."""
     out = []
     with Prometheus(ctx.endpoints.prometheus_url) as prom:
         for name, needed in wanted.items():
