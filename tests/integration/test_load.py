@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -136,3 +138,47 @@ def test_the_cli_runs_a_short_load_and_prints_a_json_summary(stack: Stack, tmp_p
     assert summary["requests"] > 0 and (tmp_path / "stats.jsonl").exists()
     bad = stack.cli("load", "replay", "--duration", "4s", timeout=30)
     assert bad.returncode != 0 and "trace" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class _AlwaysInProgress(http.server.BaseHTTPRequestHandler):
+    """A platform whose every payment stays "in progress": the app retries it until it gives up."""
+
+    keys: ClassVar[set[str]] = set()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.keys.add(self.headers["Idempotency-Key"])
+        body = json.dumps({"error": {"code": "PAYMENT_IN_PROGRESS"}}).encode()
+        self.send_response(409)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Retry-After", "3")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_payment_still_being_retried_when_the_load_stops_is_recorded_unanswered(tmp_path: Path) -> None:
+    # Each payment retries for some 15 s (six attempts, 3 s apart at least), longer than the 5 s
+    # the load's stop timeout leaves it after a 3 s run: every payment is cut off mid-retry.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysInProgress)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        runner = LoadRunner(f"http://127.0.0.1:{server.server_address[1]}",
+                            Load(profile="steady", baseline_rps=10, duration="3s", payment_share=1.0), tmp_path,
+                            app_users=50, merchants=5)
+        runner.start()
+        runner.wait(timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    unanswered = read_records(runner.unanswered_path)
+    assert not read_records(runner.acknowledged_path)
+    # Every payment the platform saw is in the record, once: none vanished with the load's stop.
+    keys = [r["key"] for r in unanswered]
+    assert len(keys) == len(set(keys)) and _AlwaysInProgress.keys <= set(keys), (len(keys), len(_AlwaysInProgress.keys))
+    assert {r["code"] for r in unanswered} == {"LOAD_STOPPED"} and all(r["status"] is None for r in unanswered), unanswered
+    # Sent again and again, then stopped: retried payments, as the exercise counts them.
+    assert len([r for r in unanswered if r["attempts"] > 1]) >= len(_AlwaysInProgress.keys) // 2, unanswered

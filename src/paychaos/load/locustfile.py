@@ -35,6 +35,8 @@ CONFIG_ENV = "PAYCHAOS_LOAD_CONFIG"
 PART_ENV = "PAYCHAOS_LOAD_PART"
 PASS_HEADER = "X-Admission-Pass"
 PASS_EXPIRES_HEADER = "X-Admission-Pass-Expires"
+#: The code of an unanswered payment the load stopped before it had its answer.
+STOPPED = "LOAD_STOPPED"
 
 # Per-second lines on the master need per-second worker reports (Locust's default is 3 s).
 locust.runners.WORKER_REPORT_INTERVAL = 1.0
@@ -141,10 +143,13 @@ class CampaignUser(FastHttpUser):
         else:
             self.pay()
 
-    def call(self, method: str, path: str, name: str, headers: dict[str, str] | None = None, body: Any = None) -> Answer:
+    def wait_turn(self) -> None:
         wait = self.not_before - time.monotonic()
         if wait > 0:  # the platform asked this phone to come back later
             gevent.sleep(wait)
+
+    def call(self, method: str, path: str, name: str, headers: dict[str, str] | None = None, body: Any = None) -> Answer:
+        self.wait_turn()
         sent = {"X-Device-Id": self.device_id, "X-User-Id": self.user_id, **(headers or {})}
         if self.admission_pass:
             sent[PASS_HEADER] = self.admission_pass
@@ -188,7 +193,23 @@ class CampaignUser(FastHttpUser):
         # The second tap goes out at the same moment as the first, with the same key; it is
         # answered on its own (a replay, or "in progress"), and recorded when final.
         twin = gevent.spawn(self.call, "POST", "/v1/payments", "POST /v1/payments (double tap)", headers, body) if double_tap else None
+        self.attempts_sent = 0
+        try:
+            self.attempt_payment(key, headers, body, twin, double_tap)
+        except gevent.GreenletExit:
+            # The load stopped (its stop timeout ran out) while the app was still at it: nothing
+            # was promised, but the payment was sent, perhaps more than once. Unrecorded, a
+            # payment retried after a late fault vanished from the count of retried payments.
+            UNANSWERED.write({"key": key, "user": self.user_id, "amount": body["amount"], "method": body["method"],
+                              "status": None, "code": STOPPED, "attempts": self.attempts_sent, "at": time.time()})
+            raise
+
+    def attempt_payment(self, key: str, headers: dict[str, str], body: dict[str, Any], twin: gevent.Greenlet | None,
+                        double_tap: bool) -> None:
+        """Send the payment until it has a final answer or the app gives up, recording the outcome."""
         for attempt in range(1, self.max_attempts + 1):
+            self.wait_turn()
+            self.attempts_sent = attempt
             answer = self.call("POST", "/v1/payments", "POST /v1/payments", headers, body)
             verdict = judge(answer)
             if twin is not None:

@@ -39,7 +39,7 @@ class LoadRunner:
 
     Files in ``out_dir``: ``stats.jsonl`` (one line per second), ``acknowledged.jsonl`` (every
     payment users were told is final), ``refusals.jsonl`` (every request admission refused),
-    ``unanswered.jsonl`` (every payment the app gave up on),
+    ``unanswered.jsonl`` (every payment the app gave up on, or was still retrying when the load stopped: code LOAD_STOPPED),
     ``summary.json`` (totals, written when the run ends) and
     one ``locust-<part>.log`` per process.
     """
