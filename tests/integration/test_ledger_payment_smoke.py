@@ -254,6 +254,69 @@ def test_ledger_refuses_unbalanced_and_reused_transfers(seeded: Smoke) -> None:
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "UNKNOWN_ACCOUNT"
 
 
+def test_a_batch_applies_each_transfer_on_its_own_terms_in_one_transaction(seeded: Smoke) -> None:
+    url = f"{seeded.ledger_url}/v1/transfer-batches"
+    budget = "budget:" + seeded.topology.campaign.flash.name
+    start = seeded.balance(budget)
+
+    def grant(tid: str, user: str, amount: int) -> dict[str, Any]:
+        return {"id": tid, "kind": "cashback", "user_id": user, "postings": [
+            {"account": budget, "amount": -amount}, {"account": f"wallet:{user}", "amount": amount}]}
+
+    batch = [grant("b-1", "u00021", 30), grant("b-2", "u00022", start), grant("b-3", "u00023", 40),
+             {**grant("b-4", "u00024", 5), "postings": [{"account": budget, "amount": -5}, {"account": "wallet:nobody", "amount": 5}]}]
+    r = httpx.post(url, json={"transfers": batch})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["id"] for x in results] == ["b-1", "b-2", "b-3", "b-4"]
+    # b-2 would overdraw the budget once b-1 is in: refused alone, the rest applied.
+    assert [x["status"] for x in results] == [201, 422, 201, 404], results
+    assert results[1]["error"] == {"code": "INSUFFICIENT_FUNDS", "message": f"Account {budget} has insufficient funds.",
+                                   "account": budget}
+    assert results[3]["error"]["code"] == "UNKNOWN_ACCOUNT" and results[3]["error"]["account"] == "wallet:nobody"
+    assert seeded.balance(budget) == start - 70
+    assert seeded.sql("SELECT id FROM ledger.transfers WHERE id LIKE 'b-%%' ORDER BY id") == [("b-1",), ("b-3",)]
+    # Sent again (the campaign's retry after a lost answer): replayed, not applied twice; an id
+    # reused with another body is refused.
+    again = httpx.post(url, json={"transfers": [grant("b-1", "u00021", 30), grant("b-3", "u00023", 41)]}).json()["results"]
+    assert [(x["status"], x.get("replayed"), (x.get("error") or {}).get("code")) for x in again] == [
+        (200, True, None), (409, None, "TRANSFER_ID_REUSED")]
+    assert seeded.balance(budget) == start - 70
+    # Malformed: too many, or unbalanced, is the caller's mistake and nothing is written.
+    too_many = httpx.post(url, json={"transfers": [grant(f"b-many-{i}", "u00021", 1) for i in range(49)]})
+    assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "INVALID_REQUEST", too_many.text
+    unbalanced = {**grant("b-5", "u00025", 5), "postings": [{"account": budget, "amount": -5}, {"account": "wallet:u00025", "amount": 4}]}
+    r = httpx.post(url, json={"transfers": [grant("b-6", "u00026", 5), unbalanced]})
+    assert r.status_code == 422 and r.json()["error"] == {
+        "code": "UNBALANCED", "message": "The postings of a transfer must sum to zero.", "field": "transfers[1].postings"}
+    assert seeded.scalar("SELECT count(*) FROM ledger.transfers WHERE id IN ('b-5', 'b-6')") == 0
+
+
+def test_concurrent_batches_sharing_grants_apply_each_once_without_deadlock(seeded: Smoke) -> None:
+    # The consumer and the retry loop can send the same pending grant at once, in batches of
+    # their own: the accounts are locked before any id is claimed, so neither waits on the other
+    # in a cycle (a deadlock would cost a second and a 503).
+    url = f"{seeded.ledger_url}/v1/transfer-batches"
+    budget = "budget:" + seeded.topology.campaign.flash.name
+    start = seeded.balance(budget)
+    grants = [{"id": f"c-{i}", "kind": "cashback", "user_id": f"u{i + 100:05d}", "postings": [
+        {"account": budget, "amount": -1}, {"account": f"wallet:u{i + 100:05d}", "amount": 1}]} for i in range(96)]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Twelve batches of 24, each grant in three of them, in different orders.
+            batches = [grants[(k * 8) % 96:][:24] if k % 2 else list(reversed(grants[(k * 8) % 96:][:24])) for k in range(12)]
+            batches += [grants[i:i + 24] for i in range(0, 96, 24)]
+            return await asyncio.gather(*(client.post(url, json={"transfers": b}) for b in batches))
+
+    responses = asyncio.run(send_all())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    statuses = [x["status"] for r in responses for x in r.json()["results"]]
+    assert set(statuses) <= {200, 201} and statuses.count(201) == 96, statuses
+    assert seeded.balance(budget) == start - 96
+    assert seeded.scalar("SELECT count(*) FROM ledger.entries WHERE transfer_id LIKE 'c-%%'") == 192
+
+
 def test_hundreds_of_concurrent_payments_keep_the_ledger_balanced(seeded: Smoke) -> None:
     async def many() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:

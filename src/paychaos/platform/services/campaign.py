@@ -26,6 +26,7 @@ from paychaos.platform.services.calling import CallFailed, Reply, ServiceClient
 from paychaos.platform.services.campaign_rules import CAMPAIGN_TZ, PaymentEvent, month_of, next_tier, tier_for
 from paychaos.platform.services.campaign_view import StatusView
 from paychaos.platform.services.consuming import BatchConsumer, consumer_config
+from paychaos.platform.services.ledger import MAX_BATCH
 from paychaos.platform.services.reaggregating import DriftReport, reaggregate
 from paychaos.platform.services.schemas import database_ready
 from paychaos.platform.services.serving import ReplicaContext, ServiceParts, invalid_identifier, problem
@@ -168,23 +169,25 @@ class CampaignService:
         return recorded
 
     async def book(self, grants: list[store.Grant]) -> None:
-        """Send grants to the ledger together, so a slow ledger costs them one timeout rather than
-        one each; mark what it answered definitely, leave the rest pending for the retry loop."""
+        """Send grants to the ledger in batches, together, so a slow ledger costs them one timeout
+        rather than one each, and the budget row is taken once a batch rather than once a grant;
+        mark what it answered definitely, leave the rest pending for the retry loop."""
         if not grants:
             return
-        answers = await asyncio.gather(*(self._send(grant) for grant in grants))
+        chunks = [grants[i:i + MAX_BATCH] for i in range(0, len(grants), MAX_BATCH)]
+        answered = await asyncio.gather(*(self._send(chunk) for chunk in chunks))
         applied: list[store.Grant] = []
-        refused: list[tuple[store.Grant, Reply]] = []  # answered, but not booked
+        refused: list[tuple[store.Grant, int, str | None]] = []  # answered, but not booked
         booked_yen = booked = 0
-        for grant, answer in zip(grants, answers, strict=True):
-            if answer is None:
-                continue  # no answer: left pending for the retry loop
-            if answer.status_code in (200, 201):
-                applied.append(grant)
-                if answer.status_code == 201:
-                    booked_yen, booked = booked_yen + grant.amount, booked + 1
-            else:
-                refused.append((grant, answer))
+        for chunk, answers in zip(chunks, answered, strict=True):
+            for grant, answer in zip(chunk, answers or [], strict=False):  # no answer: left pending
+                status, code = int(answer.get("status", 0)), (answer.get("error") or {}).get("code")
+                if status in (200, 201):
+                    applied.append(grant)
+                    if status == 201:
+                        booked_yen, booked = booked_yen + grant.amount, booked + 1
+                else:
+                    refused.append((grant, status, code))
         # One connection for the whole batch's marks: the consumer and the retry loop are its only
         # callers, so bookings hold at most two of the pool's connections and status reads keep
         # the rest (when each grant marked on its own connection, a starved machine's status
@@ -192,8 +195,7 @@ class CampaignService:
         async with self.pool.connection() as conn:
             if applied:
                 await store.mark_applied(conn, [g.transfer_id for g in applied])
-            for grant, response in refused:
-                code = _error_code(response)
+            for grant, status, code in refused:
                 if code == "INSUFFICIENT_FUNDS":
                     log.warning("campaign budget %s exhausted at %s", grant.campaign, grant.transfer_id)
                     await store.mark_refused(conn, grant.transfer_id)
@@ -202,15 +204,15 @@ class CampaignService:
                     log.error("ledger holds %s with another body; grant parked for a human", grant.transfer_id)
                     await store.mark_parked(conn, grant.transfer_id)
                 else:
-                    # 5xx, or UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
-                    log.warning("ledger answered %s %s for %s; retrying later", response.status_code, code,
-                                grant.transfer_id)
+                    # UNKNOWN_ACCOUNT before the ledger is seeded: worth another try later.
+                    log.warning("ledger answered %s %s for %s; retrying later", status, code, grant.transfer_id)
         self.metrics.granted_yen.inc(booked_yen)
         self.metrics.booked.inc(booked)
 
-    async def _send(self, grant: store.Grant) -> Reply | None:
-        """The ledger's answer to one grant, or None when it could not be had (retried later)."""
-        body = {
+    async def _send(self, grants: list[store.Grant]) -> list[dict[str, object]] | None:
+        """The ledger's answer to each grant of a batch, in order, or None when it could not be
+        had (the whole batch is retried later)."""
+        body = {"transfers": [{
             "id": grant.transfer_id,
             "kind": "cashback",
             "user_id": grant.user_id,
@@ -219,12 +221,17 @@ class CampaignService:
                 {"account": f"budget:{grant.campaign}", "amount": -grant.amount},
                 {"account": f"wallet:{grant.user_id}", "amount": grant.amount},
             ],
-        }
+        } for grant in grants]}
         try:
-            return await self.ledger.post("/v1/transfers", json=body)
+            reply = await self.ledger.post("/v1/transfer-batches", json=body)
         except CallFailed as exc:
-            log.warning("ledger unreachable for %s (%s); retrying later", grant.transfer_id, exc)
+            log.warning("ledger unreachable for %d grants from %s (%s); retrying later", len(grants), grants[0].transfer_id, exc)
             return None
+        if reply.status_code != 200:
+            log.warning("ledger answered %s %s for %d grants; retrying later", reply.status_code, _error_code(reply), len(grants))
+            return None
+        results = reply.json().get("results")
+        return results if isinstance(results, list) and len(results) == len(grants) else None
 
     async def process(self, events: list[PaymentEvent]) -> store.Recorded:
         """Record a batch of events, then book the grants it earned once its transaction committed."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from prometheus_client import Counter
 from psycopg import AsyncConnection, OperationalError, errors
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 from starlette.requests import Request
@@ -62,6 +63,17 @@ class TransferRequest(BaseModel):
     # Transfer ids that must not exist for this one to apply (e.g. a payment's settle and its
     # refund). Race-free when they share an account, since both then lock it before checking.
     excludes: list[Annotated[str, Field(pattern=TEXT_PATTERN)]] = Field(default_factory=list)
+
+
+#: Transfers in one batch at most: each is a subtransaction of the batch's one transaction, and
+#: past 64 of those PostgreSQL's per-backend cache overflows and every backend's snapshots slow.
+MAX_BATCH = 48
+
+
+class TransferBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transfers: list[TransferRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,32 @@ async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request
     }
 
 
+async def apply_batch(conn: AsyncConnection[Any], transfers: list[TransferRequest]) -> list[dict[str, Any]]:
+    """Apply ``transfers`` in one statement and one transaction (ledger.apply_transfers,
+    ledger_schema.sql), each on its own terms: one outcome each, in order, shaped as the single
+    transfer's answer would be (``status``, and ``error`` when it did not apply)."""
+    hashes = [fingerprint(transfer_body(t)) for t in transfers]
+    batch = [{**t.model_dump(mode="json"), "request_hash": h} for t, h in zip(transfers, hashes, strict=True)]
+    cur = await conn.execute("SELECT ledger.apply_transfers(%s::jsonb)", [Jsonb(batch)])
+    row = await cur.fetchone()
+    outcomes: list[dict[str, Any]] = row[0] if row else []
+    out = []
+    for t, request_hash, outcome in zip(transfers, hashes, outcomes, strict=True):
+        if "created_at" in outcome:
+            out.append({"id": t.id, "status": 201, "replayed": False})
+        elif "refused" in outcome:
+            status, message, field = REFUSALS[outcome["refused"]]
+            culprit = outcome.get("detail") or ""
+            out.append({"id": t.id, "status": status, "error": {
+                "code": outcome["refused"], "message": message.format(culprit), field: culprit}})
+        elif outcome.get("stored_hash") == request_hash:
+            out.append({"id": t.id, "status": 200, "replayed": True})
+        else:
+            out.append({"id": t.id, "status": 409, "error": {
+                "code": "TRANSFER_ID_REUSED", "message": f"Transfer {t.id} exists with a different body."}})
+    return out
+
+
 def build(ctx: ReplicaContext) -> ServiceParts:
     pool = ctx.db_pool(min_size=2, max_size=16)
     postings_total = Counter(
@@ -239,6 +277,28 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             return problem(409, "TRANSFER_ID_REUSED", f"Transfer {t.id} exists with a different body.")
         return JSONResponse(_render(stored, replayed=True), status_code=200)
 
+    async def create_transfers(request: Request) -> Response:
+        """Up to MAX_BATCH transfers applied together (one transaction, one commit), each answered
+        as POST /v1/transfers would answer it: for a caller with many small transfers on one hot
+        account, such as the campaign's cashback on its budget."""
+        try:
+            batch = TransferBatch.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return invalid_request(f"The batch is malformed (at most {MAX_BATCH} transfers).", exc)
+        unbalanced = [i for i, t in enumerate(batch.transfers) if sum(p.amount for p in t.postings) != 0]
+        if unbalanced:
+            return problem(422, "UNBALANCED", "The postings of a transfer must sum to zero.",
+                           field=f"transfers[{unbalanced[0]}].postings")
+        try:
+            with in_flight.labels(kind=batch.transfers[0].kind, **labels).track_inprogress():
+                results = await transaction(pool, lambda conn: apply_batch(conn, batch.transfers), one_statement=True)
+        except (PoolTimeout, OperationalError):
+            return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
+        for t, result in zip(batch.transfers, results, strict=True):
+            if result["status"] == 201:
+                postings_total.labels(kind=t.kind, **labels).inc()
+        return JSONResponse({"results": results})
+
     async def get_transfer(request: Request) -> Response:
         transfer_id = request.path_params["transfer_id"]
         if (invalid := invalid_identifier(transfer_id, "transfer_id", TEXT_PATTERN)) is not None:
@@ -279,6 +339,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     return ServiceParts(
         routes=[
             Route("/v1/transfers", create_transfer, methods=["POST"]),
+            Route("/v1/transfer-batches", create_transfers, methods=["POST"]),
             Route("/v1/transfers/{transfer_id:path}", get_transfer, methods=["GET"]),
             Route("/v1/accounts/{account_id:path}", get_account, methods=["GET"]),
             Route("/v1/wallets/{user_id}", get_wallet, methods=["GET"]),

@@ -100,3 +100,49 @@ BEGIN
 
     RETURN v_created;
 END $$;
+
+-- Several transfers in one transaction (the caller's one statement): each is applied as
+-- apply_transfer applies it, or refused on its own in a subtransaction, so one refusal does not
+-- undo the rest. Every account the batch names is locked first, in id order: a batch of cashback
+-- takes the campaign's budget row once and commits once, where a transfer per grant took that one
+-- row, and waited for the previous holder's commit to reach the disk, once per grant. Locking up
+-- front also means two batches wait for each other before either claims a transfer id, so the
+-- same grant in both cannot deadlock them. One outcome per transfer, in order: created_at; or
+-- the stored request_hash when the id was already taken; or the refusal's code and detail.
+-- Callers keep a batch under 64 transfers: more subtransactions than that in one transaction
+-- overflow PostgreSQL's per-backend cache and slow every other backend's snapshots.
+CREATE OR REPLACE FUNCTION ledger.apply_transfers(p_batch jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_t       jsonb;
+    v_created timestamptz;
+    v_out     jsonb := '[]';
+    v_message text;
+    v_detail  text;
+BEGIN
+    PERFORM 1 FROM ledger.accounts
+    WHERE id IN (SELECT p.v->>'account' FROM jsonb_array_elements(p_batch) AS t(v), jsonb_array_elements(t.v->'postings') AS p(v))
+    ORDER BY id FOR UPDATE;
+    FOR v_t IN SELECT t.v FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS t(v, n) ORDER BY t.n LOOP
+        BEGIN
+            v_created := ledger.apply_transfer(
+                v_t->>'id', v_t->>'kind', v_t->>'user_id', v_t->>'payment_id', v_t->>'request_hash',
+                ARRAY(SELECT p.v->>'account' FROM jsonb_array_elements(v_t->'postings') WITH ORDINALITY AS p(v, n) ORDER BY p.n),
+                ARRAY(SELECT (p.v->>'amount')::bigint FROM jsonb_array_elements(v_t->'postings') WITH ORDINALITY AS p(v, n) ORDER BY p.n),
+                ARRAY(SELECT jsonb_array_elements_text(coalesce(v_t->'excludes', '[]'))));
+            IF v_created IS NULL THEN
+                v_out := v_out || jsonb_build_array(jsonb_build_object('id', v_t->>'id', 'stored_hash',
+                    (SELECT request_hash FROM ledger.transfers WHERE id = v_t->>'id')));
+            ELSE
+                v_out := v_out || jsonb_build_array(jsonb_build_object('id', v_t->>'id', 'created_at', v_created));
+            END IF;
+        EXCEPTION WHEN raise_exception THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            IF v_message NOT LIKE 'paychaos:%' THEN
+                RAISE;
+            END IF;
+            v_out := v_out || jsonb_build_array(jsonb_build_object(
+                'id', v_t->>'id', 'refused', substr(v_message, length('paychaos:') + 1), 'detail', v_detail));
+        END;
+    END LOOP;
+    RETURN v_out;
+END $$;
