@@ -381,6 +381,19 @@ class TestDedupeSwitch:
         assert (payments - before[0], granted - before[1], before[2] - remaining) == (2, 600, 600)
 
 
+def test_more_grants_than_one_ledger_batch_are_each_booked_once(smoke: Smoke) -> None:
+    from paychaos.platform.services.ledger import MAX_BATCH
+
+    # Three ledger batches' worth, over users no other test of this module pays for: about six
+    # ¥20 grants each, far below the per-user cap, ¥2,020 in all, within the module's budget.
+    events = [event(f"u{10 + i % 18:05d}", 100) for i in range(2 * MAX_BATCH + 5)]
+    process(smoke, dedupe=True, batches=[events])
+    assert [cashback_transfers(smoke, e["payment_id"]) for e in events] == [1] * len(events)
+    statuses = smoke.sql("SELECT status, count(*) FROM campaign.grants WHERE payment_id = ANY(%s) GROUP BY status",
+                         [e["payment_id"] for e in events])
+    assert statuses == [("applied", len(events))]
+
+
 class TestStatusCopy:
     """Status reads come from the replica's in-memory copy, which follows every write to the
     aggregates and, when its connection is cut, gives way to the database until it is back."""

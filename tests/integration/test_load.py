@@ -81,6 +81,14 @@ def test_double_taps_send_one_key_twice_at_once_and_are_charged_once(stack: Stac
     records = read_records(runner.acknowledged_path)
     tapped = [r for r in records if r["doubleTap"]]
     assert tapped and len(tapped) == len(records), "every payment of this run is double-tapped"
+    # A phone pays as a new person each time (as a campaign's crowd of payers, where a phone that
+    # paid as one person would reach the flash campaign's per-user cap within some ten payments).
+    payers: dict[str, set[str]] = {}
+    for r in records:
+        payers.setdefault(r["device"], set()).add(r["user"])
+    busy = {device: users for device, users in payers.items() if sum(r["device"] == device for r in records) >= 3}
+    assert busy and all(len(users) > 1 for users in busy.values()), payers
+    assert len({r["user"] for r in records}) > len(payers)
     assert summary["by_name"]["POST /v1/payments (double tap)"]["count"] > 0
     assert_every_acknowledged_payment_is_in_the_ledger_once(stack, records)
     engine = engine_for(stack.topology.postgres_dsn)

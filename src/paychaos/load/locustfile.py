@@ -200,8 +200,7 @@ class CampaignUser(FastHttpUser):
             # The load stopped (its stop timeout ran out) while the app was still at it: nothing
             # was promised, but the payment was sent, perhaps more than once. Unrecorded, a
             # payment retried after a late fault vanished from the count of retried payments.
-            UNANSWERED.write({"key": key, "user": self.user_id, "amount": body["amount"], "method": body["method"],
-                              "status": None, "code": STOPPED, "attempts": self.attempts_sent, "at": time.time()})
+            self.unanswered(key, body, None, STOPPED, self.attempts_sent)
             raise
 
     def attempt_payment(self, key: str, headers: dict[str, str], body: dict[str, Any], twin: gevent.Greenlet | None,
@@ -222,17 +221,19 @@ class CampaignUser(FastHttpUser):
                 return
             if verdict == "final" or attempt == self.max_attempts:
                 # The app shows "try again later": nothing was promised, but what it tried is recorded.
-                UNANSWERED.write({"key": key, "user": self.user_id, "amount": body["amount"], "method": body["method"],
-                                  "status": answer.status, "code": answer.error.get("code"), "attempts": attempt,
-                                  "at": time.time()})
+                self.unanswered(key, body, answer.status, answer.error.get("code"), attempt)
                 return
             gevent.sleep(backoff(attempt, answer.retry_after, self.rng))
 
+    def unanswered(self, key: str, body: dict[str, Any], status: int | None, code: str | None, attempts: int) -> None:
+        UNANSWERED.write({"key": key, "device": self.device_id, "user": self.user_id, "amount": body["amount"],
+                          "method": body["method"], "status": status, "code": code, "attempts": attempts, "at": time.time()})
 
     def acknowledge(self, key: str, body: dict[str, Any], answer: Answer, verdict: str, attempts: int, double_tap: bool) -> None:
         ACKS.write({
             "key": key,
             "payment_id": (answer.body or {}).get("payment_id") or answer.error.get("payment_id"),
+            "device": self.device_id,
             "user": self.user_id,
             "amount": body["amount"],
             "method": body["method"],
