@@ -111,10 +111,12 @@ def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payme
     driver = LocalDriver(stack.run_dir)
     ledger = FileLedger(stack.run_dir.root)
     users = [stack.fresh_user() for _ in range(4)]
-    # The database 150 ms slower per round trip, as in ledger-kill-slow-db: a reserve is one
-    # statement, so at 30 ms it was answered ~35 ms after it began, before the kill's 50 ms hold
-    # was up, and the kill could land on a replica whose reserve had just been answered.
-    slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "150ms"}), 7))
+    # The database 400 ms slower per round trip: a reserve is one statement, so at 30 ms it was
+    # answered ~35 ms after it began, before the kill's 50 ms hold was up, and the kill could land
+    # on a replica whose reserve had just been answered. At 150 ms a CI run once cut none: the
+    # kill lands within 20 ms of the poll that saw the reserve (IN_FLIGHT_FRESH), and a reserve
+    # seen late in its 150 ms could be answered in between.
+    slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "400ms"}), 7))
     statuses: list[int] = []
     stop = threading.Event()
 
@@ -133,6 +135,7 @@ def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payme
         killed = records.inject(ledger, driver, p)
         ((victim,),) = [killed.effect["killed"]]
         assert victim["inFlightKind"] == "reserve" and victim["inFlight"] >= 1, victim
+        assert victim["seenMsBeforeKill"] < 400, victim  # the kill came while the reserve seen was still out
         records.revert(ledger, driver, killed.id)
         time.sleep(2)  # the sagas of the cut reserves finish
     finally:

@@ -44,6 +44,11 @@ IN_FLIGHT_WAIT = 10.0  # seconds, at most, for a victim to be serving a request 
 # authorization) with time left to cut. Back-to-back short requests rarely fill 50 ms at a few
 # requests a second per replica, and if they do the kill still lands on a busy worker.
 IN_FLIGHT_HOLD = 0.05
+# A reading of the victim's work is acted on only when its poll came back within this: on a
+# starved machine a poll can take 100 ms and more, and the work it saw may be answered by the
+# time the kill lands (a ledger kill "while applying a reserve" once cut no reserve at all). An
+# idle machine answers a poll in 2-7 ms.
+IN_FLIGHT_FRESH = 0.05
 ISR_WAIT = 10.0  # seconds, at most, for the cluster to drop a lost broker from the in-sync replicas
 RESTRICTION_SLACK = 30.0  # seconds an admission restriction outlives its window unless reverted
 
@@ -131,7 +136,10 @@ class LocalDriver:
         for victim in victims:
             if plan.in_flight:
                 serving[victim.name] = self._await_in_flight(victim.name, plan.in_flight_kind)
+                seen = serving[victim.name].pop("seen")
             _kill(victim)
+            if plan.in_flight:  # from the poll that saw the work to the SIGKILL: an upper bound
+                serving[victim.name]["seenMsBeforeKill"] = round((time.monotonic() - seen) * 1000, 1)
         # SIGKILL is asynchronous: return once they are dead, so that a revert right after
         # cannot mistake a dying replica for one that is back.
         self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
@@ -290,17 +298,21 @@ class LocalDriver:
     def _await_in_flight(self, name: str, kind: str | None = None) -> dict[str, Any]:
         """Poll the replica's own metrics until it has been serving requests (or, given ``kind``,
         applying work of that kind: its ``work_in_flight`` gauge) for ``IN_FLIGHT_HOLD`` without
-        a break; the kill's evidence of it (how many, for how long). The metrics endpoint
+        a break, seen by a poll answered within ``IN_FLIGHT_FRESH``; the kill's evidence of it
+        (how many, for how long, and ``seen``: when that poll was sent). The metrics endpoint
         bypasses the worker pool, so polling it is not itself a request."""
         replica = next((r for r in self._topology().replicas if r.name == name), None)
         if replica is None:
             raise InjectionFailed(f"{name} is not in the topology")
-        url = f"http://{self._topology().host}:{replica.port}/metrics"
+        series = "work_in_flight" if kind else "http_server_workers_busy"
+        url = f"http://{self._topology().host}:{replica.port}/metrics?name[]={series}"
         deadline = time.monotonic() + IN_FLIGHT_WAIT
         busy_since: float | None = None
+        slow_polls = polls = 0
         what = f"{kind} work" if kind else "request"
         with httpx.Client(timeout=1.0) as http:
             while time.monotonic() < deadline:
+                asked = time.monotonic()
                 try:
                     exposition = http.get(url).text
                 except httpx.HTTPError:
@@ -316,16 +328,19 @@ class LocalDriver:
                                 f"{', '.join(sorted(kinds)) or 'none'}): fix inFlightKind")
                         busy = _gauge(exposition, "work_in_flight", kind=kind)
                 now = time.monotonic()
+                polls, slow_polls = polls + 1, slow_polls + (now - asked > IN_FLIGHT_FRESH)
                 if busy <= 0:
                     busy_since = None
                 elif busy_since is None:
                     busy_since = now
-                elif now - busy_since >= IN_FLIGHT_HOLD:
-                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000),
+                elif now - busy_since >= IN_FLIGHT_HOLD and now - asked <= IN_FLIGHT_FRESH:
+                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000), "seen": asked,
                             **({"inFlightKind": kind} if kind else {})}
                 time.sleep(0.01)
         raise InjectionFailed(f"{name} had no {what} in flight for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, "
-                              "so killing it would cut nothing in half: is there traffic? (or drop inFlight)")
+                              "so killing it would cut nothing in half: is there traffic? (or drop inFlight)"
+                              + (f"; {slow_polls} of {polls} polls of its metrics took over {IN_FLIGHT_FRESH * 1000:.0f} ms "
+                                 "and were too late to act on: is the machine starved?" if slow_polls else ""))
 
     def _hold_and_kill(self, markers: list[Path], targeted: Callable[[ProcessState], bool]) -> list[str]:
         """Hold first, then kill until the supervisor reports every target down (and so will not
