@@ -90,6 +90,29 @@ class Refused(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
+    def error(self) -> dict[str, Any]:
+        """The ``error`` object of the problem document (as :func:`problem` writes it)."""
+        return {"code": self.code, "message": self.message, **self.extra}
+
+    def problem(self) -> Response:
+        return problem(self.status, self.code, self.message, **self.extra)
+
+
+def id_reused(transfer_id: str) -> Refused:
+    """The id is taken by a transfer with another body: retrying cannot help."""
+    return Refused(409, "TRANSFER_ID_REUSED", f"Transfer {transfer_id} exists with a different body.")
+
+
+UNBALANCED = "The postings of a transfer must sum to zero."
+
+
+def unbalanced(t: TransferRequest) -> bool:
+    return sum(p.amount for p in t.postings) != 0
+
+
+def busy() -> Response:
+    return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
+
 
 def escrow_of(user_id: str) -> str:
     """The account a user's balance payments wait in between reserve and settle."""
@@ -177,6 +200,12 @@ REFUSALS = {
 }
 
 
+def refusal(code: str, culprit: str) -> Refused:
+    """The refusal ledger.apply_transfer raised as 'paychaos:<code>', about ``culprit``."""
+    status, message, field = REFUSALS[code]
+    return Refused(status, code, message.format(culprit), **{field: culprit})
+
+
 async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request_hash: str) -> dict[str, Any] | None:
     """Apply ``t`` in one statement (ledger.apply_transfer, ledger_schema.sql); None when its id is
     already taken (committed). One round trip instead of seven: a payment sends two or three
@@ -191,9 +220,7 @@ async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request
         code = (exc.diag.message_primary or "").removeprefix("paychaos:")
         if code not in REFUSALS:
             raise
-        status, message, field = REFUSALS[code]
-        culprit = exc.diag.message_detail or ""
-        raise Refused(status, code, message.format(culprit), **{field: culprit}) from None
+        raise refusal(code, exc.diag.message_detail or "") from None
     row = await cur.fetchone()
     created = row[0] if row else None
     if created is None:
@@ -222,16 +249,11 @@ async def apply_batch(conn: AsyncConnection[Any], transfers: list[TransferReques
     for t, request_hash, outcome in zip(transfers, hashes, outcomes, strict=True):
         if "created_at" in outcome:
             out.append({"id": t.id, "status": 201, "replayed": False})
-        elif "refused" in outcome:
-            status, message, field = REFUSALS[outcome["refused"]]
-            culprit = outcome.get("detail") or ""
-            out.append({"id": t.id, "status": status, "error": {
-                "code": outcome["refused"], "message": message.format(culprit), field: culprit}})
         elif outcome.get("stored_hash") == request_hash:
             out.append({"id": t.id, "status": 200, "replayed": True})
         else:
-            out.append({"id": t.id, "status": 409, "error": {
-                "code": "TRANSFER_ID_REUSED", "message": f"Transfer {t.id} exists with a different body."}})
+            refused = refusal(outcome["refused"], outcome.get("detail") or "") if "refused" in outcome else id_reused(t.id)
+            out.append({"id": t.id, "status": refused.status, "error": refused.error()})
     return out
 
 
@@ -252,8 +274,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             t = TransferRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return invalid_request("The transfer is malformed.", exc)
-        if sum(p.amount for p in t.postings) != 0:
-            return problem(422, "UNBALANCED", "The postings of a transfer must sum to zero.")
+        if unbalanced(t):
+            return problem(422, "UNBALANCED", UNBALANCED)
         request_hash = fingerprint(transfer_body(t))
 
         async def work(conn: AsyncConnection[Any]) -> dict[str, Any] | None:
@@ -268,13 +290,13 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             async with pool.connection() as conn:
                 stored = await _stored(conn, t.id)
         except Refused as exc:
-            return problem(exc.status, exc.code, exc.message, **exc.extra)
+            return exc.problem()
         except (PoolTimeout, OperationalError):
-            return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
+            return busy()
         if stored is None:  # the id's owner rolled back between our insert and our read: rare, retryable
             return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
         if stored["request_hash"] != request_hash:
-            return problem(409, "TRANSFER_ID_REUSED", f"Transfer {t.id} exists with a different body.")
+            return id_reused(t.id).problem()
         return JSONResponse(_render(stored, replayed=True), status_code=200)
 
     async def create_transfers(request: Request) -> Response:
@@ -285,15 +307,14 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             batch = TransferBatch.model_validate_json(await request.body())
         except ValidationError as exc:
             return invalid_request(f"The batch is malformed (at most {MAX_BATCH} transfers).", exc)
-        unbalanced = [i for i, t in enumerate(batch.transfers) if sum(p.amount for p in t.postings) != 0]
-        if unbalanced:
-            return problem(422, "UNBALANCED", "The postings of a transfer must sum to zero.",
-                           field=f"transfers[{unbalanced[0]}].postings")
+        lopsided = [i for i, t in enumerate(batch.transfers) if unbalanced(t)]
+        if lopsided:
+            return problem(422, "UNBALANCED", UNBALANCED, field=f"transfers[{lopsided[0]}].postings")
         try:
             with in_flight.labels(kind=batch.transfers[0].kind, **labels).track_inprogress():
                 results = await transaction(pool, lambda conn: apply_batch(conn, batch.transfers), one_statement=True)
         except (PoolTimeout, OperationalError):
-            return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
+            return busy()
         for t, result in zip(batch.transfers, results, strict=True):
             if result["status"] == 201:
                 postings_total.labels(kind=t.kind, **labels).inc()

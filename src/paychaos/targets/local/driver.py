@@ -134,12 +134,13 @@ class LocalDriver:
         victims = [p for r in plan.replicas if (p := state.process(r.name)) is not None]
         serving: dict[str, dict[str, Any]] = {}
         for victim in victims:
-            if plan.in_flight:
-                serving[victim.name] = self._await_in_flight(victim.name, plan.in_flight_kind)
-                seen = serving[victim.name].pop("seen")
+            if not plan.in_flight:
+                _kill(victim)
+                continue
+            in_flight, seen = self._await_in_flight(victim.name, plan.in_flight_kind)
             _kill(victim)
-            if plan.in_flight:  # from the poll that saw the work to the SIGKILL: an upper bound
-                serving[victim.name]["seenMsBeforeKill"] = round((time.monotonic() - seen) * 1000, 1)
+            # From the poll that saw the work to the SIGKILL: an upper bound.
+            serving[victim.name] = {**in_flight, "seenMsBeforeKill": round((time.monotonic() - seen) * 1000, 1)}
         # SIGKILL is asynchronous: return once they are dead, so that a revert right after
         # cannot mistake a dying replica for one that is back.
         self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
@@ -295,11 +296,11 @@ class LocalDriver:
             raise InjectionFailed(f"{', '.join(lax)} took the restriction but does not enforce it: {answers}")
         return {"replicas": answers}
 
-    def _await_in_flight(self, name: str, kind: str | None = None) -> dict[str, Any]:
+    def _await_in_flight(self, name: str, kind: str | None = None) -> tuple[dict[str, Any], float]:
         """Poll the replica's own metrics until it has been serving requests (or, given ``kind``,
         applying work of that kind: its ``work_in_flight`` gauge) for ``IN_FLIGHT_HOLD`` without
         a break, seen by a poll answered within ``IN_FLIGHT_FRESH``; the kill's evidence of it
-        (how many, for how long, and ``seen``: when that poll was sent). The metrics endpoint
+        (how many, for how long), and when that poll was sent. The metrics endpoint
         bypasses the worker pool, so polling it is not itself a request."""
         replica = next((r for r in self._topology().replicas if r.name == name), None)
         if replica is None:
@@ -334,8 +335,8 @@ class LocalDriver:
                 elif busy_since is None:
                     busy_since = now
                 elif now - busy_since >= IN_FLIGHT_HOLD and now - asked <= IN_FLIGHT_FRESH:
-                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000), "seen": asked,
-                            **({"inFlightKind": kind} if kind else {})}
+                    return {"inFlight": int(busy), "busyForMs": round((now - busy_since) * 1000),
+                            **({"inFlightKind": kind} if kind else {})}, asked
                 time.sleep(0.01)
         raise InjectionFailed(f"{name} had no {what} in flight for {IN_FLIGHT_HOLD * 1000:.0f} ms in {IN_FLIGHT_WAIT:g}s, "
                               "so killing it would cut nothing in half: is there traffic? (or drop inFlight)"
