@@ -299,6 +299,7 @@ def test_concurrent_batches_sharing_grants_apply_each_once_without_deadlock(seed
     url = f"{seeded.ledger_url}/v1/transfer-batches"
     budget = "budget:" + seeded.topology.campaign.flash.name
     start = seeded.balance(budget)
+    deadlocks = deadlocks_so_far(seeded)
     grants = [{"id": f"c-{i}", "kind": "cashback", "user_id": f"u{i + 100:05d}", "postings": [
         {"account": budget, "amount": -1}, {"account": f"wallet:u{i + 100:05d}", "amount": 1}]} for i in range(96)]
 
@@ -315,6 +316,15 @@ def test_concurrent_batches_sharing_grants_apply_each_once_without_deadlock(seed
     assert set(statuses) <= {200, 201} and statuses.count(201) == 96, statuses
     assert seeded.balance(budget) == start - 96
     assert seeded.scalar("SELECT count(*) FROM ledger.entries WHERE transfer_id LIKE 'c-%%'") == 192
+    # A deadlock is retried by the ledger (it aborts one batch, which runs again): the answers
+    # alone would not show one. The database's own count does.
+    # An idle backend reports its statistics within 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL).
+    time.sleep(11)
+    assert deadlocks_so_far(seeded) == deadlocks
+
+
+def deadlocks_so_far(seeded: Smoke) -> int:
+    return int(seeded.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
 
 
 def test_hundreds_of_concurrent_payments_keep_the_ledger_balanced(seeded: Smoke) -> None:
