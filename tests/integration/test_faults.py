@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -432,19 +433,26 @@ spec:
 """
 
 
+def plan_while_leadership_stands(stack, path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`paychaos plan`, and the leader of payments-1 it was taken under (unchanged before and after)."""
+    for _ in range(5):
+        leader = partition_leader(stack.topology.bootstrap_servers, "payments", 1)
+        shown = stack.cli("plan", str(path), *flags)
+        if partition_leader(stack.topology.bootstrap_servers, "payments", 1) == leader:
+            break
+        time.sleep(2)
+    return shown, leader
+
+
 def test_plan_shows_exactly_what_would_be_hit_and_changes_nothing(stack, tmp_path) -> None:
     wait_whole(stack)
     path = tmp_path / "plan-only.yaml"
     path.write_text(SPEC.format(allow_zone_loss="true"))
     before = pids(stack)
     # Leadership may still move back to a preferred replica after earlier tests restarted brokers:
-    # compare with a plan taken while it stood still.
-    for _ in range(5):
-        leader = partition_leader(stack.topology.bootstrap_servers, "payments", 1)
-        shown = stack.cli("plan", str(path))
-        if partition_leader(stack.topology.bootstrap_servers, "payments", 1) == leader:
-            break
-        time.sleep(2)
+    # compare each plan with the leader it was taken under, while it stood still (a CI run saw it
+    # move between the text plan and the JSON one).
+    shown, leader = plan_while_leadership_stands(stack, path)
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
     assert "faults[0] at 5s for 20s — podKill" in out
@@ -453,7 +461,7 @@ def test_plan_shows_exactly_what_would_be_hit_and_changes_nothing(stack, tmp_pat
     assert f"broker    {leader} (kafka-{leader})" in out and "leader of payments-1" in out, out
     assert "proxy     acquirer" in out and "paychaos-plan-only-3-latency: latency +3000ms ±200ms" in out
 
-    as_json = stack.cli("plan", str(path), "--json")
+    as_json, leader = plan_while_leadership_stands(stack, path, "--json")
     assert as_json.returncode == 0, as_json.stderr
     planned = json.loads(as_json.stdout)["faults"]
     assert [f["kind"] for f in planned] == ["podKill", "zoneLoss", "kafkaBrokerFailure", "slowDownstream"]
