@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from paychaos.platform.services.fingerprints import fingerprint
+from paychaos.platform.services.ledger import escrow_of
+from paychaos.platform.services.payment import (
+    LEASE_SECONDS, RECOVERY_POLL_SECONDS, WAIT_SECONDS, PaymentRequest,
+)
 from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology
 
 pytestmark = pytest.mark.integration
@@ -230,6 +237,88 @@ def test_insufficient_funds_is_declined_and_stored(seeded: Smoke) -> None:
     assert again.status_code == 402 and again.content == r.content
     assert seeded.scalar("SELECT status FROM payment.payments WHERE idempotency_key = %s", key) == "declined"
     assert seeded.balance("wallet:u00005") == seeded.topology.seed.user_balance
+
+
+def payment_metric(smoke: Smoke, name: str, **labels: str) -> float:
+    """One sample of the payment replica's /metrics, summed over the series matching ``labels``."""
+    text = httpx.get(f"{smoke.payment_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_a_saga_that_outlasts_its_lease_keeps_it_by_renewing(seeded: Smoke) -> None:
+    """A live owner is never taken for a dead one: its reserve waits on a locked wallet for longer
+    than a lease (the ledger's own timeout is longer still), and nobody takes the payment over."""
+    user, key = "u00006", uuid.uuid4().hex
+    hold = LEASE_SECONDS + RECOVERY_POLL_SECONDS + 0.5  # without renewals, the recovery loop takes it
+    assert hold < seeded.topology.resilience.timeouts.ledger.total_seconds()
+    takeovers = payment_metric(seeded, "payment_takeovers_total", reason="abandoned")
+    renewals = payment_metric(seeded, "payment_lease_renewal_seconds_count")
+    with psycopg.connect(seeded.topology.postgres_dsn) as locker:
+        locker.execute("SELECT 1 FROM ledger.accounts WHERE id = %s FOR UPDATE", [f"wallet:{user}"])
+        with ThreadPoolExecutor(1) as pool:
+            paying = pool.submit(pay, seeded, user, 800, "balance", key)
+            time.sleep(hold)
+            locker.rollback()
+            r = paying.result()
+    assert r.status_code == 201, r.text
+    assert "Idempotency-Replayed" not in r.headers  # answered by the request that ran it
+    owner, attempts = seeded.sql("SELECT lease_owner, attempts FROM payment.payments WHERE idempotency_key = %s", key)[0]
+    assert ":recovery:" not in owner and attempts == 1, (owner, attempts)
+    assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == takeovers
+    assert payment_metric(seeded, "payment_leases_lost_total") == 0
+    assert payment_metric(seeded, "payment_lease_renewal_seconds_count") - renewals >= 2  # renewed while it waited
+
+
+def test_a_dead_owners_payment_is_resumed_by_recovery_and_its_retry_gets_the_answer(seeded: Smoke) -> None:
+    """Two payments as a replica leaves them when it dies after reserving: key claimed, money in
+    escrow, lease running out. The recovery loop finishes both; the one the app retries answers
+    the retry, which waited for it, and the other needs nobody."""
+    amount = 900
+    users = {"retried": "u00007", "left": "u00008"}
+    before = {user: seeded.balance(f"wallet:{user}") for user in users.values()}
+    merchant = seeded.balance("merchant:m001")
+    takeovers = payment_metric(seeded, "payment_takeovers_total", reason="abandoned")
+    planted: dict[str, tuple[str, str]] = {}
+    for role, user in users.items():
+        body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
+        payment_id, key = uuid.uuid4().hex, uuid.uuid4().hex
+        reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+            "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
+            "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
+            "excludes": [],
+        })
+        assert reserve.status_code == 201, reserve.text
+        seeded.sql(
+            "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
+            " method, status, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
+            " 'payment-dead:0', now() + interval '1 second') RETURNING id",
+            payment_id, key, key, fingerprint(body), user, amount,
+        )
+        planted[role] = payment_id, key
+    assert seeded.balance(escrow_of(users["left"])) == amount
+
+    payment_id, key = planted["retried"]
+    r = pay(seeded, users["retried"], amount, key=key)
+    assert r.status_code == 201, r.text
+    assert r.json()["payment_id"] == payment_id and r.headers["Idempotency-Replayed"] == "true"
+    left, _ = planted["left"]
+    deadline = time.monotonic() + WAIT_SECONDS
+    while seeded.scalar("SELECT status FROM payment.payments WHERE id = %s", left) == "pending":
+        assert time.monotonic() < deadline, "nobody resumed the payment its owner left"
+        time.sleep(0.1)
+    for payment_id, _ in planted.values():
+        status, owner = seeded.sql("SELECT status, lease_owner FROM payment.payments WHERE id = %s", payment_id)[0]
+        assert status == "completed" and ":recovery:" in owner, (status, owner)
+    for user in users.values():
+        assert seeded.balance(f"wallet:{user}") == before[user] - amount
+        assert seeded.balance(escrow_of(user)) == 0
+    assert seeded.balance("merchant:m001") == merchant + 2 * amount
+    assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == takeovers + 2
 
 
 def test_missing_key_and_bad_body_are_refused(seeded: Smoke) -> None:

@@ -36,7 +36,7 @@ def pay_with_retries(stack, client: httpx.Client, user: str, amount: int, method
         except httpx.TransportError:
             time.sleep(0.25 * (attempt + 1))
             continue
-        # 409 PAYMENT_IN_PROGRESS: a killed replica still holds the key's lease until it expires.
+        # 409 PAYMENT_IN_PROGRESS: a killed replica's payment waits for the recovery loop to resume it.
         if r.status_code < 500 and r.status_code != 409:
             return r
         time.sleep(0.25 * (attempt + 1))

@@ -19,22 +19,23 @@ from paychaos.platform.services.payment_rules import (
 
 class TestClaims:
     def test_other_request_with_the_key_is_refused_whatever_its_state(self) -> None:
-        assert decide_claim(Existing("h1", "completed", False), "h2") is Claim.REUSED
-        assert decide_claim(Existing("h1", "pending", True), "h2") is Claim.REUSED
+        assert decide_claim(Existing("h1", "completed"), "h2") is Claim.REUSED
+        assert decide_claim(Existing("h1", "pending"), "h2") is Claim.REUSED
 
     @pytest.mark.parametrize("status", ["completed", "declined", "failed"])
     def test_terminal_payment_is_replayed(self, status: str) -> None:
-        assert decide_claim(Existing("h", status, True), "h") is Claim.REPLAY
+        assert decide_claim(Existing("h", status), "h") is Claim.REPLAY
 
     def test_aborted_payment_is_retried_by_a_new_request(self) -> None:
-        assert decide_claim(Existing("h", "aborted", False), "h") is Claim.TAKE_OVER
+        assert decide_claim(Existing("h", "aborted"), "h") is Claim.TAKE_OVER
 
     def test_aborted_payment_answers_the_requests_that_waited_for_it(self) -> None:
-        assert decide_claim(Existing("h", "aborted", False), "h", waited=True) is Claim.REPLAY
+        assert decide_claim(Existing("h", "aborted"), "h", waited=True) is Claim.REPLAY
 
-    def test_pending_payment_is_waited_for_until_its_lease_expires(self) -> None:
-        assert decide_claim(Existing("h", "pending", False), "h") is Claim.WAIT
-        assert decide_claim(Existing("h", "pending", True), "h") is Claim.TAKE_OVER
+    def test_pending_payment_is_waited_for_even_when_its_owner_died(self) -> None:
+        # Its owner's, or the recovery loop's once the lease ran out: never the retry's own.
+        assert decide_claim(Existing("h", "pending"), "h") is Claim.WAIT
+        assert decide_claim(Existing("h", "pending"), "h", waited=True) is Claim.WAIT
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,7 @@ def haproxy_config(topology: Topology) -> str:
         "    timeout server 60s",
         "    timeout http-request 10s",
         # Retry when the connection failed (the request never reached a replica) or the replica
-        # died without answering; payments carry the client's idempotency key, so resending one
-        # is safe. The ledger backend narrows that (below).
+        # died without answering a read. The payment and ledger backends resend no POST (below).
         "    retries 3",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response",
@@ -57,11 +56,13 @@ def haproxy_config(topology: Topology) -> str:
             "    option httpchk GET /health/ready",
             "    http-check expect status 200",
         ]
-        if service == "ledger":
-            # A transfer whose replica died mid-request may have been applied: resending it under
-            # its transfer id is the caller's job (the payment saga, the campaign's pending
-            # cashback), as behind a Kubernetes Service, which resends nothing. The load balancer
-            # still resends a read, and any request whose connection never opened.
+        if service in ("ledger", "payment"):
+            # A transfer or payment whose replica died mid-request may have been applied:
+            # resending it under its transfer id or idempotency key is the caller's job (the
+            # payment saga, the campaign's pending cashback, the app), as behind a Kubernetes
+            # Service, which resends nothing. So the paths that guard it (the saga's retries, the
+            # app's retry waiting for the recovery loop) are the ones walked here too. The load
+            # balancer still resends a read, and any request whose connection never opened.
             lines.append("    http-request disable-l7-retry if METH_POST")
         for replica in topology.replicas_of(service):
             lines.append(f"    server {replica.name} {host}:{replica.port} check")

@@ -1,13 +1,16 @@
 """The payment service: ``POST /v1/payments`` with an Idempotency-Key, run as a saga, completed with an outbox event.
 
 One key is one charge: the key is claimed in the database, a retry gets the stored response,
-and a payment whose replica died (its lease expired) is taken over and resumed.
+and a payment whose replica died (its lease expired) is taken over and resumed by the recovery
+loop, which a retry of it waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -35,16 +38,27 @@ from paychaos.platform.services.serving import (
 )
 
 #: A claim lasts this long without news from its owner; then another replica may take it over.
-#: Longer than the slowest saga with timeouts on (reserve + settle retries + refund).
-LEASE_SECONDS = 15.0
-#: How long a request waits for another request with the same key to finish.
+#: The owner renews it every HEARTBEAT_SECONDS while its saga runs, however long the saga takes,
+#: so the lease only has to outlast a late renewal, not the slowest saga: a payment whose replica
+#: died is taken over this soon after its last renewal (it was 15 s, the slowest saga, before).
+#: A live owner whose renewals stall for longer loses the payment, which is safe (every step is
+#: idempotent and only the lease holder may finish it) but wasteful:
+#: ``payment_lease_renewal_seconds`` shows how close renewals come.
+LEASE_SECONDS = 2.0
+HEARTBEAT_SECONDS = 0.5
+#: How often each replica looks for payments whose lease ran out (their owner died) to resume.
+RECOVERY_POLL_SECONDS = 0.25
+#: How long a request waits for another request with the same key to finish. Longer than a lease
+#: and a recovery poll, so a retry of a payment cut by its replica's death gets the payment's
+#: answer once the recovery loop has finished it, rather than PAYMENT_IN_PROGRESS.
 WAIT_SECONDS = 3.0
+assert WAIT_SECONDS > LEASE_SECONDS + RECOVERY_POLL_SECONDS
 POLL_SECONDS = 0.05
 RETRY_AFTER = "2"
 
 _COLUMNS = (
     "id, request_hash, status, step, authorization_id, response_status, response, user_id, merchant_id,"
-    " amount, method, lease_until < now() AS lease_expired"
+    " amount, method"
 )
 
 MESSAGES = {
@@ -66,6 +80,8 @@ FINISH_SQL = (
     " SELECT %(topic)s, %(key)s, %(event)s::jsonb FROM done WHERE %(event)s::jsonb IS NOT NULL)"
     " SELECT count(*) FROM done"
 )
+log = logging.getLogger(__name__)
+
 STATUS_CODES = {"completed": 201, "failed": 502, "aborted": 503, "pending": 503}
 DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOUNT": 422}
 
@@ -157,10 +173,19 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     # What the idempotency and lease machinery did: experiments count these to show that a run
     # really walked the retry and takeover paths its money invariants guard.
     takeovers = Counter(
-        "payment_takeovers", "Payments taken over from a dead (lease expired) or aborted owner",
+        "payment_takeovers", "Payments taken over: resumed by the recovery loop (abandoned: lease expired) or retried (aborted)",
         ["service", "zone", "reason"], registry=ctx.registry,
     )
     series_from_start(takeovers, labels, reason=("abandoned", "aborted"))
+    renewal_gap = Histogram(
+        "payment_lease_renewal_seconds",
+        f"Time between a saga's lease renewals (the lease lasts {LEASE_SECONDS:g} s: a gap near it loses the payment)",
+        ["service", "zone"], registry=ctx.registry, buckets=(0.5, 0.55, 0.6, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0),
+    ).labels(**labels)
+    leases_lost = Counter(
+        "payment_leases_lost", "Sagas whose lease another replica took while they still ran", ["service", "zone"],
+        registry=ctx.registry,
+    ).labels(**labels)
     replays = Counter(
         "payment_idempotent_replays", "Retried keys answered with the stored response", ["service", "zone"], registry=ctx.registry
     ).labels(**labels)
@@ -175,6 +200,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         buckets=LATENCY_BUCKETS,
     )
     series_from_start(request_duration, labels, method=("balance", "card"), status=SERVER_ERRORS)
+
+    heartbeats: set[asyncio.Task[None]] = set()  # the event loop keeps only weak references to tasks
 
     async def fetch(conn: AsyncConnection[Any], where: str, value: str) -> dict[str, Any] | None:
         cur = conn.cursor(row_factory=dict_row)
@@ -246,8 +273,42 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 if cur.rowcount != 1:
                     raise LeaseLost(p.id)
 
+        async def renew(done: asyncio.Event) -> None:
+            """The saga's heartbeat: keep the lease while it runs, so only a dead owner's payment expires."""
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), HEARTBEAT_SECONDS)
+                if done.is_set():
+                    return
+                try:
+                    async with pool.connection(timeout=LEASE_SECONDS / 2) as conn:
+                        cur = await conn.execute(
+                            "UPDATE payment.payments SET lease_until = now() + make_interval(secs => %s)"
+                            " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
+                            [LEASE_SECONDS, p.id, owner],
+                        )
+                except (PoolTimeout, OperationalError):
+                    continue  # the lease may lapse; finish() tells whether it did
+                now = loop.time()
+                renewal_gap.observe(now - last)
+                last = now
+                if cur.rowcount != 1:
+                    leases_lost.inc()
+                    return
+
+        done = asyncio.Event()
+        # Not awaited: a renewal still waiting for a pool slot must not hold the answer up, and
+        # one landing after finish() renews nothing finished (only a payment still pending).
+        renewing = asyncio.create_task(renew(done))
+        heartbeats.add(renewing)
+        renewing.add_done_callback(heartbeats.discard)
         try:
-            ending = await saga.run(p, mark_compensating)
+            try:
+                ending = await saga.run(p, mark_compensating)
+            finally:
+                done.set()
             status_code, text = await finish(p, key, owner, ending)
         except LeaseLost:
             return None
@@ -287,14 +348,14 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 row = await fetch(conn, "dedupe_key", key)
             if row is None:  # idempotency switched off and the lease lost: nothing to dedupe against
                 return problem(409, "PAYMENT_IN_PROGRESS", MESSAGES["PAYMENT_IN_PROGRESS"], headers={"Retry-After": RETRY_AFTER})
-            decision = decide_claim(Existing(row["request_hash"], row["status"], row["lease_expired"]), request_hash, waited=waited)
+            decision = decide_claim(Existing(row["request_hash"], row["status"]), request_hash, waited=waited)
             if decision is Claim.REUSED:
                 return problem(409, "IDEMPOTENCY_KEY_REUSED", "This Idempotency-Key was used for a different payment.")
             if decision is Claim.REPLAY:
                 replays.inc()
                 return stored_response(row)
             if decision is Claim.TAKE_OVER:
-                mine = await take_over(row["id"], owner, "aborted" if row["status"] == "aborted" else "abandoned")
+                mine = await take_over(row["id"], owner, "aborted")
                 answer = await run_owned(mine, key, owner) if mine is not None else None
                 if answer is not None:
                     return answer
@@ -318,10 +379,17 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             row[field] = row[field].isoformat() if row[field] else None
         return JSONResponse(row)
 
+    async def resume(payment_id: str, key: str) -> None:
+        owner = f"{ctx.replica.name}:recovery:{uuid.uuid4().hex[:8]}"
+        mine = await take_over(payment_id, owner, "abandoned")
+        if mine is not None:
+            await run_owned(mine, key, owner)
+
     async def recover_abandoned() -> None:
-        """Background loop: resume payments whose replica died mid-saga, so no money waits in escrow for a retry."""
+        """Background loop: resume payments whose replica died mid-saga (their lease ran out), the
+        only path that does: no money waits in escrow for a retry, and a retry waits for this."""
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(RECOVERY_POLL_SECONDS)
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(
@@ -329,13 +397,14 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                         " WHERE status = 'pending' AND lease_until < now() ORDER BY lease_until LIMIT 20"
                     )
                     abandoned = await cur.fetchall()
-                for payment_id, key in abandoned:
-                    owner = f"{ctx.replica.name}:recovery:{uuid.uuid4().hex[:8]}"
-                    mine = await take_over(payment_id, owner, "abandoned")
-                    if mine is not None:
-                        await run_owned(mine, key, owner)
+                # At once, so one saga stuck on a slow card network holds up no other.
+                outcomes = await asyncio.gather(*(resume(pid, key) for pid, key in abandoned), return_exceptions=True)
             except (PoolTimeout, OperationalError):
                 continue
+            for (payment_id, _), outcome in zip(abandoned, outcomes, strict=True):
+                if isinstance(outcome, Exception) and not isinstance(outcome, (PoolTimeout, OperationalError)):
+                    # The loop goes on: it is the only path that finishes a dead owner's payment.
+                    log.error("resuming payment %s failed", payment_id, exc_info=outcome)
 
     async def startup() -> None:
         await pool.open(wait=True)

@@ -13,15 +13,14 @@ TERMINAL = frozenset({"completed", "declined", "failed"})
 class Claim(enum.Enum):
     REUSED = "reused"  # same key, different request: refuse
     REPLAY = "replay"  # finished: return the stored response verbatim
-    TAKE_OVER = "take_over"  # aborted (retryable) or abandoned by a dead replica: run it here
-    WAIT = "wait"  # another replica is working on it right now
+    TAKE_OVER = "take_over"  # aborted (retryable): run it again here
+    WAIT = "wait"  # pending: its owner is running it, or the recovery loop will resume it
 
 
 @dataclass(frozen=True)
 class Existing:
     request_hash: str
     status: str
-    lease_expired: bool
 
 
 def decide_claim(existing: Existing, request_hash: str, *, waited: bool = False) -> Claim:
@@ -30,6 +29,10 @@ def decide_claim(existing: Existing, request_hash: str, *, waited: bool = False)
     ``waited`` is true when this request has been waiting on the owner: an owner that then
     aborts has just answered for both, so the waiter returns that answer instead of retrying at
     once against a dependency that is down.
+
+    A pending payment is waited for even when its owner died (its lease expired): only the
+    recovery loop resumes those, so a dead owner's payment is finished the same way whether or
+    not anybody retries it, and a recovery loop that stopped working shows on every such retry.
     """
     if existing.request_hash != request_hash:
         return Claim.REUSED
@@ -37,7 +40,7 @@ def decide_claim(existing: Existing, request_hash: str, *, waited: bool = False)
         return Claim.REPLAY
     if existing.status == "aborted":
         return Claim.REPLAY if waited else Claim.TAKE_OVER
-    return Claim.TAKE_OVER if existing.lease_expired else Claim.WAIT
+    return Claim.WAIT
 
 
 class Ledger(enum.Enum):
