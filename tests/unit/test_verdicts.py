@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from paychaos.probes.judging import judge_success_ratio
 from paychaos.probes.verdicts import (
     CheckResult,
     Sample,
@@ -82,9 +83,29 @@ def test_a_bound_with_for_fails_only_on_a_breach_that_lasts() -> None:
 
 def test_traffic_share_weighs_each_second_by_its_requests() -> None:
     samples = [Sample(float(t), {"rps": r, "fail": f}) for t, (r, f) in enumerate([(20, 0.05), (20, 0.0), (100, 0.0), (0, None)])]
-    share, seconds = weighted_ratio(samples, "rps", "fail", 0, 3)
-    assert seconds == 3 and share == 1 / 140  # one failed request in 140, not a 95 % second
+    share, seconds, requests = weighted_ratio(samples, "rps", "fail", 0, 3)
+    assert seconds == 3 and requests == 140 and share == 1 / 140  # one failed request in 140, not a 95 % second
     assert weighted_ratio(samples, "rps", "fail", 3, 3) is None
+
+
+def client(per_second: list[tuple[float, float]]) -> list[Sample]:
+    return [Sample(float(t), {"client_rps": r, "client_fail_ratio": f}) for t, (r, f) in enumerate(per_second)]
+
+
+def test_a_success_ratio_over_too_few_requests_is_inconclusive_unless_surely_broken() -> None:
+    # 12 requests, none failed: above 0.95 needs 20 before one failure could even show.
+    thin = judge_success_ratio(client([(4, 0.0)] * 3), (0, 2), 0.95, "expect")
+    assert (thin.verdict, thin.observed) == ("inconclusive", 1.0)
+    assert thin.evidence["requests"] == 12 and thin.evidence["requestsNeeded"] == 20 and "only about 12" in thin.detail
+    # 12 requests, half failed: whatever more traffic would have shown, 0.95 is out of reach.
+    broken = judge_success_ratio(client([(4, 0.5)] * 3), (0, 2), 0.95, "expect")
+    assert broken.verdict == "failed" and broken.evidence["interval95"][1] <= 0.95
+    # Enough requests: judged on the ratio.
+    enough = judge_success_ratio(client([(20, 0.0)] * 3), (0, 2), 0.95, "expect")
+    assert (enough.verdict, enough.evidence["requests"]) == ("passed", 60)
+    failing = judge_success_ratio(client([(20, 0.1)] * 3), (0, 2), 0.95, "expect")
+    assert (failing.verdict, failing.observed) == ("failed", 0.9)
+    assert judge_success_ratio(client([(0, None)] * 3), (0, 2), 0.95, "expect").verdict == "failed"  # no data at all
 
 
 def test_final_verdict_precedence() -> None:

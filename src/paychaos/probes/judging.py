@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from paychaos.experiments.spec import Breaker, ChaosExperiment, Check, EventualInvariant, KafkaLag, Recovery, SloBound
-from paychaos.probes.catalogue import Catalogue, CatalogueError, Slo
+from paychaos.probes.catalogue import Catalogue, CatalogueError, Slo, requests_needed
 from paychaos.probes.invariants import (
     Acknowledged, InvariantResult, LedgerUnavailable, check_invariants, engine_for, ledger_dsn,
 )
@@ -191,17 +191,35 @@ def _judge_traffic(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     bound = check.traffic.success_ratio_above
     if bound is None:
         return results
-    window = _window(ctx, phase)
-    # Over every request of the window, not the worst second: at 20 requests a second one failed
-    # request is a 95 % second. A burst that matters moves the whole window's ratio too.
-    share = weighted_ratio(ctx.samples(), "client_rps", "client_fail_ratio", window[0], window[1])
+    return [*results, judge_success_ratio(ctx.samples(), _window(ctx, phase), bound, phase)]
+
+
+def judge_success_ratio(samples: list[Sample], window: tuple[float, float], bound: float, phase: str) -> CheckResult:
+    """The app's success ratio over every request of the window, not the worst second: at 20
+    requests a second one failed request is a 95 % second, and a burst that matters moves the
+    whole window's ratio too. Like an SLO's ratio, it says nothing over fewer requests than the
+    bound needs (above 0.95 needs 20: one failure in fewer already breaks it): inconclusive then,
+    unless the ratio is so low that its 95 % interval breaks the bound too."""
+    share = weighted_ratio(samples, "client_rps", "client_fail_ratio", window[0], window[1])
+    threshold = f"> {bound:g}"
     evidence: dict[str, object] = {"source": "the load generator's per-second stats", "window": [window[0], window[1]]}
     if share is None:
-        return [*results, CheckResult(phase, "traffic", "success-ratio", "failed", None, f"> {bound:g}", "no client-side data", evidence)]
-    failed_share, seconds = share
+        return CheckResult(phase, "traffic", "success-ratio", "failed", None, threshold, "no client-side data", evidence)
+    failed_share, seconds, requests = share
     ratio = 1 - failed_share
-    return [*results, CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
-                                  f"> {bound:g}", f"over every request of {seconds} seconds", evidence, margin(ratio, above=bound))]
+    needed = requests_needed(None, None, bound, "ratio")
+    evidence.update(requests=round(requests), requestsNeeded=needed)
+    if round(requests) < needed:
+        interval = surely_breached(ratio, round(requests), None, bound)
+        if interval is None:
+            return CheckResult(phase, "traffic", "success-ratio", "inconclusive", round(ratio, 4), threshold,
+                               f"only about {requests:.0f} requests in {seconds} seconds, and a success ratio above "
+                               f"{bound:g} needs at least {needed} to say anything: send more traffic (load.baselineRps) "
+                               "or judge a longer window", evidence)
+        evidence["interval95"] = list(interval)
+    return CheckResult(phase, "traffic", "success-ratio", "passed" if ratio > bound else "failed", round(ratio, 4),
+                       threshold, f"over every request of {seconds} seconds (about {requests:.0f})", evidence,
+                       margin(ratio, above=bound))
 
 
 # The judge of each check kind (spec.CHECK_KINDS; a unit test holds them to it).

@@ -131,14 +131,15 @@ def longest_run(series: list[tuple[float, float]], predicate: Callable[[float], 
     return longest, began
 
 
-def weighted_ratio(samples: list[Sample], rate_key: str, ratio_key: str, start: float, end: float) -> tuple[float, int] | None:
-    """Σ(rate × ratio) / Σ rate over a window: the share over all requests, not the worst second."""
+def weighted_ratio(samples: list[Sample], rate_key: str, ratio_key: str, start: float, end: float) -> tuple[float, int, float] | None:
+    """Σ(rate × ratio) / Σ rate over a window: the share over all requests, not the worst second.
+    With it, the seconds it saw and Σ rate: the requests, for samples a second apart."""
     pairs = [(s.values.get(rate_key), s.values.get(ratio_key)) for s in samples if start <= s.t <= end]
     usable = [(r, q) for r, q in pairs if r is not None and q is not None and r > 0]
     total = sum(r for r, _ in usable)
     if not usable or total <= 0:
         return None
-    return sum(r * q for r, q in usable) / total, len(usable)
+    return sum(r * q for r, q in usable) / total, len(usable), total
 
 
 def first_time(
