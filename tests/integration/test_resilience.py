@@ -22,25 +22,9 @@ from paychaos.platform.runtime import stacking
 from paychaos.platform.runtime.balancing import servers_not_up
 from paychaos.probes.verdicts import CheckResult
 
-from .traffic import breakers_open, mixed_load, success_ratio
+from .traffic import breakers_open, mixed_load, pay_with_retries, success_ratio
 
 pytestmark = pytest.mark.integration
-
-
-def pay_with_retries(stack, client: httpx.Client, user: str, amount: int, method: str = "balance") -> httpx.Response:
-    """What the app does: the same idempotency key again on a 5xx or a broken connection."""
-    key = uuid.uuid4().hex
-    for attempt in range(12):
-        try:
-            r = stack.pay(client, user, amount, method, key=key)
-        except httpx.TransportError:
-            time.sleep(0.25 * (attempt + 1))
-            continue
-        # 409 PAYMENT_IN_PROGRESS: a killed replica's payment waits for the recovery loop to resume it.
-        if r.status_code < 500 and r.status_code != 409:
-            return r
-        time.sleep(0.25 * (attempt + 1))
-    return r
 
 
 def test_killed_payment_replica_is_restarted_and_traffic_keeps_flowing(stack) -> None:

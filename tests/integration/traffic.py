@@ -137,3 +137,19 @@ def breakers_open(stack: Stack) -> Callable[[httpx.AsyncClient], Awaitable[bool]
 def success_ratio(counter: Counter) -> float:
     total = sum(counter.values())
     return counter["201"] / total if total else 0.0
+
+
+def pay_with_retries(stack: Stack, client: httpx.Client, user: str, amount: int, method: str = "balance") -> httpx.Response:
+    """What the app does: the same idempotency key again on a 5xx or a broken connection."""
+    key = uuid.uuid4().hex
+    for attempt in range(12):
+        try:
+            r = stack.pay(client, user, amount, method, key=key)
+        except httpx.TransportError:
+            time.sleep(0.25 * (attempt + 1))
+            continue
+        # 409 PAYMENT_IN_PROGRESS: a killed replica's payment waits for the recovery loop to resume it.
+        if r.status_code < 500 and r.status_code != 409:
+            return r
+        time.sleep(0.25 * (attempt + 1))
+    return r

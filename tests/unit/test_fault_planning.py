@@ -173,6 +173,16 @@ def test_zone_loss_hits_every_replica_and_the_kafka_node_of_the_zone() -> None:
     assert [b.id for b in p.brokers] == [2]
 
 
+def test_zone_loss_in_flight_waits_on_the_zones_replica_of_the_service_and_says_so() -> None:
+    p = plan(fault(zoneLoss={"zone": "az-b", "inFlight": {"service": "payment", "kind": "authorization"}}))
+    assert (p.in_flight, p.in_flight_on, p.in_flight_kind) == (True, "payment-az-b-1", "authorization")
+    assert p.headline().endswith("while payment-az-b-1 is applying a authorization")
+    assert FaultPlan.from_dict(p.to_dict()) == p
+    assert not plan(fault(zoneLoss={"zone": "az-b"})).in_flight
+    with pytest.raises(PlanError, match="inFlight.service wallet has no replica in az-b"):
+        plan(fault(zoneLoss={"zone": "az-b", "inFlight": {"service": "wallet", "kind": "authorization"}}))
+
+
 def test_broker_failure_by_id() -> None:
     p = plan(fault(kafkaBrokerFailure={"broker": 3}))
     assert [(b.id, b.zone) for b in p.brokers] == [(3, "az-c")] and p.leader_of is None

@@ -98,10 +98,21 @@ class PodKill(_Spec):
         return self
 
 
+class InFlightWork(_Spec):
+    """Work a fault waits to see in flight on one replica before it strikes."""
+
+    service: Name
+    kind: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")  # its work_in_flight kind
+
+
 class ZoneLoss(_Spec):
     """Every replica and the Kafka node in a zone go down and stay down for the window."""
 
     zone: str
+    # Go down at a moment the zone's (first) replica of ``service`` is doing work of ``kind``
+    # (waiting up to 10 s, as podKill's inFlightKind), so the loss always cuts that work in half:
+    # a zone lost between two payments proves nothing about the ones it would have cut.
+    in_flight: InFlightWork | None = None
     # Kubernetes: the zone's pods are evicted, which PodDisruptionBudgets may refuse (the finding:
     # the zone cannot be drained); true deletes them instead, as an outage would.
     override_disruption_budgets: bool = False

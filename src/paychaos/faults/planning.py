@@ -128,6 +128,7 @@ class FaultPlan:
     toxics: tuple[Toxic, ...] = ()
     in_flight: bool = False  # podKill: wait for a request in flight on each victim, then kill
     in_flight_kind: str | None = None  # podKill: ... for work of this kind in flight
+    in_flight_on: str | None = None  # zoneLoss inFlight: the replica whose in_flight_kind work it waits for
     topic: str | None = None  # eventRedelivery, poisonEvents
     last: int = 0  # eventRedelivery: records of each partition delivered again
     poison: int = 0  # poisonEvents: undecodable records produced to each partition
@@ -192,6 +193,7 @@ class FaultPlan:
                        for t in self.toxics],
             "inFlight": self.in_flight,
             "inFlightKind": self.in_flight_kind,
+            "inFlightOn": self.in_flight_on,
             "topic": self.topic,
             "last": self.last,
             "poison": self.poison,
@@ -221,6 +223,7 @@ class FaultPlan:
                          for t in data.get("toxics", [])),
             in_flight=bool(data.get("inFlight", False)),
             in_flight_kind=data.get("inFlightKind"),
+            in_flight_on=data.get("inFlightOn"),
             topic=data.get("topic"),
             last=int(data.get("last", 0)),
             poison=int(data.get("poison", 0)),
@@ -343,8 +346,16 @@ def _zone_loss(action: spec.ZoneLoss, observed: Observed, limits: spec.Limits, b
                 "raise spec.limits.maxPercent")
     brokers = tuple(sorted((b for b in observed.brokers if b.zone == action.zone), key=lambda b: b.id))
     nodes = tuple(sorted(n.name for n in observed.nodes if n.zone == action.zone))
+    watched = None
+    if action.in_flight is not None:
+        service = action.in_flight.service
+        watched = next((r.name for r in hit if r.service == service), None)
+        if watched is None:
+            raise PlanError(f"zoneLoss {action.zone}: inFlight.service {service} has no replica in {action.zone} "
+                            f"(services there: {', '.join(sorted({r.service for r in hit})) or 'none'})")
     return FaultPlan(**base, zone=action.zone, replicas=hit, brokers=brokers, nodes=nodes,
-                     override_budgets=action.override_disruption_budgets)
+                     override_budgets=action.override_disruption_budgets, in_flight=watched is not None,
+                     in_flight_kind=action.in_flight.kind if action.in_flight else None, in_flight_on=watched)
 
 
 def _broker_failure(action: spec.KafkaBrokerFailure, observed: Observed, limits: spec.Limits, base: dict[str, Any]) -> FaultPlan:
@@ -410,7 +421,8 @@ def _pod_kill_headline(plan: FaultPlan) -> str:
 
 def _zone_loss_headline(plan: FaultPlan) -> str:
     brokers = "".join(f" and Kafka node {b.id}" for b in plan.brokers)
-    return f"zoneLoss {plan.zone}: hold the zone down, kill {len(plan.replicas)} replicas{brokers}"
+    when = f" while {plan.in_flight_on} is applying a {plan.in_flight_kind}" if plan.in_flight_on else ""
+    return f"zoneLoss {plan.zone}: hold the zone down, kill {len(plan.replicas)} replicas{brokers}{when}"
 
 
 def _broker_failure_headline(plan: FaultPlan) -> str:

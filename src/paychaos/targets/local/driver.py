@@ -164,8 +164,15 @@ class LocalDriver:
     # zoneLoss: a marker holds the zone down; every process in it is killed.
     def _lose_zone(self, plan: FaultPlan) -> dict[str, Any]:
         assert plan.zone is not None
+        cut: dict[str, Any] = {}
+        if plan.in_flight_on is not None:
+            in_flight, seen = self._await_in_flight(plan.in_flight_on, plan.in_flight_kind)
         down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
-        return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
+        if plan.in_flight_on is not None:
+            # From the poll that saw the work to the whole zone down: an upper bound.
+            cut = {"cut": {"replica": plan.in_flight_on, **in_flight,
+                           "seenMsBeforeDown": round((time.monotonic() - seen) * 1000, 1)}}
+        return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down, **cut}
 
     def _release_zone(self, plan: FaultPlan) -> None:
         assert plan.zone is not None
