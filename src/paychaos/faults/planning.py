@@ -158,6 +158,10 @@ class FaultPlan:
             lines.append(f"  node      {n} (cordoned; its pods {'deleted' if self.override_budgets else 'evicted'})")
         for r in self.replicas:
             lines.append(f"  replica   {r.name}  zone {r.zone}  pid {_pid(r.pid)}{'' if r.ready else '  (not ready)'}")
+        if self.in_flight:
+            on = self.in_flight_on or ("each replica" if len(self.replicas) > 1 else "the replica")
+            work = f"{self.in_flight_kind} work" if self.in_flight_kind else "a request"
+            lines.append(f"  waits     for {work} in flight on {on}, then strikes")
         if self.restriction is not None:
             allowed, rotation, ttl = self.restriction
             lines.append(f"  admission {allowed}% of device groups, rotating every {_secs(rotation)}, passes for {_secs(ttl)}")
