@@ -7,12 +7,14 @@ experiment at a time per stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +99,40 @@ def test_pod_kill_kills_the_planned_replica_and_revert_waits_until_it_is_back(st
     assert stack.state().process("payment-az-b-1").pid == now.pid
 
 
-def reserve_retries(stack) -> int:
-    """Reserves the payment sagas sent again, summed over the payment replicas (their counters)."""
+def payment_counter(stack, series: str, label: str, outside: str | None = None) -> int:
+    """A counter's series with ``label`` (``step="reserve"``), summed over the payment replicas
+    (those outside the zone ``outside``, whose replicas are down), read from their own metrics."""
     total = 0.0
     with httpx.Client(timeout=5) as client:
         for replica in stack.topology.replicas_of("payment"):
+            if replica.zone == outside:
+                continue
             text = client.get(f"http://{stack.topology.host}:{replica.port}/metrics").text
             total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                         if line.startswith("payment_ledger_retries_total{") and 'step="reserve"' in line)
+                         if line.startswith(f"{series}{{") and label in line)
     return int(total)
+
+
+@contextlib.contextmanager
+def paying(users: list[str], pay_one: Callable[[httpx.Client, str], int]) -> Iterator[list[int]]:
+    """Each user paying over and over, on a thread of its own, until the block ends; the statuses."""
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def loop(user: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                statuses.append(pay_one(client, user))
+
+    payers = [threading.Thread(target=loop, args=(u,)) for u in users]
+    for t in payers:
+        t.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        for t in payers:
+            t.join()
 
 
 def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payment_fails(stack) -> None:
@@ -120,34 +147,21 @@ def test_a_ledger_killed_while_applying_a_reserve_has_it_sent_again_and_no_payme
     # kill lands within 20 ms of the poll that saw the reserve (IN_FLIGHT_FRESH), and a reserve
     # seen late in its 150 ms could be answered in between.
     slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "ledger-db", "latency": "400ms"}), 7))
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def pay(user: str) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                statuses.append(stack.pay(client, user, 100).status_code)
-
-    before = reserve_retries(stack)
-    payers = [threading.Thread(target=pay, args=(u,)) for u in users]
+    before = payment_counter(stack, "payment_ledger_retries_total", 'step="reserve"')
     try:
-        for t in payers:
-            t.start()
-        p = plan(stack, fault(podKill={"service": "ledger", "zone": "az-b", "inFlightKind": "reserve"}), 8)
-        assert p.in_flight_kind == "reserve" and "while applying a reserve" in p.headline()
-        killed = records.inject(ledger, driver, p)
-        ((victim,),) = [killed.effect["killed"]]
-        assert victim["inFlightKind"] == "reserve" and victim["inFlight"] >= 1, victim
-        assert victim["seenMsBeforeKill"] < 400, victim  # the kill came while the reserve seen was still out
-        records.revert(ledger, driver, killed.id)
-        time.sleep(2)  # the sagas of the cut reserves finish
+        with paying(users, lambda client, user: stack.pay(client, user, 100).status_code) as statuses:
+            p = plan(stack, fault(podKill={"service": "ledger", "zone": "az-b", "inFlightKind": "reserve"}), 8)
+            assert p.in_flight_kind == "reserve" and "while applying a reserve" in p.headline()
+            killed = records.inject(ledger, driver, p)
+            ((victim,),) = [killed.effect["killed"]]
+            assert victim["inFlightKind"] == "reserve" and victim["inFlight"] >= 1, victim
+            assert victim["seenMsBeforeKill"] < 400, victim  # the kill came while the reserve seen was still out
+            records.revert(ledger, driver, killed.id)
+            time.sleep(2)  # the sagas of the cut reserves finish
     finally:
-        stop.set()
-        for t in payers:
-            t.join()
         records.revert(ledger, driver, slow.id)
     assert statuses and set(statuses) == {201}, sorted(set(statuses))
-    assert reserve_retries(stack) - before >= 1
+    assert payment_counter(stack, "payment_ledger_retries_total", 'step="reserve"') - before >= 1
 
 
 def test_a_kill_waiting_for_work_the_replica_does_not_report_is_refused_naming_what_it_does(stack) -> None:
@@ -158,18 +172,6 @@ def test_a_kill_waiting_for_work_the_replica_does_not_report_is_refused_naming_w
         records.inject(FileLedger(stack.run_dir.root), driver, p)
     assert "reports no reserv work in flight" in str(refused.value) and "reserve" in str(refused.value)
     assert pids(stack)["ledger-az-b-1"] == pid, "nothing was killed"
-
-
-def takeovers_outside(stack, zone: str) -> int:
-    """Payments the payment replicas outside ``zone`` resumed for a dead owner (their counters)."""
-    total = 0.0
-    with httpx.Client(timeout=5) as client:
-        for replica in stack.topology.replicas_of("payment"):
-            if replica.zone != zone:
-                text = client.get(f"http://{stack.topology.host}:{replica.port}/metrics").text
-                total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                             if line.startswith("payment_takeovers_total{") and 'reason="abandoned"' in line)
-    return int(total)
 
 
 def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) -> None:
@@ -184,21 +186,16 @@ def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) ->
     assert [b.id for b in p.brokers] == [2]
     assert p.in_flight_on == "payment-az-b-1" and "while payment-az-b-1 is applying a authorization" in p.headline()
     slow = records.inject(ledger, driver, plan(stack, fault(slowDownstream={"proxy": "acquirer", "latency": "300ms"}), 10))
-    answers: list[int] = []
-    stop = threading.Event()
 
-    def pay(user: str) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not stop.is_set():
-                answers.append(pay_with_retries(stack, client, user, 100, "card").status_code)
+    def takeovers() -> int:  # by the replicas left: az-b's are down, their counters with them
+        return payment_counter(stack, "payment_takeovers_total", 'reason="abandoned"', outside="az-b")
 
-    payers = [threading.Thread(target=pay, args=(stack.fresh_user(),)) for _ in range(4)]
-    before = takeovers_outside(stack, "az-b")
+    before = takeovers()
+    users = [stack.fresh_user() for _ in range(4)]
+    record = None
     try:
-        for t in payers:
-            t.start()
-        record = records.inject(ledger, driver, p)
-        try:
+        with paying(users, lambda client, user: pay_with_retries(stack, client, user, 100, "card").status_code) as answers:
+            record = records.inject(ledger, driver, p)
             cut = record.effect["cut"]
             assert cut["replica"] == "payment-az-b-1" and cut["inFlightKind"] == "authorization" and cut["inFlight"] >= 1, cut
             time.sleep(2)  # several supervisor ticks and restart back-offs: nothing may come back
@@ -207,14 +204,11 @@ def test_zone_loss_holds_every_process_of_the_zone_down_until_reverted(stack) ->
             assert not any(x.pid for x in state.processes if x.zone == "az-b")
             assert all(x.ready for x in state.processes if x.zone == "az-a")
             assert not driver.verify_reverted(record)
-            stack.wait_for("the cut payment to be resumed in another zone",
-                           lambda: takeovers_outside(stack, "az-b") > before, timeout=15, interval=0.5)
-        finally:
-            stop.set()
-            for t in payers:
-                t.join()
-            records.revert(ledger, driver, record.id)
+            stack.wait_for("the cut payment to be resumed in another zone", lambda: takeovers() > before,
+                           timeout=15, interval=0.5)
     finally:
+        if record is not None:
+            records.revert(ledger, driver, record.id)
         records.revert(ledger, driver, slow.id)
     # Every payment answered in the end, the cut ones included (the simulator declines about 2 %).
     assert answers and set(answers) <= {201, 402}, sorted(set(answers))
