@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from typer.testing import CliRunner
 from paychaos.cli.app import app
 from paychaos.cli.experiments import experiment_schema
 from paychaos.experiments.loading import SpecError, load_experiment, load_experiments, parse_experiment
-from paychaos.experiments.spec import FAULT_KINDS, ChaosExperiment
+from paychaos.experiments.spec import FAULT_KINDS, ChaosExperiment, SloBound
+from paychaos.platform.services.serving import LATENCY_BUCKETS
 from paychaos.platform.topology import load_topology
 from paychaos.probes.catalogue import CatalogueError, load_catalogue
 from paychaos.targets.local import inventory_of
@@ -73,6 +75,25 @@ def test_every_catalogue_experiment_validates(path: Path) -> None:
     # Short enough for the test gate, and every fault ends while the load still runs.
     assert spec.load.duration.total_seconds() <= 120
     assert all(f.ends_at <= spec.load.duration for f in spec.faults)
+
+
+def seconds(bound: object) -> float:
+    return bound.total_seconds() if isinstance(bound, timedelta) else float(bound)  # type: ignore[arg-type]
+
+
+def test_every_latency_bound_the_catalogue_judges_is_a_boundary_of_the_platforms_histograms() -> None:
+    """histogram_quantile interpolates inside a bucket, so a quantile bound inside one is judged on
+    a guess: in (2.5, 5] a p99 of 3.05 s read 2.57 s and passed "below 3 s" (a payment lease of
+    15 s went unnoticed so). Every bound a quantile SLO is held to must sit on a boundary."""
+    probes = load_catalogue(ROOT / "probes")
+    bounds = {seconds(slo.objective.below) for slo in probes.slos.values() if slo.quantile and slo.objective.below}
+    for experiment in load_experiments(CATALOGUE, TOPOLOGY):
+        for check in [*experiment.spec.steady_state, *experiment.spec.expect, *experiment.spec.after]:
+            ref = check.slo
+            if isinstance(ref, SloBound) and probes.slo(ref.name).quantile and ref.below is not None:
+                bounds.add(seconds(ref.below))
+    assert {1.0, 3.0} <= bounds  # the objectives and the catalogue's p99 bounds were read
+    assert bounds <= set(LATENCY_BUCKETS), f"bounds off a bucket boundary: {sorted(bounds - set(LATENCY_BUCKETS))}"
 
 
 def test_the_catalogue_loads_together_with_unique_names() -> None:
