@@ -122,6 +122,36 @@ def test_an_slo_window_withtoo_few_requests_for_its_bound_says_why_and_how_many(
     assert "no volume query" in str(evidence["requests"])
 
 
+class _Histogram:
+    """The PromQL seam again: answers which bucket boundaries (``le``) a histogram has."""
+
+    def __init__(self, edges: list[str]) -> None:
+        self.edges = edges
+        self.asked: list[str] = []
+
+    def vector(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        self.asked.append(promql)
+        return [({"le": edge}, 3.0) for edge in self.edges]
+
+
+def test_a_quantile_bound_inside_a_bucket_says_which_bucket_and_what_to_add() -> None:
+    from paychaos.probes.catalogue import Slo
+    from paychaos.probes.judging import bound_inside_bucket
+
+    p99 = Slo.model_validate({
+        "description": "d", "objective": {"below": "1s"}, "unit": "seconds", "quantile": 0.99,
+        "query": 'histogram_quantile(0.99, sum by (le) (rate(http_seconds_bucket{route="/pay"}[$window])))'})
+    coarse = _Histogram(["0.5", "1.0", "2.5", "5.0", "+Inf"])
+    note = bound_inside_bucket(coarse, p99, 3.0, 12.0)  # type: ignore[arg-type]
+    assert note is not None and "inside the histogram's bucket (2.5, 5]" in note and "boundary at 3 s" in note
+    assert coarse.asked == ['count by (le) (http_seconds_bucket{route="/pay"})']
+    assert bound_inside_bucket(coarse, p99, 1.0, None) is None  # type: ignore[arg-type]  # on a boundary
+    assert "(5, inf]" in (bound_inside_bucket(coarse, p99, 7.0, None) or "")  # type: ignore[arg-type]
+    assert bound_inside_bucket(_Histogram([]), p99, 3.0, None) is None  # type: ignore[arg-type]  # no data
+    ratio = Slo.model_validate({"description": "d", "query": "q", "objective": {"above": 0.99}, "unit": "ratio"})
+    assert bound_inside_bucket(coarse, ratio, 0.99, None) is None  # type: ignore[arg-type]  # not a quantile
+
+
 # -- flow continuity, from the phone's side ---------------------------------------------------
 
 

@@ -8,6 +8,7 @@ themselves (``probes.verdicts``) are pure. ``JUDGES`` holds one judge per check 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -317,8 +318,38 @@ def judge_slo_window(
             else:
                 verdict = "passed" if bound_holds(observed, below, above) else "failed"
                 detail = f"over every request of the {span} window"
+                inside = bound_inside_bucket(prom, slo, below if below is not None else above, at)
+                if inside is not None:
+                    evidence["bucket"] = inside
+                    detail = f"{detail}; {inside}"
     observed = observed if observed is None else round(observed, 4)
     return CheckResult(phase, "slo", name, verdict, observed, threshold, detail, evidence, margin(observed, below, above))
+
+
+#: A histogram's bucket series in an SLO's query, with its label selector.
+_BUCKETS = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*_bucket(\{[^}]*\})?")
+
+
+def bound_inside_bucket(prom: Prometheus, slo: Slo, bound: float | None, at: float | None) -> str | None:
+    """For a latency quantile: where its bound falls between two bucket boundaries of the histogram
+    it reads, which bucket, and what to do. histogram_quantile interpolates inside a bucket, so a
+    value near such a bound is a guess (inside (2.5, 5], a p99 of 3.05 s read 2.57 s and passed
+    "below 3 s"). None on a boundary, or when the query reads no histogram or it has no data."""
+    match = _BUCKETS.search(slo.query)
+    if not slo.quantile or bound is None or match is None:
+        return None
+    try:
+        answer = prom.vector(f"count by (le) ({match.group(0)})", at=at)
+    except PrometheusUnavailable:
+        return None  # advice only: the verdict never depends on it
+    edges = sorted({float(labels["le"]) for labels, _ in answer if "le" in labels})
+    if not edges or any(math.isclose(edge, bound) for edge in edges):
+        return None
+    lower = max((edge for edge in edges if edge < bound), default=0.0)
+    upper = min((edge for edge in edges if edge > bound), default=math.inf)
+    return (f"the bound {bound:g} s lies inside the histogram's bucket ({lower:g}, {upper:g}], where "
+            f"histogram_quantile interpolates: a value near the bound is a guess; give the histogram a "
+            f"bucket boundary at {bound:g} s")
 
 
 def too_few_requests(
