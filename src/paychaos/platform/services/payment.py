@@ -37,6 +37,8 @@ from paychaos.platform.services.serving import (
     ID_PATTERN, LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_request, problem, series_from_start,
 )
 
+log = logging.getLogger(__name__)
+
 #: A claim lasts this long without news from its owner; then another replica may take it over.
 #: The owner renews it every HEARTBEAT_SECONDS while its saga runs, however long the saga takes,
 #: so the lease only has to outlast a late renewal, not the slowest saga: a payment whose replica
@@ -80,8 +82,6 @@ FINISH_SQL = (
     " SELECT %(topic)s, %(key)s, %(event)s::jsonb FROM done WHERE %(event)s::jsonb IS NOT NULL)"
     " SELECT count(*) FROM done"
 )
-log = logging.getLogger(__name__)
-
 STATUS_CODES = {"completed": 201, "failed": 502, "aborted": 503, "pending": 503}
 DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOUNT": 422}
 

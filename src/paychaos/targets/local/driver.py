@@ -140,7 +140,7 @@ class LocalDriver:
             in_flight, seen = self._await_in_flight(victim.name, plan.in_flight_kind)
             _kill(victim)
             # From the poll that saw the work to the SIGKILL: an upper bound.
-            serving[victim.name] = {**in_flight, "seenMsBeforeKill": round((time.monotonic() - seen) * 1000, 1)}
+            serving[victim.name] = {**in_flight, "seenMsBeforeKill": _ms_since(seen)}
         # SIGKILL is asynchronous: return once they are dead, so that a revert right after
         # cannot mistake a dying replica for one that is back.
         self._wait(lambda: not any(alive(v.pid, v.create_time) for v in victims),
@@ -164,15 +164,14 @@ class LocalDriver:
     # zoneLoss: a marker holds the zone down; every process in it is killed.
     def _lose_zone(self, plan: FaultPlan) -> dict[str, Any]:
         assert plan.zone is not None
-        cut: dict[str, Any] = {}
-        if plan.in_flight_on is not None:
-            in_flight, seen = self._await_in_flight(plan.in_flight_on, plan.in_flight_kind)
+        watched = self._await_in_flight(plan.in_flight_on, plan.in_flight_kind) if plan.in_flight_on else None
         down = self._hold_and_kill([self._zone_marker(plan.zone)], lambda p: p.zone == plan.zone)
-        if plan.in_flight_on is not None:
+        effect: dict[str, Any] = {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down}
+        if watched is not None:
+            in_flight, seen = watched
             # From the poll that saw the work to the whole zone down: an upper bound.
-            cut = {"cut": {"replica": plan.in_flight_on, **in_flight,
-                           "seenMsBeforeDown": round((time.monotonic() - seen) * 1000, 1)}}
-        return {"zone": plan.zone, "zoneHeld": self._zone_marker(plan.zone).exists(), "down": down, **cut}
+            effect["cut"] = {"replica": plan.in_flight_on, **in_flight, "seenMsBeforeDown": _ms_since(seen)}
+        return effect
 
     def _release_zone(self, plan: FaultPlan) -> None:
         assert plan.zone is not None
@@ -489,6 +488,11 @@ def _samples(exposition: str, name: str) -> list[tuple[dict[str, str], float]]:
     for family in text_string_to_metric_families(exposition):
         found += [(sample.labels, sample.value) for sample in family.samples if sample.name == name]
     return found
+
+
+def _ms_since(t: float) -> float:
+    """Milliseconds from the monotonic time ``t`` until now."""
+    return round((time.monotonic() - t) * 1000, 1)
 
 
 def _gauge(exposition: str, name: str, **labels: str) -> int:
