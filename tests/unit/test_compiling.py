@@ -46,3 +46,28 @@ spec:
         "revert-slowDownstream-1", "inject-zoneLoss-2", "revert-zoneLoss-2",
     ]
     assert names[-1] == "stop-load"
+
+
+def test_checks_that_read_the_whole_load_record_are_judged_once_the_load_has_stopped(tmp_path: Path) -> None:
+    spec = tmp_path / "x.yaml"
+    spec.write_text(
+        """
+apiVersion: paychaos.io/v1alpha1
+kind: ChaosExperiment
+metadata: {name: cut-payments}
+spec:
+  description: a payment cut in half
+  load: {duration: 60s}
+  faults:
+    - {at: 10s, for: 10s, podKill: {service: payment}}
+  after:
+    - traffic: {retriedAnsweredWithin: 4s}
+    - recovery: {slo: payments-availability, within: 30s}
+    - invariant: no-double-charge
+"""
+    )
+    compiled = compile_experiment(load_experiment(spec), {"platform": "local", "location": "run"}, "out")
+    names = [a["name"] for a in compiled["method"]]
+    # The recovery is live and judged while the load runs; the retried payments' wait and the
+    # invariants need every payment's outcome.
+    assert names[-4:] == ["after-0-recovery", "stop-load", "after-1-traffic", "after-2-invariant"]

@@ -54,12 +54,13 @@ def compile_experiment(experiment: ChaosExperiment, target: dict[str, str], out_
             provider = _python(ACTIONS, "revert_fault", experiment=name, index=i, at=at, target=target)
         method.append({"type": "action", "name": f"{what}-{fault.kind}-{i}", "provider": provider})
     method += [_check_probe(c, "expect", n) for n, c in enumerate(spec.expect)]
-    after_live = [c for c in spec.after if c.invariant is None]
-    after_money = [c for c in spec.after if c.invariant is not None]
+    # The money invariants and the retried payments' wait read the load's record of payments,
+    # complete only once the load has stopped and flushed.
+    on_record = [c for c in spec.after if c.invariant is not None or (c.traffic is not None and c.traffic.reads_whole_record)]
+    after_live = [c for c in spec.after if c not in on_record]
     method += [_check_probe(c, "after", n) for n, c in enumerate(after_live)]
-    # The acknowledged-payments record is complete only once the load has stopped and flushed.
     method.append({"type": "action", "name": "stop-load", "provider": _python(CONTROL, "stop_load")})
-    method += [_check_probe(c, "after", len(after_live) + n) for n, c in enumerate(after_money)]
+    method += [_check_probe(c, "after", len(after_live) + n) for n, c in enumerate(on_record)]
     if spec.exercise:  # counted last, once the load's record of retries is complete
         method.append({"type": "probe", "name": "after-exercised",
                        "provider": _python(PROBES, "exercised", exercise=dict(spec.exercise), phase="after")})

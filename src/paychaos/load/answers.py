@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 Verdict = Literal["completed", "declined", "final", "retry"]
 
+#: The code of an unanswered payment the load stopped before it had its answer.
+STOPPED = "LOAD_STOPPED"
+
 #: The platform's answers that a retry with the same key may change.
 RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
 

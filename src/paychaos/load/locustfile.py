@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from paychaos.experiments import spec
 from paychaos.load import shapes
-from paychaos.load.answers import Answer, backoff, judge, parse_retry_after
+from paychaos.load.answers import STOPPED, Answer, backoff, judge, parse_retry_after
 from paychaos.load.mix import app_cycle
 from paychaos.load.running import RELEASE_FILE
 
@@ -35,8 +35,6 @@ CONFIG_ENV = "PAYCHAOS_LOAD_CONFIG"
 PART_ENV = "PAYCHAOS_LOAD_PART"
 PASS_HEADER = "X-Admission-Pass"
 PASS_EXPIRES_HEADER = "X-Admission-Pass-Expires"
-#: The code of an unanswered payment the load stopped before it had its answer.
-STOPPED = "LOAD_STOPPED"
 
 # Per-second lines on the master need per-second worker reports (Locust's default is 3 s).
 locust.runners.WORKER_REPORT_INTERVAL = 1.0
@@ -194,6 +192,8 @@ class CampaignUser(FastHttpUser):
         # answered on its own (a replay, or "in progress"), and recorded when final.
         twin = gevent.spawn(self.call, "POST", "/v1/payments", "POST /v1/payments (double tap)", headers, body) if double_tap else None
         self.attempts_sent = 0
+        self.first_sent: float | None = None  # when the first attempt went out (wall clock)
+        self.statuses: list[int] = []  # each attempt's HTTP status (0: no answer)
         try:
             self.attempt_payment(key, headers, body, twin, double_tap)
         except gevent.GreenletExit:
@@ -209,7 +209,10 @@ class CampaignUser(FastHttpUser):
         for attempt in range(1, self.max_attempts + 1):
             self.wait_turn()
             self.attempts_sent = attempt
+            if self.first_sent is None:
+                self.first_sent = time.time()
             answer = self.call("POST", "/v1/payments", "POST /v1/payments", headers, body)
+            self.statuses.append(answer.status)
             verdict = judge(answer)
             if twin is not None:
                 twin.join()
@@ -221,13 +224,25 @@ class CampaignUser(FastHttpUser):
                 return
             if verdict == "final" or attempt == self.max_attempts:
                 # The app shows "try again later": nothing was promised, but what it tried is recorded.
-                self.unanswered(key, body, answer.status, answer.error.get("code"), attempt)
+                self.unanswered(key, body, answer.status, answer.error.get("code"), attempt, gave_up=verdict != "final")
                 return
             gevent.sleep(backoff(attempt, answer.retry_after, self.rng))
 
-    def unanswered(self, key: str, body: dict[str, Any], status: int | None, code: str | None, attempts: int) -> None:
+    def timing(self, attempts: int) -> dict[str, Any]:
+        """When the payment's first attempt went out, and for a retried one what each attempt
+        heard: how long a payment the app had to retry waited for its answer."""
+        out: dict[str, Any] = {"firstSent": self.first_sent}
+        if attempts > 1:
+            out["statuses"] = self.statuses
+        return out
+
+    def unanswered(self, key: str, body: dict[str, Any], status: int | None, code: str | None, attempts: int,
+                   gave_up: bool = False) -> None:
+        """``gave_up``: the app ran out of attempts while the platform still said "try again"; otherwise
+        the platform's answer was final (no money moved) or the load stopped (``code`` STOPPED)."""
         UNANSWERED.write({"key": key, "device": self.device_id, "user": self.user_id, "amount": body["amount"],
-                          "method": body["method"], "status": status, "code": code, "attempts": attempts, "at": time.time()})
+                          "method": body["method"], "status": status, "code": code, "attempts": attempts,
+                          "gaveUp": gave_up, **self.timing(attempts), "at": time.time()})
 
     def acknowledge(self, key: str, body: dict[str, Any], answer: Answer, verdict: str, attempts: int, double_tap: bool) -> None:
         ACKS.write({
@@ -241,6 +256,7 @@ class CampaignUser(FastHttpUser):
             "code": answer.error.get("code"),
             "attempts": attempts,
             "doubleTap": double_tap,
+            **self.timing(attempts),
             "at": time.time(),
         })
 

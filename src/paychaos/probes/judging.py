@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from paychaos.experiments.spec import Breaker, ChaosExperiment, Check, EventualInvariant, KafkaLag, Recovery, SloBound
+from paychaos.load.answers import STOPPED
 from paychaos.probes.catalogue import Catalogue, CatalogueError, Slo, requests_needed
 from paychaos.probes.invariants import (
     Acknowledged, InvariantResult, LedgerUnavailable, check_invariants, engine_for, ledger_dsn,
@@ -189,6 +190,9 @@ def _judge_traffic(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     results = []
     if check.traffic.flows_cut_at_most is not None:
         results.append(judge_flows_cut(_refusals(ctx), check.traffic.flows_cut_at_most, phase))
+    if check.traffic.retried_answered_within is not None:
+        results.append(judge_retried_answered(_load_record(ctx, "acknowledged"), _load_record(ctx, "unanswered"),
+                                              check.traffic.retried_answered_within.total_seconds(), phase))
     bound = check.traffic.success_ratio_above
     if bound is None:
         return results
@@ -255,6 +259,53 @@ def judge_flows_cut(refusals: list[dict[str, Any]], at_most: int, phase: str) ->
     detail = (f"{len(cut)} refusals of phones holding a valid pass, of {len(rotated)} rotation refusals "
               f"({len({r.get('device') for r in cut})} phones cut mid-flow)")
     return CheckResult(phase, "traffic", "flows-cut", verdict, len(cut), threshold, detail, evidence, float(at_most - len(cut)))
+
+
+def judge_retried_answered(acknowledged: list[dict[str, Any]], unanswered: list[dict[str, Any]], within: float,
+                           phase: str) -> CheckResult:
+    """Every payment the app had to retry had its answer within ``within`` of its first attempt:
+    what a user whose payment was cut in half waits. Read from the load's complete record (judged
+    once the load has stopped). A payment the app gave up on while the platform still said "try
+    again" was never answered: failed, however soon it gave up. One still being retried when the
+    load stopped counts only once it had waited longer than the bound. No retried payment at all:
+    inconclusive, nothing was cut."""
+    threshold = f"<= {within:g}s"
+    waits: list[dict[str, Any]] = []
+    pending = 0
+    for record in [*acknowledged, *unanswered]:
+        if int(record.get("attempts", 1)) < 2 or record.get("firstSent") is None:
+            continue  # answered at once, or the tap of a double tap answered beside the retried one
+        waited = round(float(record["at"]) - float(record["firstSent"]), 3)
+        if record.get("code") == STOPPED and waited <= within:
+            pending += 1  # neither late nor answered yet when the load stopped
+            continue
+        answered = not record.get("gaveUp") and record.get("code") != STOPPED
+        waits.append({"key": record.get("key"), "waited": waited, "answered": answered,
+                      "attempts": int(record["attempts"]), "statuses": record.get("statuses")})
+    evidence: dict[str, object] = {"source": "the load's client records (acknowledged, unanswered)", "retried": len(waits),
+                                   "pendingWhenStopped": pending}
+    if not waits:
+        return CheckResult(phase, "traffic", "retried-answered", "inconclusive", None, threshold,
+                           "no payment was retried"
+                           + (f" and answered ({pending} still within the bound when the load stopped)" if pending else "")
+                           + ": the fault cut none in half, so no user waited on a retry. Cut one (podKill's "
+                           "inFlightKind, zoneLoss's inFlight) or hold the load past the fault", evidence)
+    waits.sort(key=lambda w: (w["answered"], -w["waited"]))  # never answered first, then the slowest
+    late = [w for w in waits if not w["answered"] or w["waited"] > within]
+    slowest = max(w["waited"] for w in waits)
+    evidence["slowest"] = waits[:5]
+    answered = [w for w in waits if w["answered"]]
+    if late:
+        never = len(waits) - len(answered)
+        detail = (f"{len(late)} of {len(waits)} retried payments waited longer than {within:g}s for an answer"
+                  + (f", {never} of them never answered (the app gave up or the load stopped)" if never else "")
+                  + f"; the slowest waited {slowest:g}s from its first attempt")
+        # A payment never answered has no wait to measure a margin by, however soon the app gave up.
+        return CheckResult(phase, "traffic", "retried-answered", "failed", slowest, threshold, detail, evidence,
+                           margin(slowest, below=within) if slowest > within else None)
+    return CheckResult(phase, "traffic", "retried-answered", "passed", slowest, threshold,
+                       f"every one of {len(waits)} retried payments answered within {slowest:g}s of its first attempt",
+                       evidence, margin(slowest, below=within))
 
 
 def _refusals(ctx: Run) -> list[dict[str, Any]]:
