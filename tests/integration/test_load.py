@@ -17,6 +17,7 @@ import pytest
 from paychaos.experiments.spec import Load
 from paychaos.load.running import LoadRunner, read_records
 from paychaos.probes.invariants import check_invariants, engine_for
+from paychaos.probes.judging import judge_retried_answered
 
 from .conftest import CATALOGUE, Stack
 
@@ -189,4 +190,12 @@ def test_a_payment_still_being_retried_when_the_load_stops_is_recorded_unanswere
     assert len(keys) == len(set(keys)) and _AlwaysInProgress.keys <= set(keys), (len(keys), len(_AlwaysInProgress.keys))
     assert {r["code"] for r in unanswered} == {"LOAD_STOPPED"} and all(r["status"] is None for r in unanswered), unanswered
     # Sent again and again, then stopped: retried payments, as the exercise counts them.
-    assert len([r for r in unanswered if r["attempts"] > 1]) >= len(_AlwaysInProgress.keys) // 2, unanswered
+    retried = [r for r in unanswered if r["attempts"] > 1]
+    assert len(retried) >= len(_AlwaysInProgress.keys) // 2, unanswered
+    # Each with when its first attempt went out and what every attempt heard (the last may have
+    # been cut off by the stop).
+    assert all(r["firstSent"] < r["at"] and set(r["statuses"]) == {409} and len(r["statuses"]) in (r["attempts"] - 1, r["attempts"])
+               for r in retried), retried
+    # Unanswered 5 s or more after the first attempt (the stop timeout after a 3 s run): late.
+    late = judge_retried_answered([], unanswered, 2.0, "after")
+    assert late.verdict == "failed" and late.evidence["retried"] == len(retried), late
