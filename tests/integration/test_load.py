@@ -192,10 +192,12 @@ def test_a_payment_still_being_retried_when_the_load_stops_is_recorded_unanswere
     # Sent again and again, then stopped: retried payments, as the exercise counts them.
     retried = [r for r in unanswered if r["attempts"] > 1]
     assert len(retried) >= len(_AlwaysInProgress.keys) // 2, unanswered
-    # Each with when its first attempt went out and what every attempt heard (the last may have
-    # been cut off by the stop).
-    assert all(r["firstSent"] < r["at"] and set(r["statuses"]) == {409} and len(r["statuses"]) in (r["attempts"] - 1, r["attempts"])
-               for r in retried), retried
+    # Each with when its first attempt went out, and when every attempt went out and what it heard
+    # (the last may have been cut off by the stop), the app's Retry-After of 3 s apart.
+    for r in retried:
+        offsets, statuses = [t for t, _ in r["tries"]], {s for _, s in r["tries"]}
+        assert r["firstSent"] < r["at"] and statuses == {409} and len(offsets) in (r["attempts"] - 1, r["attempts"]), r
+        assert offsets[0] == 0 and all(b - a >= 3 for a, b in zip(offsets, offsets[1:])), r
     # Unanswered 5 s or more after the first attempt (the stop timeout after a 3 s run): late.
     late = judge_retried_answered([], unanswered, 2.0, "after")
     assert late.verdict == "failed" and late.evidence["retried"] == len(retried), late

@@ -186,7 +186,7 @@ def test_no_rotation_refusal_at_all_is_inconclusive() -> None:
 
 
 def paid(key: str, first_sent: float, at: float, attempts: int = 2, **more: object) -> dict[str, object]:
-    return {"key": key, "attempts": attempts, "firstSent": first_sent, "at": at, "statuses": [0] * (attempts - 1) + [201], **more}
+    return {"key": key, "attempts": attempts, "firstSent": first_sent, "at": at, "tries": [[0.0, 503]] + [[1.0, 201]] * (attempts - 1), **more}
 
 
 def test_retried_payments_answered_within_the_bound_pass_with_the_slowest_as_margin() -> None:

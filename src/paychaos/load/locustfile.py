@@ -193,7 +193,7 @@ class CampaignUser(FastHttpUser):
         twin = gevent.spawn(self.call, "POST", "/v1/payments", "POST /v1/payments (double tap)", headers, body) if double_tap else None
         self.attempts_sent = 0
         self.first_sent: float | None = None  # when the first attempt went out (wall clock)
-        self.statuses: list[int] = []  # each attempt's HTTP status (0: no answer)
+        self.tries: list[tuple[float, int]] = []  # each attempt: seconds after the first went out, HTTP status (0: none)
         try:
             self.attempt_payment(key, headers, body, twin, double_tap)
         except gevent.GreenletExit:
@@ -209,10 +209,11 @@ class CampaignUser(FastHttpUser):
         for attempt in range(1, self.max_attempts + 1):
             self.wait_turn()
             self.attempts_sent = attempt
+            sent = time.time()
             if self.first_sent is None:
-                self.first_sent = time.time()
+                self.first_sent = sent
             answer = self.call("POST", "/v1/payments", "POST /v1/payments", headers, body)
-            self.statuses.append(answer.status)
+            self.tries.append((round(sent - self.first_sent, 3), answer.status))
             verdict = judge(answer)
             if twin is not None:
                 twin.join()
@@ -229,11 +230,11 @@ class CampaignUser(FastHttpUser):
             gevent.sleep(backoff(attempt, answer.retry_after, self.rng))
 
     def timing(self, attempts: int) -> dict[str, Any]:
-        """When the payment's first attempt went out, and for a retried one what each attempt
-        heard: how long a payment the app had to retry waited for its answer."""
+        """When the payment's first attempt went out, and for a retried one when each attempt went
+        out and what it heard: how long a payment the app had to retry waited for its answer."""
         out: dict[str, Any] = {"firstSent": self.first_sent}
         if attempts > 1:
-            out["statuses"] = self.statuses
+            out["tries"] = self.tries
         return out
 
     def unanswered(self, key: str, body: dict[str, Any], status: int | None, code: str | None, attempts: int,

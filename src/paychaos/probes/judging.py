@@ -281,7 +281,7 @@ def judge_retried_answered(acknowledged: list[dict[str, Any]], unanswered: list[
             continue
         answered = not record.get("gaveUp") and record.get("code") != STOPPED
         waits.append({"key": record.get("key"), "waited": waited, "answered": answered,
-                      "attempts": int(record["attempts"]), "statuses": record.get("statuses")})
+                      "attempts": int(record["attempts"]), "tries": record.get("tries")})
     evidence: dict[str, object] = {"source": "the load's client records (acknowledged, unanswered)", "retried": len(waits),
                                    "pendingWhenStopped": pending}
     if not waits:
