@@ -17,7 +17,7 @@ import pytest
 from paychaos.experiments.spec import Load
 from paychaos.load.running import LoadRunner, read_records
 from paychaos.probes.invariants import check_invariants, engine_for
-from paychaos.probes.judging import judge_retried_answered
+from paychaos.probes.judging import judge_payments_answered
 
 from .conftest import CATALOGUE, Stack
 
@@ -199,5 +199,5 @@ def test_a_payment_still_being_retried_when_the_load_stops_is_recorded_unanswere
         assert r["firstSent"] < r["at"] and statuses == {409} and len(offsets) in (r["attempts"] - 1, r["attempts"]), r
         assert offsets[0] == 0 and all(b - a >= 3 for a, b in zip(offsets, offsets[1:])), r
     # Unanswered 5 s or more after the first attempt (the stop timeout after a 3 s run): late.
-    late = judge_retried_answered([], unanswered, 2.0, "after")
-    assert late.verdict == "failed" and late.evidence["retried"] == len(retried), late
+    late = judge_payments_answered([], unanswered, 2.0, "after")
+    assert late.verdict == "failed" and late.evidence["payments"] == len(unanswered), late

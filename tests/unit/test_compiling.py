@@ -61,7 +61,7 @@ spec:
   faults:
     - {at: 10s, for: 10s, podKill: {service: payment}}
   after:
-    - traffic: {retriedAnsweredWithin: 4s}
+    - traffic: {paymentsAnsweredWithin: 4s}
     - recovery: {slo: payments-availability, within: 30s}
     - invariant: no-double-charge
 """

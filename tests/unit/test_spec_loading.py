@@ -213,14 +213,14 @@ def test_the_valid_example_is_valid() -> None:
         ),
         pytest.param(
             "    - breaker: {name: acquirer, opensWithin: 5s}", "    - traffic: {}",
-            "experiments/x.yaml:16: spec.expect[0].traffic: give successRatioAbove, flowsCutAtMost, retriedAnsweredWithin, or several",
+            "experiments/x.yaml:16: spec.expect[0].traffic: give successRatioAbove, flowsCutAtMost, paymentsAnsweredWithin, or several",
             id="traffic-check-without-a-bound",
         ),
         pytest.param(
-            "    - breaker: {name: acquirer, opensWithin: 5s}", "    - traffic: {retriedAnsweredWithin: 4s}",
-            "experiments/x.yaml:16: spec.expect[0].traffic.retriedAnsweredWithin: judged from the load's record of every "
-            "retried payment, which is complete only once the load has stopped: put it under after",
-            id="retried-answered-judged-before-the-load-stopped",
+            "    - breaker: {name: acquirer, opensWithin: 5s}", "    - traffic: {paymentsAnsweredWithin: 4s}",
+            "experiments/x.yaml:16: spec.expect[0].traffic.paymentsAnsweredWithin: judged from the load's record of every "
+            "payment, which is complete only once the load has stopped: put it under after",
+            id="payments-answered-judged-before-the-load-stopped",
         ),
         pytest.param(
             SLOW, "admissionRestriction: {allowedPercent: 100, rotation: 10s, flowTtl: 20s}",

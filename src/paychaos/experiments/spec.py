@@ -338,23 +338,23 @@ class KafkaLag(_Spec):
 
 class Traffic(_Spec):
     """The built-in client-side checks: the share of requests that succeeded; how many phones
-    admission refused while they held an unexpired flow pass (a flow cut halfway); how long a
-    payment the app had to retry waited, from its first attempt, for its answer."""
+    admission refused while they held an unexpired flow pass (a flow cut halfway); how long the
+    slowest payment waited, from its first attempt and through every retry, for its answer."""
 
     success_ratio_above: float | None = Field(default=None, gt=0, le=1)
     flows_cut_at_most: int | None = Field(default=None, ge=0)
-    retried_answered_within: Duration | None = None
+    payments_answered_within: Duration | None = None
 
     @model_validator(mode="after")
     def _something_to_check(self) -> Traffic:
-        if self.success_ratio_above is None and self.flows_cut_at_most is None and self.retried_answered_within is None:
-            raise ValueError("give successRatioAbove, flowsCutAtMost, retriedAnsweredWithin, or several")
+        if self.success_ratio_above is None and self.flows_cut_at_most is None and self.payments_answered_within is None:
+            raise ValueError("give successRatioAbove, flowsCutAtMost, paymentsAnsweredWithin, or several")
         return self
 
     @property
     def reads_whole_record(self) -> bool:
         """Judged from the load's record of every payment, complete only once the load stopped."""
-        return self.retried_answered_within is not None
+        return self.payments_answered_within is not None
 
 
 class TrafficStop(_Spec):
@@ -479,8 +479,8 @@ class ExperimentSpec(_Spec):
             for i, check in enumerate(getattr(self, section)):
                 if check.traffic is not None and check.traffic.reads_whole_record:
                     raise ValueError(
-                        f"{to_camel(section)}[{i}].traffic.retriedAnsweredWithin: judged from the load's record of "
-                        "every retried payment, which is complete only once the load has stopped: put it under after"
+                        f"{to_camel(section)}[{i}].traffic.paymentsAnsweredWithin: judged from the load's record of "
+                        "every payment, which is complete only once the load has stopped: put it under after"
                     )
         return self
 
