@@ -196,11 +196,12 @@ def test_payments_answered_within_the_bound_pass_with_the_slowest_as_margin() ->
     # The slowest need not have been retried: a load balancer may have resent the cut request
     # itself, and the user waited on one slow attempt.
     acks = [paid("a", 100.0, 102.1, attempts=2), paid("edge", 110.0, 112.6), paid("c", 120.0, 120.1),
+            paid("c", 120.0, 120.3, doubleTap=True),  # its second tap, answered later: one payment, the slower
             {"key": "old", "attempts": 2, "at": 130.0}]  # a record without firstSent is not judged
     result = judge_payments_answered(acks, [], 4.0, "after")
     assert (result.verdict, result.observed, result.margin) == ("passed", 2.6, 1.4)
     assert (result.evidence["payments"], result.evidence["retried"]) == (3, 1)
-    assert [w["key"] for w in result.evidence["slowest"]] == ["edge", "a", "c"]  # type: ignore[attr-defined]
+    assert [(w["key"], w["waited"]) for w in result.evidence["slowest"]] == [("edge", 2.6), ("a", 2.1), ("c", 0.3)]  # type: ignore[attr-defined]
     assert "3 payments (1 retried by the app)" in result.detail
 
 
