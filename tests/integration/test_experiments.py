@@ -34,6 +34,9 @@ spec:
     - {{at: {at}, for: {for_}, slowDownstream: {{proxy: acquirer, latency: 3000ms}}}}
   expect:
     - slo: {{name: balance-payments-availability, above: 0.9}}
+    # Bounds inside the latency histogram's bucket (3, 5]: advice in the evidence, per window and per second.
+    - slo: {{name: payments-latency-p99, below: 4s}}
+    - slo: {{name: payments-latency-p99, below: 4s, for: 3s}}
   after:
     - breaker: {{name: acquirer, closesWithin: 40s}}
     - invariant: [ledger-conservation, no-double-charge, acknowledged-payments-durable]
@@ -81,6 +84,11 @@ def test_run_injects_and_reverts_on_time_and_exits_by_verdict(stack, tmp_path: P
     assert {c["phase"] for c in journal["paychaos"]["checks"]} >= {"steadyState.before", "expect", "after"}
     assert len(journal["paychaos"]["samples"]) > 30
     assert toxics(stack) == []
+    # A bound histogram_quantile can only interpolate at is said so, whatever the verdict and the
+    # way the check reads the window, with the boundary to add.
+    inside = [c for c in journal["paychaos"]["checks"] if c["name"] == "payments-latency-p99"]
+    assert len(inside) == 2 and all("bucket (3, 5]" in c["evidence"].get("bucket", "") for c in inside), inside
+    assert all("boundary at 4 s" in c["detail"] for c in inside if c["verdict"] != "inconclusive"), inside
 
 
 def test_stop_condition_aborts_and_reverts_within_two_seconds(stack, tmp_path: Path) -> None:

@@ -359,6 +359,11 @@ def judge_slo_window(
     at = ctx.started_at() + end
     evidence: dict[str, object] = {"window": [start, end]}
     with Prometheus(ctx.endpoints.prometheus_url) as prom:
+        # Advice whatever the verdict, per-second (for:) and thin windows too: their quantiles are
+        # interpolated inside the same buckets.
+        inside = bound_inside_bucket(prom, slo, below if below is not None else above, at)
+        if inside is not None:
+            evidence["bucket"] = inside
         thin = too_few_requests(prom, slo, span, at, below, above, evidence)
         if thin is not None and not hold:
             return _judge_thin(prom, name, slo, span, at, bound, thin, evidence, phase)
@@ -376,10 +381,8 @@ def judge_slo_window(
             else:
                 verdict = "passed" if bound_holds(observed, below, above) else "failed"
                 detail = f"over every request of the {span} window"
-                inside = bound_inside_bucket(prom, slo, below if below is not None else above, at)
-                if inside is not None:
-                    evidence["bucket"] = inside
-                    detail = f"{detail}; {inside}"
+        if inside is not None:
+            detail = f"{detail}; {inside}"
     observed = observed if observed is None else round(observed, 4)
     return CheckResult(phase, "slo", name, verdict, observed, threshold, detail, evidence, margin(observed, below, above))
 
