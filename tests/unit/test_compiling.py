@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chaoslib.experiment import ensure_experiment_is_valid
@@ -24,12 +25,14 @@ def test_catalogue_compiles_to_a_valid_chaostoolkit_experiment(path: Path) -> No
     assert len(compiled["rollbacks"]) == len(actions) // 2
 
 
+def compiled_method(tmp_path: Path, spec: str) -> list[dict[str, Any]]:
+    path = tmp_path / "x.yaml"
+    path.write_text(f"apiVersion: paychaos.io/v1alpha1\nkind: ChaosExperiment\n{spec}")
+    return compile_experiment(load_experiment(path), {"platform": "local", "location": "run"}, "out")["method"]
+
+
 def test_overlapping_faults_interleave_and_a_revert_due_with_an_inject_goes_first(tmp_path: Path) -> None:
-    spec = tmp_path / "x.yaml"
-    spec.write_text(
-        """
-apiVersion: paychaos.io/v1alpha1
-kind: ChaosExperiment
+    method = compiled_method(tmp_path, """
 metadata: {name: two-faults}
 spec:
   description: two faults
@@ -37,10 +40,8 @@ spec:
     - {at: 10s, for: 10s, podKill: {service: payment}}
     - {at: 5s, for: 15s, slowDownstream: {proxy: acquirer, latency: 500ms}}
     - {at: 20s, for: 5s, zoneLoss: {zone: az-b}}
-"""
-    )
-    compiled = compile_experiment(load_experiment(spec), {"platform": "local", "location": "run"}, "out")
-    names = [a["name"] for a in compiled["method"] if a["type"] == "action"]
+""")
+    names = [a["name"] for a in method if a["type"] == "action"]
     assert names[:6] == [
         "inject-slowDownstream-1", "inject-podKill-0", "revert-podKill-0",
         "revert-slowDownstream-1", "inject-zoneLoss-2", "revert-zoneLoss-2",
@@ -49,11 +50,7 @@ spec:
 
 
 def test_checks_that_read_the_whole_load_record_are_judged_once_the_load_has_stopped(tmp_path: Path) -> None:
-    spec = tmp_path / "x.yaml"
-    spec.write_text(
-        """
-apiVersion: paychaos.io/v1alpha1
-kind: ChaosExperiment
+    method = compiled_method(tmp_path, """
 metadata: {name: cut-payments}
 spec:
   description: a payment cut in half
@@ -64,10 +61,8 @@ spec:
     - traffic: {paymentsAnsweredWithin: 4s}
     - recovery: {slo: payments-availability, within: 30s}
     - invariant: no-double-charge
-"""
-    )
-    compiled = compile_experiment(load_experiment(spec), {"platform": "local", "location": "run"}, "out")
-    names = [a["name"] for a in compiled["method"]]
-    # The recovery is live and judged while the load runs; the retried payments' wait and the
-    # invariants need every payment's outcome.
+""")
+    names = [a["name"] for a in method]
+    # The recovery is live and judged while the load runs; the payments' wait and the invariants
+    # need every payment's outcome.
     assert names[-4:] == ["after-0-recovery", "stop-load", "after-1-traffic", "after-2-invariant"]
