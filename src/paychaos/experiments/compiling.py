@@ -54,7 +54,7 @@ def compile_experiment(experiment: ChaosExperiment, target: dict[str, str], out_
             provider = _python(ACTIONS, "revert_fault", experiment=name, index=i, at=at, target=target)
         method.append({"type": "action", "name": f"{what}-{fault.kind}-{i}", "provider": provider})
     method += [_check_probe(c, "expect", n) for n, c in enumerate(spec.expect)]
-    # The money invariants and the retried payments' wait read the load's record of payments,
+    # The money invariants and the payments' answer times read the load's record of payments,
     # complete only once the load has stopped and flushed.
     on_record = [c for c in spec.after if c.invariant is not None or (c.traffic is not None and c.traffic.reads_whole_record)]
     after_live = [c for c in spec.after if c not in on_record]
