@@ -126,6 +126,27 @@ class Stack:
             headers={"Idempotency-Key": key or uuid.uuid4().hex, "X-Device-Id": f"device-{user}", "X-User-Id": user},
         )
 
+    def acquirer_breakers(self) -> dict[str, str]:
+        """Each payment replica's acquirer breaker state, by zone, as Prometheus last scraped it."""
+        series = self.prometheus('resilience4j_circuitbreaker_state{name="acquirer"} == 1')
+        return {s["metric"]["zone"]: s["metric"]["state"] for s in series}
+
+    def close_acquirer_breakers(self, users: list[str], what: str, timeout: float = 60.0) -> None:
+        """Card payments (one per user, a round a second) until every payment replica's acquirer
+        breaker reports closed: an open or half-open breaker moves on only with card calls, which
+        an idle stack never makes."""
+
+        def closed() -> bool:
+            states = self.acquirer_breakers()
+            if len(states) == len(self.topology.replicas_of("payment")) and set(states.values()) == {"closed"}:
+                return True
+            with httpx.Client(timeout=15) as client:
+                for user in users:
+                    self.pay(client, user, 100, "card")
+            return False
+
+        self.wait_for(what, closed, timeout=timeout, interval=1)
+
     def slo(self, name: str, seconds: float, ended: float | None = None) -> CheckResult:
         """The catalogue's SLO ``name`` over the last ``seconds``, judged against its objective as
         steadyState judges it. With ``ended`` (the Unix time the traffic ended), first wait until

@@ -50,24 +50,13 @@ def write_spec(tmp_path: Path, name: str, *, at: str = "8s", for_: str = "12s", 
     return path
 
 
-def breakers_closed(stack, client: httpx.Client) -> bool:
-    """Every payment replica's acquirer breaker closed. One left open or half-open by the previous
-    experiment (its fault ended with the load) moves on only with card calls, which an idle stack
-    never makes: the next run's first card payments would be refused, and its steady state fail.
-    So while one is not closed, card payments go through, as the app's would."""
-    not_closed = stack.prometheus('resilience4j_circuitbreaker_state{name="acquirer",state="closed"} == 0')
-    if not_closed:
-        for _ in range(6):
-            stack.pay(client, "u00001", 100, method="card")
-    return not not_closed
-
-
 @pytest.fixture(autouse=True)
 def steady(stack) -> None:
     """Each experiment starts from a steady stack: every acquirer breaker closed, and the previous
-    one's errors out of the SLO window."""
-    with httpx.Client(timeout=5) as client:
-        stack.wait_for("every acquirer breaker to close", lambda: breakers_closed(stack, client), timeout=90, interval=1)
+    one's errors out of the SLO window. A breaker the previous run left open or half-open (its
+    fault ended with the load) would refuse this run's first card payments and fail its steady
+    state, and an idle stack never closes it."""
+    stack.close_acquirer_breakers(["u00001"] * 6, "every acquirer breaker to close", timeout=90)
     query = (
         'sum(rate(http_server_requests_seconds_count{service="gateway",route="/v1/payments",status=~"5.."}[30s]))'
         ' or vector(0)'
@@ -100,7 +89,8 @@ def test_run_injects_and_reverts_on_time_and_exits_by_verdict(stack, tmp_path: P
     assert len(journal["paychaos"]["samples"]) > 30
     assert toxics(stack) == []
     # A bound histogram_quantile can only interpolate at is said so, whatever the verdict and the
-    # way the check reads the window, with the boundary to add.
+    # way the check reads the window, with the boundary to add. (At 5 payments a second both 12 s
+    # windows are usually too thin for a p99: inconclusive, with the advice in the evidence only.)
     inside = [c for c in journal["paychaos"]["checks"] if c["name"] == "payments-latency-p99"]
     assert len(inside) == 2 and all("bucket (3, 5]" in c["evidence"].get("bucket", "") for c in inside), inside
     assert all("boundary at 4 s" in c["detail"] for c in inside if c["verdict"] != "inconclusive"), inside

@@ -88,11 +88,6 @@ def test_one_kafka_node_down_payments_continue_and_no_event_is_lost(stack) -> No
     stack.wait_for("kafka-2 to come back", lambda: stack.state().process("kafka-2").ready, timeout=60)
 
 
-def breaker_states(stack) -> dict[str, str]:
-    series = stack.prometheus('resilience4j_circuitbreaker_state{name="acquirer"} == 1')
-    return {s["metric"]["zone"]: s["metric"]["state"] for s in series}
-
-
 TOXIC = {"latency": 3000, "jitter": 200}
 
 
@@ -112,7 +107,7 @@ def test_slow_acquirer_opens_the_breaker_card_fails_fast_balance_keeps_working(s
             # Balance users join once every replica's breaker is open: what is judged is how the
             # platform serves them while it protects itself, not how long the breakers took.
             outcomes = asyncio.run(mixed_load(stack, ready=breakers_open(stack)))
-            stack.wait_for("the breaker to report OPEN", lambda: "open" in breaker_states(stack).values(), timeout=15)
+            stack.wait_for("the breaker to report OPEN", lambda: "open" in stack.acquirer_breakers().values(), timeout=15)
             assert outcomes["card"]["503 CARD_NETWORK_UNAVAILABLE"] > 0, outcomes
             assert success_ratio(outcomes["balance"]) > 0.95, outcomes
             # Card payments straight to one payment replica until its breaker refuses one, and that
@@ -140,14 +135,7 @@ def test_slow_acquirer_opens_the_breaker_card_fails_fast_balance_keeps_working(s
         finally:
             toxiproxy.remove_toxic("acquirer", "test-latency")
 
-    def closed_everywhere() -> bool:
-        with httpx.Client(timeout=15) as client:
-            for i in range(6):
-                stack.pay(client, f"u{1610 + i:05d}", 100, "card")
-        states = breaker_states(stack)
-        return len(states) == 3 and set(states.values()) == {"closed"}
-
-    stack.wait_for("the breaker to close once the acquirer is fast again", closed_everywhere, timeout=60, interval=1)
+    stack.close_acquirer_breakers([f"u{1610 + i:05d}" for i in range(6)], "the breaker to close once the acquirer is fast again")
 
 
 def payment_tuned(topology, *, breaker: bool, workers: int, accept_queue: int, open_for: timedelta | None = None):
@@ -217,7 +205,7 @@ def test_without_the_breaker_a_slow_acquirer_takes_balance_payments_down_too(sta
             spared = collateral_slos(stack, protected.measured)
             stacking.reconfigure(stack.run_dir, payment_tuned(healthy, breaker=False, **CASCADE_POOL), ["payment"])
             stack.wait_for(
-                "the breaker to report DISABLED", lambda: set(breaker_states(stack).values()) == {"disabled"}, timeout=15
+                "the breaker to report DISABLED", lambda: set(stack.acquirer_breakers().values()) == {"disabled"}, timeout=15
             )
             exposed = asyncio.run(
                 mixed_load(stack, card_rate=CASCADE_CARD_RATE, warmup=CASCADE_WARMUP, seconds=protected.measured)

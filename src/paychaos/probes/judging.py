@@ -191,7 +191,7 @@ def _judge_traffic(ctx: Run, check: Check, phase: str) -> list[CheckResult]:
     if check.traffic.flows_cut_at_most is not None:
         results.append(judge_flows_cut(_refusals(ctx), check.traffic.flows_cut_at_most, phase))
     if check.traffic.payments_answered_within is not None:
-        results.append(judge_payments_answered(_load_record(ctx, "acknowledged"), _load_record(ctx, "unanswered"),
+        results.append(judge_payments_answered(_client_records(ctx), _load_record(ctx, "unanswered"),
                                                check.traffic.payments_answered_within.total_seconds(), phase))
     bound = check.traffic.success_ratio_above
     if bound is None:
@@ -684,8 +684,7 @@ def judge_eventual_invariant(ctx: Run, check: EventualInvariant, phase: str) -> 
 
 def _client_records(ctx: Run) -> list[dict[str, Any]]:
     """The load's record of what the app was told is final, one dict per answer."""
-    path = getattr(ctx.load, "acknowledged_path", None)
-    return _read_jsonl(path) if path is not None else []
+    return _load_record(ctx, "acknowledged")
 
 
 def _acknowledged(ctx: Run) -> list[Acknowledged]:
