@@ -80,9 +80,9 @@ def test_one_alert_per_slo(rules: dict[str, dict[str, Any]], slos: dict[str, Slo
 
 
 def test_the_expression_breaches_the_objective(rules: dict[str, dict[str, Any]]) -> None:
-    assert rules["PaymentsAvailabilityBreached"]["expr"].rstrip().endswith(") < 0.99")  # objective above
-    assert rules["PaymentsErrorRatioBreached"]["expr"].rstrip().endswith(") > 0.01")  # objective below
-    assert rules["PaymentsLatencyP99Breached"]["expr"].rstrip().endswith(") > 1")  # a duration, in seconds
+    assert rules["PaymentsAvailabilityBreached"]["expr"].rstrip().endswith(") <= 0.99")  # objective above: the check passes above it
+    assert rules["PaymentsErrorRatioBreached"]["expr"].rstrip().endswith(") >= 0.01")  # objective below
+    assert rules["PaymentsLatencyP99Breached"]["expr"].rstrip().endswith(") >= 1")  # a duration, in seconds
     assert "{{ $value | humanizeDuration }}" in rules["PaymentsLatencyP99Breached"]["annotations"]["description"]
 
 

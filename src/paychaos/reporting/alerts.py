@@ -104,11 +104,13 @@ def _rank(severity: str) -> tuple[int, str]:
 def _as_yaml(rule: _Rule, runbook_base: str) -> dict[str, Any]:
     alert = alert_name(rule.slo)
     below, above, _ = bounds(rule.definition.objective)
+    # The complement of what an experiment's check passes (value > above, value < below), so an
+    # alert fires on exactly the values a check fails: for a count bounded `below: 1`, on one.
     if above is not None:
-        comparison, bound, wanted = "<", above, "above"
+        comparison, bound, wanted = "<=", above, "above"
     else:
         assert below is not None
-        comparison, bound, wanted = ">", below, "below"
+        comparison, bound, wanted = ">=", below, "below"
     seconds = rule.definition.unit == "seconds"
     value = "{{ $value | humanizeDuration }}" if seconds else '{{ $value | printf "%.4g" }}'
     objective_text = f"{wanted} {bound:g}{'s' if seconds else ''}"

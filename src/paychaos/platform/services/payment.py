@@ -186,6 +186,13 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "payment_leases_lost", "Sagas whose lease another replica took while they still ran", ["service", "zone"],
         registry=ctx.registry,
     ).labels(**labels)
+    # How often a live saga needed its renewals: one that ran longer than a lease would have been
+    # taken over without them. An experiment that guards renewals counts these as its exercise.
+    beyond_lease = Counter(
+        "payment_sagas_beyond_lease",
+        f"Sagas that ran longer than one lease ({LEASE_SECONDS:g} s), kept by renewals or lost", ["service", "zone"],
+        registry=ctx.registry,
+    ).labels(**labels)
     replays = Counter(
         "payment_idempotent_replays", "Retried keys answered with the stored response", ["service", "zone"], registry=ctx.registry
     ).labels(**labels)
@@ -295,8 +302,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 renewal_gap.observe(now - last)
                 last = now
                 if cur.rowcount != 1:
-                    leases_lost.inc()
-                    return
+                    return  # taken over: finish() raises LeaseLost, counted below
 
         done = asyncio.Event()
         # Not awaited: a renewal still waiting for a pool slot must not hold the answer up, and
@@ -304,13 +310,17 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         renewing = asyncio.create_task(renew(done))
         heartbeats.add(renewing)
         renewing.add_done_callback(heartbeats.discard)
+        started = time.perf_counter()
         try:
             try:
                 ending = await saga.run(p, mark_compensating)
             finally:
                 done.set()
+                if time.perf_counter() - started > LEASE_SECONDS:
+                    beyond_lease.inc()
             status_code, text = await finish(p, key, owner, ending)
         except LeaseLost:
+            leases_lost.inc()
             return None
         headers = {"Retry-After": RETRY_AFTER} if status_code == 503 else None
         return Response(text, status_code=status_code, media_type="application/json", headers=headers)
