@@ -269,3 +269,48 @@ def test_a_zone_marked_down_stays_down_until_restored_and_payments_continue(stac
         lambda: all(p.ready for p in stack.state().processes if p.zone == zone),
         timeout=90,
     )
+
+
+def test_a_slow_database_keeps_its_replicas_ready_an_unreachable_one_takes_them_out(stack) -> None:
+    """Readiness is about this replica, not about what every replica shares: the ledger's database
+    1.5 s late on every round trip leaves each ledger replica ready (answering its check at once)
+    and routed to; the same database unreachable takes them out, and they come back with it."""
+    ledgers = stack.topology.replicas_of("ledger")
+    names = {r.name for r in ledgers}
+
+    def readiness(client: httpx.Client) -> dict[str, tuple[int, float]]:
+        seen = {}
+        for r in ledgers:
+            started = time.monotonic()
+            try:
+                code = client.get(f"http://{stack.topology.host}:{r.port}/health/ready").status_code
+            except httpx.TimeoutException:
+                code = 0
+            seen[r.name] = (code, time.monotonic() - started)
+        return seen
+
+    proxy = f"{stack.topology.toxiproxy_url}/proxies/ledger-db"
+    with Toxiproxy(stack.topology.toxiproxy_url) as toxiproxy, httpx.Client(timeout=1.5) as client:
+        toxiproxy.add_toxic("ledger-db", "test-brownout", "latency", {"latency": 1500})
+        try:
+            # Three of HAProxy's 2 s checks, each answered while SELECT 1 is still on its way.
+            deadline = time.monotonic() + 7
+            while time.monotonic() < deadline:
+                seen = readiness(client)
+                assert all(code == 200 and took < 1.0 for code, took in seen.values()), seen
+                assert not names & set(servers_not_up(stack.topology)), servers_not_up(stack.topology)
+                time.sleep(0.5)
+        finally:
+            toxiproxy.remove_toxic("ledger-db", "test-brownout")
+        try:
+            httpx.post(proxy, json={"enabled": False}, timeout=5).raise_for_status()
+            stack.wait_for("every ledger replica to say it is not ready without its database",
+                           lambda: all(code == 503 for code, _ in readiness(client).values()), timeout=20)
+            stack.wait_for("HAProxy to take the ledger replicas out",
+                           lambda: names <= set(servers_not_up(stack.topology)), timeout=20)
+        finally:
+            httpx.post(proxy, json={"enabled": True}, timeout=5).raise_for_status()
+    stack.wait_for("the ledger replicas back in HAProxy with their database",
+                   lambda: not names & set(servers_not_up(stack.topology)), timeout=60)
+    with httpx.Client(timeout=15) as client:
+        assert pay_with_retries(stack, client, stack.fresh_user(), 100).status_code == 201

@@ -28,7 +28,7 @@ from paychaos.platform.services.campaign_view import StatusView
 from paychaos.platform.services.consuming import BatchConsumer, consumer_config
 from paychaos.platform.services.ledger import MAX_BATCH
 from paychaos.platform.services.reaggregating import DriftReport, reaggregate
-from paychaos.platform.services.schemas import database_ready
+from paychaos.platform.services.schemas import database_readiness
 from paychaos.platform.services.serving import ReplicaContext, ServiceParts, invalid_identifier, problem
 from paychaos.platform.topology import CampaignSpec
 
@@ -347,9 +347,6 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         await ledger.aclose()
         await pool.close()
 
-    async def ready() -> bool:
-        return await database_ready(pool)
-
     return ServiceParts(
         routes=[
             Route("/v1/campaign/status", service.status, methods=["GET"]),
@@ -357,6 +354,6 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         ],
         startup=[start],
         shutdown=[stop],
-        ready=ready,
+        ready=database_readiness(pool),
         background=[service.consume, service.retry_pending, service.view.run],
     )

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from paychaos.platform.services.fingerprints import fingerprint
-from paychaos.platform.services.schemas import database_ready, ensure_schema, transaction
+from paychaos.platform.services.schemas import database_readiness, ensure_schema, transaction
 from paychaos.platform.services.serving import (
     TEXT_PATTERN,
     ReplicaContext,
@@ -258,7 +258,7 @@ async def apply_batch(conn: AsyncConnection[Any], transfers: list[TransferReques
 
 
 def build(ctx: ReplicaContext) -> ServiceParts:
-    pool = ctx.db_pool(min_size=2, max_size=16)
+    pool = ctx.db_pool(size=16)
     postings_total = Counter(
         "ledger_postings", "Transfers applied, by kind (replays not counted)", ["service", "zone", "kind"], registry=ctx.registry
     )
@@ -368,7 +368,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         ],
         startup=[startup],
         shutdown=[pool.close],
-        ready=lambda: database_ready(pool),
+        ready=database_readiness(pool),
     )
 
 

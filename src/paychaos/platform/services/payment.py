@@ -32,7 +32,7 @@ from paychaos.platform.services.outbox import TOPIC as OUTBOX_TOPIC
 from paychaos.platform.services.outbox import Publisher
 from paychaos.platform.services.payment_rules import Claim, Existing, decide_claim
 from paychaos.platform.services.saga import Ending, PaymentFacts, Saga
-from paychaos.platform.services.schemas import database_ready, ensure_schema
+from paychaos.platform.services.schemas import database_readiness, ensure_schema
 from paychaos.platform.services.serving import (
     ID_PATTERN, LATENCY_BUCKETS, SERVER_ERRORS, ReplicaContext, ServiceParts, invalid_request, problem, series_from_start,
 )
@@ -149,7 +149,7 @@ def facts(row: dict[str, Any]) -> PaymentFacts:
 
 def build(ctx: ReplicaContext) -> ServiceParts:
     res = ctx.topology.resilience
-    pool = ctx.db_pool(min_size=2, max_size=12)
+    pool = ctx.db_pool(size=12)
     breaker = CircuitBreaker("acquirer", res.breaker)
     BreakerMetrics(breaker, ctx.registry, ctx.labels())
     ledger, acquirer = ctx.client("ledger"), ctx.client("acquirer")
@@ -434,6 +434,6 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         ],
         startup=[startup],
         shutdown=[shutdown],
-        ready=lambda: database_ready(pool),
+        ready=database_readiness(pool),
         background=background,
     )

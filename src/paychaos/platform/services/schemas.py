@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, errors
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 T = TypeVar("T")
 
@@ -55,10 +55,41 @@ async def transaction(
     raise AssertionError("unreachable")
 
 
-async def database_ready(pool: AsyncConnectionPool) -> bool:
-    try:
-        async with pool.connection(timeout=1.0) as conn:
-            await conn.execute("SELECT 1")
+#: How long a readiness check waits for the database's answer. The balancer gives a check 2 s
+#: (its `inter`); a database that has not answered by then is slow, not gone.
+READY_WAIT_SECONDS = 0.5
+
+
+def database_readiness(pool: AsyncConnectionPool) -> Callable[[], Awaitable[bool]]:
+    """A readiness check that fails only when this replica cannot reach its database.
+
+    A database that is merely slow (every connection busy, or each answer late) is no reason to
+    leave the balancer: every replica shares it, so all of them would leave at once and a
+    brownout would become an outage. ledger-db-brownout found exactly that: with the ledger's
+    database 1.5 s late, ``SELECT 1`` under a 1 s pool wait failed every ledger replica's check,
+    the balancer took them all out twice in 30 s, and answered 933 ledger requests with its own 503.
+    So the probe's ``SELECT 1`` is awaited for READY_WAIT_SECONDS and then left to finish in the
+    background (cancelling a statement in flight would cost the pool its connection); the next
+    check awaits the same probe. Only a failure to connect or a broken connection says "not
+    ready". A database that never answers at all looks slow here; the callers' timeouts judge it.
+    """
+    probe: asyncio.Task[bool] | None = None
+
+    async def select_one() -> bool:
+        try:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except PoolTimeout:
+            return True  # every connection busy: loaded, not unreachable
+        except Exception:
+            return False
         return True
-    except Exception:
-        return False
+
+    async def ready() -> bool:
+        nonlocal probe
+        if probe is None or probe.done():
+            probe = asyncio.create_task(select_one())
+        done, _ = await asyncio.wait({probe}, timeout=READY_WAIT_SECONDS)
+        return probe.result() if done else True
+
+    return ready
