@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from paychaos.platform.services.fingerprints import fingerprint
 from paychaos.platform.services.ledger import escrow_of
 from paychaos.platform.services.payment import (
-    LEASE_SECONDS, RECOVERY_POLL_SECONDS, WAIT_SECONDS, PaymentRequest,
+    FINISH_SQL, LEASE_SECONDS, RECOVERY_POLL_SECONDS, RELEASE_RETRY_SECONDS, WAIT_SECONDS, PaymentRequest,
 )
 from paychaos.platform.topology import PORT_OFFSET_ENV, Topology, load_topology
 
@@ -319,6 +319,48 @@ def test_a_dead_owners_payment_is_resumed_by_recovery_and_its_retry_gets_the_ans
         assert seeded.balance(escrow_of(user)) == 0
     assert seeded.balance("merchant:m001") == merchant + 2 * amount
     assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == takeovers + 2
+
+
+def test_an_unfinished_compensation_is_released_and_resumed_a_second_later_not_taken_from_a_dead_owner(seeded: Smoke) -> None:
+    """A compensation whose refund failed ends its request still pending: its owner lets it go (no
+    owner, resumed RELEASE_RETRY_SECONDS later rather than at the next poll, which would send the
+    failing step again four times a second), and its resumption counts as released, not as the
+    takeover of a dead replica's payment, which experiments bound to zero where none dies."""
+    amount, user = 700, "u00010"
+    before = seeded.balance(f"wallet:{user}")
+    counts = {r: payment_metric(seeded, "payment_takeovers_total", reason=r) for r in ("abandoned", "released")}
+    body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
+    payment_id, key, owner = uuid.uuid4().hex, uuid.uuid4().hex, "payment-live:0"
+    reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+        "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
+        "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
+        "excludes": [],
+    })
+    assert reserve.status_code == 201, reserve.text
+    # As the live owner leaves it: the settle failed, the refund too (the ledger was unavailable).
+    seeded.sql(
+        "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
+        " method, status, step, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
+        " 'compensating', %s, now() + interval '2 seconds') RETURNING id",
+        payment_id, key, key, fingerprint(body), user, amount, owner,
+    )
+    with psycopg.connect(seeded.topology.postgres_dsn, autocommit=True) as conn:
+        finished = conn.execute(FINISH_SQL, {
+            "status": "pending", "response_status": None, "response": None, "authorization_id": None, "completed_at": None,
+            "id": payment_id, "owner": owner, "topic": "payments", "key": user, "event": None, "retry": RELEASE_RETRY_SECONDS,
+        }).fetchone()
+    assert finished == (1,)
+    released_owner, wait = seeded.sql(
+        "SELECT lease_owner, extract(epoch FROM lease_until - now()) FROM payment.payments WHERE id = %s", payment_id)[0]
+    assert released_owner is None and 0 < float(wait) <= RELEASE_RETRY_SECONDS, (released_owner, wait)
+    deadline = time.monotonic() + RELEASE_RETRY_SECONDS + WAIT_SECONDS
+    while (status := seeded.scalar("SELECT status FROM payment.payments WHERE id = %s", payment_id)) == "pending":
+        assert time.monotonic() < deadline, "nobody resumed the released compensation"
+        time.sleep(0.1)
+    assert status == "failed"  # refunded: the payment did not go through
+    assert seeded.balance(f"wallet:{user}") == before and seeded.balance(escrow_of(user)) == 0
+    assert payment_metric(seeded, "payment_takeovers_total", reason="released") == counts["released"] + 1
+    assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == counts["abandoned"]
 
 
 def test_missing_key_and_bad_body_are_refused(seeded: Smoke) -> None:

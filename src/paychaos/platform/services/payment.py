@@ -72,11 +72,20 @@ MESSAGES = {
     "LEDGER_UNAVAILABLE": "Payments are temporarily unavailable. Please try again shortly.",
     "PAYMENT_IN_PROGRESS": "This payment is still being processed. Please try again shortly.",
 }
+#: An unfinished compensation (its refund or void failed, typically on an unavailable ledger or
+#: card network) is released, not kept: the recovery loop resumes it this long after, rather than
+#: at its next poll, which would send the failing step again four times a second.
+RELEASE_RETRY_SECONDS = 1.0
+#: The ending and its outbox event in one statement. A payment left pending (an unfinished
+#: compensation) is released: no owner, so its resumption is told apart from the takeover of a
+#: dead replica's payment (payment_takeovers_total{reason="released"} against "abandoned").
 FINISH_SQL = (
     "WITH done AS ("
     " UPDATE payment.payments SET status = %(status)s, response_status = %(response_status)s, response = %(response)s,"
     " authorization_id = coalesce(%(authorization_id)s, authorization_id), completed_at = %(completed_at)s,"
-    " lease_until = now(), updated_at = now()"
+    " lease_owner = CASE WHEN %(status)s = 'pending' THEN NULL ELSE lease_owner END,"
+    " lease_until = CASE WHEN %(status)s = 'pending' THEN now() + make_interval(secs => %(retry)s) ELSE now() END,"
+    " updated_at = now()"
     " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'pending' RETURNING id),"
     " queued AS (INSERT INTO payment.outbox (topic, key, payload)"
     " SELECT %(topic)s, %(key)s, %(event)s::jsonb FROM done WHERE %(event)s::jsonb IS NOT NULL)"
@@ -173,10 +182,12 @@ def build(ctx: ReplicaContext) -> ServiceParts:
     # What the idempotency and lease machinery did: experiments count these to show that a run
     # really walked the retry and takeover paths its money invariants guard.
     takeovers = Counter(
-        "payment_takeovers", "Payments taken over: resumed by the recovery loop (abandoned: lease expired) or retried (aborted)",
+        "payment_takeovers",
+        "Payments taken over: resumed by the recovery loop (abandoned: its owner's lease expired; released: an"
+        " unfinished compensation its owner let go) or retried (aborted)",
         ["service", "zone", "reason"], registry=ctx.registry,
     )
-    series_from_start(takeovers, labels, reason=("abandoned", "aborted"))
+    series_from_start(takeovers, labels, reason=("abandoned", "released", "aborted"))
     renewal_gap = Histogram(
         "payment_lease_renewal_seconds",
         f"Time between a saga's lease renewals (the lease lasts {LEASE_SECONDS:g} s: a gap near it loses the payment)",
@@ -255,7 +266,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 "status": "pending" if not stored else ending.status, "response_status": status_code if stored else None,
                 "response": text if stored else None, "authorization_id": ending.authorization_id,
                 "completed_at": completed_at, "id": p.id, "owner": owner, "topic": OUTBOX_TOPIC, "key": p.user_id,
-                "event": event,
+                "event": event, "retry": RELEASE_RETRY_SECONDS,
             })
             row = await cur.fetchone()
         if not row or row[0] != 1:
@@ -389,9 +400,9 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             row[field] = row[field].isoformat() if row[field] else None
         return JSONResponse(row)
 
-    async def resume(payment_id: str, key: str) -> None:
+    async def resume(payment_id: str, key: str, released: bool) -> None:
         owner = f"{ctx.replica.name}:recovery:{uuid.uuid4().hex[:8]}"
-        mine = await take_over(payment_id, owner, "abandoned")
+        mine = await take_over(payment_id, owner, "released" if released else "abandoned")
         if mine is not None:
             await run_owned(mine, key, owner)
 
@@ -403,15 +414,15 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             try:
                 async with pool.connection() as conn:
                     cur = await conn.execute(
-                        "SELECT id, idempotency_key FROM payment.payments"
+                        "SELECT id, idempotency_key, lease_owner IS NULL FROM payment.payments"
                         " WHERE status = 'pending' AND lease_until < now() ORDER BY lease_until LIMIT 20"
                     )
                     abandoned = await cur.fetchall()
                 # At once, so one saga stuck on a slow card network holds up no other.
-                outcomes = await asyncio.gather(*(resume(pid, key) for pid, key in abandoned), return_exceptions=True)
+                outcomes = await asyncio.gather(*(resume(*row) for row in abandoned), return_exceptions=True)
             except (PoolTimeout, OperationalError):
                 continue
-            for (payment_id, _), outcome in zip(abandoned, outcomes, strict=True):
+            for (payment_id, _, _), outcome in zip(abandoned, outcomes, strict=True):
                 if isinstance(outcome, Exception) and not isinstance(outcome, (PoolTimeout, OperationalError)):
                     # The loop goes on: it is the only path that finishes a dead owner's payment.
                     log.error("resuming payment %s failed", payment_id, exc_info=outcome)
