@@ -70,26 +70,44 @@ def database_readiness(pool: AsyncConnectionPool) -> Callable[[], Awaitable[bool
     the balancer took them all out twice in 30 s, and answered 933 ledger requests with its own 503.
     So the probe's ``SELECT 1`` is awaited for READY_WAIT_SECONDS and then left to finish in the
     background (cancelling a statement in flight would cost the pool its connection); the next
-    check awaits the same probe. Only a failure to connect or a broken connection says "not
-    ready". A database that never answers at all looks slow here; the callers' timeouts judge it.
+    check awaits the same probe. Only a connection that fails says "not ready". A probe that
+    found no free connection says what the pool's own connection attempts since the last probe
+    say: all failed, not ready; one succeeded, busy but reachable; none made, as the last probe
+    said. A database that never answers at all looks slow here; the callers' timeouts judge it.
     """
     probe: asyncio.Task[bool] | None = None
+    reachable = True
+    attempts = failures = 0
+
+    def attempts_since() -> tuple[int, int]:
+        nonlocal attempts, failures
+        stats = pool.get_stats()
+        made, failed = stats.get("connections_num", 0), stats.get("connections_errors", 0)
+        since = made - attempts, failed - failures
+        attempts, failures = made, failed
+        return since
 
     async def select_one() -> bool:
+        nonlocal reachable
         try:
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")
+            reachable = True
         except PoolTimeout:
-            return True  # every connection busy: loaded, not unreachable
+            made, failed = attempts_since()
+            if made:
+                reachable = failed < made
         except Exception:
-            return False
-        return True
+            reachable = False
+        attempts_since()
+        return reachable
 
     async def ready() -> bool:
         nonlocal probe
         if probe is None or probe.done():
             probe = asyncio.create_task(select_one())
-        done, _ = await asyncio.wait({probe}, timeout=READY_WAIT_SECONDS)
-        return probe.result() if done else True
+        mine = probe  # a check arriving while this one waits may start the next probe
+        done, _ = await asyncio.wait({mine}, timeout=READY_WAIT_SECONDS)
+        return mine.result() if done else reachable
 
     return ready
