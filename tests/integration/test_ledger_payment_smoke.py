@@ -274,6 +274,26 @@ def test_a_saga_that_outlasts_its_lease_keeps_it_by_renewing(seeded: Smoke) -> N
     assert payment_metric(seeded, "payment_lease_renewal_seconds_count") - renewals >= 2  # renewed while it waited
 
 
+def plant_reserved_payment(seeded: Smoke, user: str, amount: int, owner: str, step: str, lease: int) -> tuple[str, str]:
+    """A balance payment as a replica leaves it after its reserve: money in escrow, the key claimed
+    by ``owner`` at ``step``, its lease running out in ``lease`` seconds. Its id and key."""
+    body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
+    payment_id, key = uuid.uuid4().hex, uuid.uuid4().hex
+    reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+        "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
+        "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
+        "excludes": [],
+    })
+    assert reserve.status_code == 201, reserve.text
+    seeded.sql(
+        "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
+        " method, status, step, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
+        " %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+        payment_id, key, key, fingerprint(body), user, amount, step, owner, lease,
+    )
+    return payment_id, key
+
+
 def test_a_dead_owners_payment_is_resumed_by_recovery_and_its_retry_gets_the_answer(seeded: Smoke) -> None:
     """Two payments as a replica leaves them when it dies after reserving: key claimed, money in
     escrow, lease running out. The recovery loop finishes both; the one the app retries answers
@@ -283,23 +303,7 @@ def test_a_dead_owners_payment_is_resumed_by_recovery_and_its_retry_gets_the_ans
     before = {user: seeded.balance(f"wallet:{user}") for user in users.values()}
     merchant = seeded.balance("merchant:m001")
     takeovers = payment_metric(seeded, "payment_takeovers_total", reason="abandoned")
-    planted: dict[str, tuple[str, str]] = {}
-    for role, user in users.items():
-        body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
-        payment_id, key = uuid.uuid4().hex, uuid.uuid4().hex
-        reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
-            "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
-            "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
-            "excludes": [],
-        })
-        assert reserve.status_code == 201, reserve.text
-        seeded.sql(
-            "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
-            " method, status, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
-            " 'payment-dead:0', now() + interval '1 second') RETURNING id",
-            payment_id, key, key, fingerprint(body), user, amount,
-        )
-        planted[role] = payment_id, key
+    planted = {role: plant_reserved_payment(seeded, user, amount, "payment-dead:0", "start", lease=1) for role, user in users.items()}
     assert seeded.balance(escrow_of(users["left"])) == amount
 
     payment_id, key = planted["retried"]
@@ -329,21 +333,9 @@ def test_an_unfinished_compensation_is_released_and_resumed_a_second_later_not_t
     amount, user = 700, "u00010"
     before = seeded.balance(f"wallet:{user}")
     counts = {r: payment_metric(seeded, "payment_takeovers_total", reason=r) for r in ("abandoned", "released")}
-    body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
-    payment_id, key, owner = uuid.uuid4().hex, uuid.uuid4().hex, "payment-live:0"
-    reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
-        "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
-        "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
-        "excludes": [],
-    })
-    assert reserve.status_code == 201, reserve.text
+    owner = "payment-live:0"
     # As the live owner leaves it: the settle failed, the refund too (the ledger was unavailable).
-    seeded.sql(
-        "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
-        " method, status, step, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
-        " 'compensating', %s, now() + interval '2 seconds') RETURNING id",
-        payment_id, key, key, fingerprint(body), user, amount, owner,
-    )
+    payment_id, _ = plant_reserved_payment(seeded, user, amount, owner, "compensating", lease=2)
     with psycopg.connect(seeded.topology.postgres_dsn, autocommit=True) as conn:
         finished = conn.execute(FINISH_SQL, {
             "status": "pending", "response_status": None, "response": None, "authorization_id": None, "completed_at": None,
