@@ -371,6 +371,11 @@ def test_ledger_refuses_unbalanced_and_reused_transfers(seeded: Smoke) -> None:
     assert first.status_code == 201 and first.json()["replayed"] is False
     replay = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings})
     assert replay.status_code == 200 and replay.json()["replayed"] is True
+    # The stored transfer, read back in one statement: its postings in order, amounts as integers.
+    assert replay.json()["postings"] == first.json()["postings"] == postings
+    stored = httpx.get(f"{url}/t-once")
+    assert stored.status_code == 200 and stored.json()["postings"] == postings
+    assert stored.json()["created_at"] == first.json()["created_at"]
     reused = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings[::-1]})
     assert reused.status_code == 409 and reused.json()["error"]["code"] == "TRANSFER_ID_REUSED"
     unknown = httpx.post(url, json={"id": "t-unknown", "kind": "seed", "postings": [{"account": "nope", "amount": -1}, {"account": "seed:funding", "amount": 1}]})
