@@ -371,7 +371,8 @@ def test_ledger_refuses_unbalanced_and_reused_transfers(seeded: Smoke) -> None:
     assert first.status_code == 201 and first.json()["replayed"] is False
     replay = httpx.post(url, json={"id": "t-once", "kind": "seed", "postings": postings})
     assert replay.status_code == 200 and replay.json()["replayed"] is True
-    # The stored transfer, read back in one statement: its postings in order, amounts as integers.
+    # The stored transfer as a replay and a read return it (one statement, postings as a JSON
+    # aggregate): its postings in order, amounts as integers.
     assert replay.json()["postings"] == first.json()["postings"] == postings
     stored = httpx.get(f"{url}/t-once")
     assert stored.status_code == 200 and stored.json()["postings"] == postings

@@ -89,17 +89,19 @@ def database_readiness(pool: AsyncConnectionPool) -> Callable[[], Awaitable[bool
 
     async def select_one() -> bool:
         nonlocal reachable
+        answered: bool | None  # None: no free connection to ask with
         try:
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")
-            reachable = True
+            answered = True
         except PoolTimeout:
-            made, failed = attempts_since()
-            if made:
-                reachable = failed < made
+            answered = None
         except Exception:
-            reachable = False
-        attempts_since()
+            answered = False
+        made, failed = attempts_since()
+        if answered is None:
+            answered = failed < made if made else reachable
+        reachable = answered
         return reachable
 
     async def ready() -> bool:
