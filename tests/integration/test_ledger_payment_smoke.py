@@ -40,6 +40,7 @@ pytestmark = pytest.mark.integration
 class Smoke:
     topology: Topology
     payment_url: str
+    procs: dict[str, subprocess.Popen[bytes]]
 
     @property
     def ledger_url(self) -> str:
@@ -146,7 +147,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Smoke]:
         for service, port in ports.items():
             procs[service] = _serve(service, port, topology_file, root)
             _wait_ready(f"http://{topology.host}:{port}", procs[service], root / f"{service}.log")
-        yield Smoke(topology, f"http://{topology.host}:{payment_port}")
+        yield Smoke(topology, f"http://{topology.host}:{payment_port}", procs)
     finally:
         for proc in procs.values():
             _stop(proc)
@@ -258,6 +259,7 @@ def test_a_saga_that_outlasts_its_lease_keeps_it_by_renewing(seeded: Smoke) -> N
     assert hold < seeded.topology.resilience.timeouts.ledger.total_seconds()
     takeovers = payment_metric(seeded, "payment_takeovers_total", reason="abandoned")
     renewals = payment_metric(seeded, "payment_lease_renewal_seconds_count")
+    lapsed = payment_metric(seeded, "payment_leases_lapsed_total")
     with psycopg.connect(seeded.topology.postgres_dsn) as locker:
         locker.execute("SELECT 1 FROM ledger.accounts WHERE id = %s FOR UPDATE", [f"wallet:{user}"])
         with ThreadPoolExecutor(1) as pool:
@@ -271,7 +273,40 @@ def test_a_saga_that_outlasts_its_lease_keeps_it_by_renewing(seeded: Smoke) -> N
     assert ":recovery:" not in owner and attempts == 1, (owner, attempts)
     assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == takeovers
     assert payment_metric(seeded, "payment_leases_lost_total") == 0
+    assert payment_metric(seeded, "payment_leases_lapsed_total") == lapsed
     assert payment_metric(seeded, "payment_lease_renewal_seconds_count") - renewals >= 2  # renewed while it waited
+
+
+def test_a_lease_that_ran_out_under_a_stalled_owner_is_counted_by_the_owner(seeded: Smoke) -> None:
+    """An owner whose process stalls (a pause, a starved CPU) for longer than its lease finds out
+    itself: its next renewal or its ending finds the lease already run out by the database's
+    clock, and the lapse is counted once, whether or not the recovery loop (stalled too, in the
+    same process) took the payment first. The payment is charged once all the same."""
+    user, key, amount = "u00011", uuid.uuid4().hex, 700
+    before = seeded.balance(f"wallet:{user}")
+    lapsed = payment_metric(seeded, "payment_leases_lapsed_total")
+    payment = seeded.procs["payment"]
+    with psycopg.connect(seeded.topology.postgres_dsn) as locker:
+        # The saga waits in its reserve, so it is under way when the replica stalls.
+        locker.execute("SELECT 1 FROM ledger.accounts WHERE id = %s FOR UPDATE", [f"wallet:{user}"])
+        with ThreadPoolExecutor(1) as pool:
+            paying = pool.submit(pay, seeded, user, amount, "balance", key)
+            deadline = time.monotonic() + 10
+            while not seeded.sql("SELECT 1 FROM payment.payments WHERE idempotency_key = %s", key):
+                assert time.monotonic() < deadline, "the payment was never claimed"
+                time.sleep(0.02)
+            payment.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(0.25)
+                locker.rollback()  # the reserve goes through; its answer waits for the stalled replica
+                # Its lease, taken or renewed before the stall, runs out 2 s after at the latest.
+                time.sleep(LEASE_SECONDS + 0.25)
+            finally:
+                payment.send_signal(signal.SIGCONT)
+            r = paying.result()
+    assert r.status_code == 201, r.text
+    assert seeded.balance(f"wallet:{user}") == before - amount
+    assert payment_metric(seeded, "payment_leases_lapsed_total") == lapsed + 1
 
 
 def plant_reserved_payment(seeded: Smoke, user: str, amount: int, owner: str, step: str, lease: int) -> tuple[str, str]:
@@ -341,7 +376,7 @@ def test_an_unfinished_compensation_is_released_and_resumed_a_second_later_not_t
             "status": "pending", "response_status": None, "response": None, "authorization_id": None, "completed_at": None,
             "id": payment_id, "owner": owner, "topic": "payments", "key": user, "event": None, "retry": RELEASE_RETRY_SECONDS,
         }).fetchone()
-    assert finished == (1,)
+    assert finished == (1, False)  # ended, and within its lease
     released_owner, wait = seeded.sql(
         "SELECT lease_owner, extract(epoch FROM lease_until - now()) FROM payment.payments WHERE id = %s", payment_id)[0]
     assert released_owner is None and 0 < float(wait) <= RELEASE_RETRY_SECONDS, (released_owner, wait)

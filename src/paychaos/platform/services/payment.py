@@ -79,17 +79,31 @@ RELEASE_RETRY_SECONDS = 1.0
 #: The ending and its outbox event in one statement. A payment left pending (an unfinished
 #: compensation) is released: no owner, so its resumption is told apart from the takeover of a
 #: dead replica's payment (payment_takeovers_total{reason="released"} against "abandoned").
+#: Every statement the owner of a payment sends while it runs the saga (a renewal, the step to
+#: compensating, the ending) also answers whether the lease had already run out when it arrived:
+#: ``was`` reads the row as the statement found it, by the database's clock, the one the recovery
+#: loop reads. A lapse the recovery loop did not catch in time is still a lapse, and is counted
+#: (payment_leases_lapsed_total) whether or not another replica then took the payment.
+WAS_LAPSED = "was AS (SELECT lease_until < now() AS lapsed FROM payment.payments WHERE id = %(id)s)"
+OWNED = " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'pending'"
+#: A renewal, or the step to compensating (``step`` and ``authorization_id`` unchanged when None).
+EXTEND_SQL = (
+    f"WITH {WAS_LAPSED}"
+    " UPDATE payment.payments SET lease_until = now() + make_interval(secs => %(lease)s),"
+    " step = coalesce(%(step)s, step), authorization_id = coalesce(%(authorization_id)s, authorization_id),"
+    " updated_at = CASE WHEN %(step)s::text IS NULL THEN updated_at ELSE now() END"  # a renewal changes nothing else
+    f"{OWNED} RETURNING (SELECT lapsed FROM was)"
+)
 FINISH_SQL = (
-    "WITH done AS ("
+    f"WITH {WAS_LAPSED}, done AS ("
     " UPDATE payment.payments SET status = %(status)s, response_status = %(response_status)s, response = %(response)s,"
     " authorization_id = coalesce(%(authorization_id)s, authorization_id), completed_at = %(completed_at)s,"
     " lease_owner = CASE WHEN %(status)s = 'pending' THEN NULL ELSE lease_owner END,"
     " lease_until = CASE WHEN %(status)s = 'pending' THEN now() + make_interval(secs => %(retry)s) ELSE now() END,"
-    " updated_at = now()"
-    " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'pending' RETURNING id),"
+    f" updated_at = now(){OWNED} RETURNING id),"
     " queued AS (INSERT INTO payment.outbox (topic, key, payload)"
     " SELECT %(topic)s, %(key)s, %(event)s::jsonb FROM done WHERE %(event)s::jsonb IS NOT NULL)"
-    " SELECT count(*) FROM done"
+    " SELECT (SELECT count(*) FROM done), (SELECT lapsed FROM was)"
 )
 STATUS_CODES = {"completed": 201, "failed": 502, "aborted": 503, "pending": 503}
 DECLINE_CODES = {"INSUFFICIENT_FUNDS": 402, "CARD_DECLINED": 402, "UNKNOWN_ACCOUNT": 422}
@@ -106,6 +120,20 @@ class PaymentRequest(BaseModel):
 
 class LeaseLost(Exception):
     """Another replica took the payment over; it, not we, will answer for it."""
+
+
+class LeaseWatch:
+    """Counts, once, that the lease on one saga's payment ran out while its owner ran it: at the
+    first statement that finds it so, even a renewal answered after the saga's ending."""
+
+    def __init__(self, lapses: Any) -> None:
+        self.lapses = lapses
+        self.lapsed = False
+
+    def saw(self, lapsed: bool | None) -> None:
+        if lapsed and not self.lapsed:
+            self.lapsed = True
+            self.lapses.inc()
 
 
 def render(p: PaymentFacts, ending: Ending, completed_at: datetime | None) -> tuple[int, str]:
@@ -197,6 +225,12 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "payment_leases_lost", "Sagas whose lease another replica took while they still ran", ["service", "zone"],
         registry=ctx.registry,
     ).labels(**labels)
+    leases_lapsed = Counter(
+        "payment_leases_lapsed",
+        "Sagas whose lease ran out while they still ran, as their owner found: its next renewal or its ending came"
+        " too late, whether or not another replica then took the payment",
+        ["service", "zone"], registry=ctx.registry,
+    ).labels(**labels)
     # How often a live saga needed its renewals: one that ran longer than a lease would have been
     # taken over without them. An experiment that guards renewals counts these as its exercise.
     beyond_lease = Counter(
@@ -254,7 +288,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             takeovers.labels(reason=reason, **labels).inc()
         return row
 
-    async def finish(p: PaymentFacts, key: str, owner: str, ending: Ending) -> tuple[int, str]:
+    async def finish(p: PaymentFacts, key: str, owner: str, ending: Ending, lease: LeaseWatch) -> tuple[int, str]:
         completed_at = datetime.now(UTC) if ending.status == "completed" else None
         status_code, text = render(p, ending, completed_at)
         stored = ending.status != "pending"  # an unfinished compensation is not an answer to keep
@@ -268,28 +302,34 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 "completed_at": completed_at, "id": p.id, "owner": owner, "topic": OUTBOX_TOPIC, "key": p.user_id,
                 "event": event, "retry": RELEASE_RETRY_SECONDS,
             })
-            row = await cur.fetchone()
-        if not row or row[0] != 1:
+            finished, lapsed = await cur.fetchone() or (0, None)
+        lease.saw(lapsed)
+        if finished != 1:
             raise LeaseLost(p.id)
         if completed_at is not None and not res.outbox:
             publisher.publish_direct(p.user_id, completed_event(p, key, completed_at))
         payments_total.labels(method=p.method, outcome=ending.status, **labels).inc()
         return status_code, text
 
+    async def extend(p: PaymentFacts, owner: str, lease: LeaseWatch, step: str | None = None,
+                     authorization_id: str | None = None, timeout: float | None = None) -> bool:
+        """Renew the lease this owner holds on a payment (and move it to ``step``); False if it was taken."""
+        async with pool.connection(timeout=timeout) as conn:
+            cur = await conn.execute(EXTEND_SQL, {
+                "lease": LEASE_SECONDS, "step": step, "authorization_id": authorization_id, "id": p.id, "owner": owner,
+            })
+            row = await cur.fetchone()
+        lease.saw(row[0] if row else None)
+        return row is not None
+
     async def run_owned(row: dict[str, Any], key: str, owner: str) -> Response | None:
         """Run the saga of a payment this request owns; None if the lease was lost on the way."""
         p = facts(row)
+        lease = LeaseWatch(leases_lapsed)
 
         async def mark_compensating(authorization_id: str | None) -> None:
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "UPDATE payment.payments SET step = 'compensating', authorization_id = coalesce(%s, authorization_id),"
-                    " lease_until = now() + make_interval(secs => %s), updated_at = now()"
-                    " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
-                    [authorization_id, LEASE_SECONDS, p.id, owner],
-                )
-                if cur.rowcount != 1:
-                    raise LeaseLost(p.id)
+            if not await extend(p, owner, lease, step="compensating", authorization_id=authorization_id):
+                raise LeaseLost(p.id)
 
         async def renew(done: asyncio.Event) -> None:
             """The saga's heartbeat: keep the lease while it runs, so only a dead owner's payment expires."""
@@ -301,18 +341,13 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 if done.is_set():
                     return
                 try:
-                    async with pool.connection(timeout=LEASE_SECONDS / 2) as conn:
-                        cur = await conn.execute(
-                            "UPDATE payment.payments SET lease_until = now() + make_interval(secs => %s)"
-                            " WHERE id = %s AND lease_owner = %s AND status = 'pending'",
-                            [LEASE_SECONDS, p.id, owner],
-                        )
+                    kept = await extend(p, owner, lease, timeout=LEASE_SECONDS / 2)
                 except (PoolTimeout, OperationalError):
                     continue  # the lease may lapse; finish() tells whether it did
                 now = loop.time()
                 renewal_gap.observe(now - last)
                 last = now
-                if cur.rowcount != 1:
+                if not kept:
                     return  # taken over: finish() raises LeaseLost, counted below
 
         done = asyncio.Event()
@@ -329,9 +364,10 @@ def build(ctx: ReplicaContext) -> ServiceParts:
                 done.set()
                 if time.perf_counter() - started > LEASE_SECONDS:
                     beyond_lease.inc()
-            status_code, text = await finish(p, key, owner, ending)
+            status_code, text = await finish(p, key, owner, ending, lease)
         except LeaseLost:
             leases_lost.inc()
+            lease.saw(True)  # only a lease that ran out is taken from a live owner
             return None
         headers = {"Retry-After": RETRY_AFTER} if status_code == 503 else None
         return Response(text, status_code=status_code, media_type="application/json", headers=headers)
