@@ -66,6 +66,16 @@ PLANTED: dict[str, tuple[list[str], list[str]]] = {
         ["UPDATE payment.payments SET status = 'pending', lease_until = now() - interval '1 minute' WHERE id = :paid"],
         [],
     ),
+    # A reserve landed that the saga never saw: the payment ended with its money in escrow.
+    "escrow-released": (
+        [
+            "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash)"
+            " VALUES ('planted:reserve-unseen', 'reserve', :user, :paid, 'x')",
+            "INSERT INTO ledger.entries (transfer_id, account_id, amount) VALUES"
+            " ('planted:reserve-unseen', 'wallet:' || :user, -300), ('planted:reserve-unseen', 'escrow:' || :user, 300)",
+        ],
+        [],
+    ),
     # The platform lost the client's key (stored another, as a retry under a fresh key would):
     # no-double-charge, grouping by the stored key, sees nothing wrong.
     "acknowledged-charged-once": (["UPDATE payment.payments SET idempotency_key = 'planted-other-key' WHERE id = :paid"], []),
