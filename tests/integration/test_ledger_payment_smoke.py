@@ -309,17 +309,25 @@ def test_a_lease_that_ran_out_under_a_stalled_owner_is_counted_by_the_owner(seed
     assert payment_metric(seeded, "payment_leases_lapsed_total") == lapsed + 1
 
 
-def plant_reserved_payment(seeded: Smoke, user: str, amount: int, owner: str, step: str, lease: int) -> tuple[str, str]:
-    """A balance payment as a replica leaves it after its reserve: money in escrow, the key claimed
-    by ``owner`` at ``step``, its lease running out in ``lease`` seconds. Its id and key."""
-    body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
-    payment_id, key = uuid.uuid4().hex, uuid.uuid4().hex
-    reserve = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+def reserve(seeded: Smoke, payment_id: str, user: str, amount: int) -> httpx.Response:
+    """The reserve transfer a balance payment's saga sends, sent by hand."""
+    return httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
         "id": f"pay:{payment_id}:reserve", "kind": "reserve", "user_id": user, "payment_id": payment_id,
         "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
         "excludes": [],
     })
-    assert reserve.status_code == 201, reserve.text
+
+
+def plant_reserved_payment(seeded: Smoke, user: str, amount: int, owner: str, step: str, lease: int,
+                           reserved: bool = True) -> tuple[str, str]:
+    """A balance payment as a replica leaves it after its reserve: money in escrow (unless not
+    ``reserved``: the reserve never reached the ledger), the key claimed by ``owner`` at ``step``,
+    its lease running out in ``lease`` seconds. Its id and key."""
+    body = PaymentRequest(user_id=user, merchant_id="m001", amount=amount, method="balance")
+    payment_id, key = uuid.uuid4().hex, uuid.uuid4().hex
+    if reserved:
+        r = reserve(seeded, payment_id, user, amount)
+        assert r.status_code == 201, r.text
     seeded.sql(
         "INSERT INTO payment.payments (id, idempotency_key, dedupe_key, request_hash, user_id, merchant_id, amount,"
         " method, status, step, lease_owner, lease_until) VALUES (%s, %s, %s, %s, %s, 'm001', %s, 'balance', 'pending',"
@@ -388,6 +396,88 @@ def test_an_unfinished_compensation_is_released_and_resumed_a_second_later_not_t
     assert seeded.balance(f"wallet:{user}") == before and seeded.balance(escrow_of(user)) == 0
     assert payment_metric(seeded, "payment_takeovers_total", reason="released") == counts["released"] + 1
     assert payment_metric(seeded, "payment_takeovers_total", reason="abandoned") == counts["abandoned"]
+
+
+def test_a_void_and_a_transfer_under_one_id_exactly_one_lands(seeded: Smoke) -> None:
+    """A void claims a transfer id with no postings: a transfer sent under it later is refused,
+    however late it comes; a transfer that holds the id already cannot be voided."""
+    user, amount = "u00012", 400
+    before = seeded.balance(f"wallet:{user}")
+    first = uuid.uuid4().hex
+    void = {"id": f"pay:{first}:reserve", "user_id": user, "payment_id": first}
+    r = httpx.post(f"{seeded.ledger_url}/v1/voids", json=void, timeout=10)
+    assert r.status_code == 201 and r.json() == {"id": void["id"], "voided": True, "replayed": False}, r.text
+    again = httpx.post(f"{seeded.ledger_url}/v1/voids", json=void, timeout=10)
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    late = reserve(seeded, first, user, amount)
+    assert late.status_code == 409 and late.json()["error"]["code"] == "TRANSFER_VOIDED", late.text
+    assert seeded.scalar("SELECT count(*) FROM ledger.entries WHERE transfer_id = %s", void["id"]) == 0
+    assert seeded.balance(f"wallet:{user}") == before
+
+    second = uuid.uuid4().hex
+    assert reserve(seeded, second, user, amount).status_code == 201
+    held = httpx.post(f"{seeded.ledger_url}/v1/voids", json={"id": f"pay:{second}:reserve"}, timeout=10)
+    assert held.status_code == 409 and held.json()["error"]["code"] == "TRANSFER_APPLIED", held.text
+    assert seeded.balance(escrow_of(user)) == amount  # still reserved: the void changed nothing
+    undo = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+        "id": f"pay:{second}:refund", "kind": "refund", "user_id": user, "payment_id": second,
+        "postings": [{"account": escrow_of(user), "amount": -amount}, {"account": f"wallet:{user}", "amount": amount}],
+    })
+    assert undo.status_code == 201, undo.text
+
+
+def test_a_reserve_whose_answer_was_lost_is_refunded_not_left_in_escrow(seeded: Smoke) -> None:
+    """The ledger stalls (as behind a database that stopped answering) with the saga's reserves
+    queued, so no answer comes back in time: the saga cannot know whether the money moved. It
+    compensates: it voids the reserve's id once the ledger is back. The stalled ledger then
+    serves the queued reserves and the void in whatever order: either a reserve lands first,
+    the void finds it and the saga refunds it, or the void lands first and every reserve is
+    refused. Either way the payment fails and the money is in the wallet, not left in escrow
+    with an aborted payment."""
+    user, key, amount = "u00013", uuid.uuid4().hex, 600
+    before = seeded.balance(f"wallet:{user}")
+    fenced = payment_metric(seeded, "payment_ledger_fences_total", step="reserve")
+    ledger = seeded.procs["ledger"]
+    with ThreadPoolExecutor(1) as pool:
+        ledger.send_signal(signal.SIGSTOP)
+        try:
+            paying = pool.submit(pay, seeded, user, amount, "balance", key)
+            # Every reserve attempt times out (the stalled ledger has them queued); then the saga
+            # turns to compensating, and the ledger comes back for the void.
+            deadline = time.monotonic() + 15
+            while seeded.sql("SELECT 1 FROM payment.payments WHERE idempotency_key = %s AND step = 'compensating'", key) == []:
+                assert time.monotonic() < deadline, "the saga never turned to compensating"
+                time.sleep(0.05)
+        finally:
+            ledger.send_signal(signal.SIGCONT)
+        r = paying.result()
+    assert r.status_code == 502 and r.json()["error"]["code"] == "PAYMENT_FAILED", r.text
+    payment_id = r.json()["error"]["payment_id"]
+    transfers = [row[0] for row in seeded.sql(
+        "SELECT kind FROM ledger.transfers WHERE payment_id = %s ORDER BY created_at", payment_id)]
+    assert transfers in (["reserve", "refund"], ["void"]), transfers
+    assert seeded.balance(f"wallet:{user}") == before and seeded.balance(escrow_of(user)) == 0
+    assert payment_metric(seeded, "payment_ledger_fences_total", step="reserve") == fenced + 1
+
+
+def test_a_compensation_voids_a_reserve_that_never_landed_and_it_can_never_land_after(seeded: Smoke) -> None:
+    """A payment left compensating by a dead replica whose reserve never reached the ledger:
+    the recovery loop voids the reserve's id, finds nothing there, and fails the payment without
+    a refund (there is nothing to give back, and another payment's money in the same escrow must
+    not be). A copy of the reserve arriving later is refused."""
+    user, amount = "u00014", 500
+    before = seeded.balance(f"wallet:{user}")
+    payment_id, _ = plant_reserved_payment(seeded, user, amount, "payment-dead:0", "compensating", lease=0, reserved=False)
+    deadline = time.monotonic() + WAIT_SECONDS + RECOVERY_POLL_SECONDS
+    while (status := seeded.scalar("SELECT status FROM payment.payments WHERE id = %s", payment_id)) == "pending":
+        assert time.monotonic() < deadline, "nobody resumed the payment its owner left"
+        time.sleep(0.1)
+    assert status == "failed"
+    kinds = [row[0] for row in seeded.sql("SELECT kind FROM ledger.transfers WHERE payment_id = %s", payment_id)]
+    assert kinds == ["void"], kinds
+    late = reserve(seeded, payment_id, user, amount)
+    assert late.status_code == 409 and late.json()["error"]["code"] == "TRANSFER_VOIDED", late.text
+    assert seeded.balance(f"wallet:{user}") == before and seeded.balance(escrow_of(user)) == 0
 
 
 def test_missing_key_and_bad_body_are_refused(seeded: Smoke) -> None:

@@ -37,7 +37,7 @@ def write_suite(tmp_path: Path, first: str, second: str) -> Path:
 def test_the_shipped_suite_loads_every_catalogue_experiment_in_order() -> None:
     suite = load_suite(ROOT / "experiments" / "suites" / "pre-campaign.yaml")
     assert [p.experiment.name for p in suite.planned] == [
-        "acquirer-slowdown", "pod-kill-payment", "ledger-kill-slow-db", "ledger-db-brownout", "kafka-broker-failure", "zone-loss-az-a",
+        "acquirer-slowdown", "pod-kill-payment", "ledger-kill-slow-db", "ledger-db-brownout", "ledger-db-hang", "kafka-broker-failure", "zone-loss-az-a",
         "acquirer-hang", "acquirer-brownout", "campaign-redelivery", "noon-admission", "kafka-majority-loss",
     ]
     smoke = load_suite(ROOT / "experiments" / "suites" / "smoke.yaml")

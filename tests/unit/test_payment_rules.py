@@ -13,6 +13,7 @@ from paychaos.platform.services.payment_rules import (
     breaker_counts_as_failure,
     classify_authorization,
     classify_ledger,
+    classify_void,
     decide_claim,
 )
 
@@ -46,6 +47,7 @@ class TestClaims:
         (422, "INSUFFICIENT_FUNDS", Ledger.INSUFFICIENT_FUNDS),
         (404, "UNKNOWN_ACCOUNT", Ledger.UNKNOWN_ACCOUNT),
         (409, "TRANSFER_EXCLUDED", Ledger.EXCLUDED),
+        (409, "TRANSFER_VOIDED", Ledger.VOIDED),
         (409, "TRANSFER_ID_REUSED", Ledger.UNAVAILABLE),
         (503, "LEDGER_BUSY", Ledger.UNAVAILABLE),
         (None, None, Ledger.UNAVAILABLE),
@@ -53,6 +55,22 @@ class TestClaims:
 )
 def test_ledger_replies(status: int | None, code: str | None, expected: Ledger) -> None:
     assert classify_ledger(status, code) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (201, None, Ledger.VOIDED),
+        (200, None, Ledger.VOIDED),  # voided before: a replay
+        (409, "TRANSFER_APPLIED", Ledger.APPLIED),
+        (503, "TRANSFER_IN_FLUX", Ledger.UNAVAILABLE),
+        (503, "LEDGER_BUSY", Ledger.UNAVAILABLE),
+        (None, None, Ledger.UNAVAILABLE),
+    ],
+)
+def test_void_replies(status: int | None, code: str | None, expected: Ledger) -> None:
+    """Only an answer about the id settles a compensation's question; anything else is asked again."""
+    assert classify_void(status, code) is expected
 
 
 def test_acquirer_replies_and_what_the_breaker_counts() -> None:

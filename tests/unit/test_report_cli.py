@@ -63,7 +63,7 @@ def test_an_experiment_with_its_journal(tmp_path: Path, journal_args: list[Path 
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "acquirer-brownout.md", "acquirer-hang.md", "acquirer-slowdown.md", "campaign-redelivery.md", "index.md",
-        "kafka-broker-failure.md", "kafka-majority-loss.md", "ledger-db-brownout.md", "ledger-kill-slow-db.md", "noon-admission.md", "pod-kill-payment.md", "zone-loss-az-a.md",
+        "kafka-broker-failure.md", "kafka-majority-loss.md", "ledger-db-brownout.md", "ledger-db-hang.md", "ledger-kill-slow-db.md", "noon-admission.md", "pod-kill-payment.md", "zone-loss-az-a.md",
     ]
     assert "verdict **passed**" in (tmp_path / "acquirer-slowdown.md").read_text(encoding="utf-8")
     assert "not rehearsed yet" in (tmp_path / "pod-kill-payment.md").read_text(encoding="utf-8")

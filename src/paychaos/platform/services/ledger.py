@@ -65,6 +65,23 @@ class TransferRequest(BaseModel):
     excludes: list[Annotated[str, Field(pattern=TEXT_PATTERN)]] = Field(default_factory=list)
 
 
+class VoidRequest(BaseModel):
+    """A transfer id to void: claimed with no postings, so that a transfer sent under it later is
+    refused. What a caller does with a transfer whose outcome it never learned (its answer was
+    lost): either the void claims the id, and the transfer never was and never will be applied,
+    or the transfer holds it, and was."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=TEXT_PATTERN)
+    user_id: str | None = Field(default=None, pattern=TEXT_PATTERN)
+    payment_id: str | None = Field(default=None, pattern=TEXT_PATTERN)
+
+
+#: The kind (and request hash) of a transfer id claimed by a void: no entries, never applied.
+VOID = "void"
+
+
 #: Transfers in one batch at most: each is a subtransaction of the batch's one transaction, and
 #: past 64 of those PostgreSQL's per-backend cache overflows and every backend's snapshots slow.
 MAX_BATCH = 48
@@ -235,6 +252,26 @@ async def apply_transfer(conn: AsyncConnection[Any], t: TransferRequest, request
     }
 
 
+async def void_transfer(conn: AsyncConnection[Any], v: VoidRequest) -> str | None:
+    """Claim ``v.id`` for a void: "voided" (by this claim), "void" (by an earlier one), "applied"
+    (a transfer holds it), or None when its holder rolled back between the two statements. The
+    claim is the transfers table's primary key, the one a transfer claims first: of a void and a
+    transfer under one id exactly one wins, whatever their order and however late either comes."""
+    cur = await conn.execute(
+        "INSERT INTO ledger.transfers (id, kind, user_id, payment_id, request_hash) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
+        [v.id, VOID, v.user_id, v.payment_id, VOID],
+    )
+    if await cur.fetchone() is not None:
+        return "voided"
+    # A statement of its own, so its snapshot sees the holder the claim waited for.
+    cur = await conn.execute("SELECT kind FROM ledger.transfers WHERE id = %s", [v.id])
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return "void" if row[0] == VOID else "applied"
+
+
 async def apply_batch(conn: AsyncConnection[Any], transfers: list[TransferRequest]) -> list[dict[str, Any]]:
     """Apply ``transfers`` in one statement and one transaction (ledger.apply_transfers,
     ledger_schema.sql), each on its own terms: one outcome each, in order, shaped as the single
@@ -262,6 +299,10 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         "ledger_postings", "Transfers applied, by kind (replays not counted)", ["service", "zone", "kind"], registry=ctx.registry
     )
     labels = ctx.labels()
+    voids_total = Counter(
+        "ledger_voids", "Transfer ids voided before any transfer held them (replays not counted)", ["service", "zone"],
+        registry=ctx.registry,
+    ).labels(**labels)
     in_flight = ctx.work_in_flight("Transfers being applied", KINDS)  # a kill can cut a reserve
 
     async def startup() -> None:
@@ -294,6 +335,8 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             return busy()
         if stored is None:  # the id's owner rolled back between our insert and our read: rare, retryable
             return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+        if stored["kind"] == VOID:
+            return problem(409, "TRANSFER_VOIDED", f"Transfer {t.id} was voided: it can no longer be applied.")
         if stored["request_hash"] != request_hash:
             return id_reused(t.id).problem()
         return JSONResponse(_render(stored, replayed=True), status_code=200)
@@ -318,6 +361,27 @@ def build(ctx: ReplicaContext) -> ServiceParts:
             if result["status"] == 201:
                 postings_total.labels(kind=t.kind, **labels).inc()
         return JSONResponse({"results": results})
+
+    async def create_void(request: Request) -> Response:
+        """Void a transfer id: 201 voided now, 200 voided before, 409 TRANSFER_APPLIED when a
+        transfer holds it (it was applied, and stays so)."""
+        try:
+            v = VoidRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return invalid_request("The void is malformed.", exc)
+        try:
+            async with pool.connection() as conn:
+                outcome = await void_transfer(conn, v)
+        except (PoolTimeout, OperationalError):
+            return busy()
+        if outcome is None:
+            return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+        if outcome == "applied":
+            return problem(409, "TRANSFER_APPLIED", f"Transfer {v.id} was applied: it cannot be voided.")
+        if outcome == "voided":
+            voids_total.inc()
+        return JSONResponse({"id": v.id, "voided": True, "replayed": outcome == "void"},
+                            status_code=201 if outcome == "voided" else 200)
 
     async def get_transfer(request: Request) -> Response:
         transfer_id = request.path_params["transfer_id"]
@@ -360,6 +424,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         routes=[
             Route("/v1/transfers", create_transfer, methods=["POST"]),
             Route("/v1/transfer-batches", create_transfers, methods=["POST"]),
+            Route("/v1/voids", create_void, methods=["POST"]),
             Route("/v1/transfers/{transfer_id:path}", get_transfer, methods=["GET"]),
             Route("/v1/accounts/{account_id:path}", get_account, methods=["GET"]),
             Route("/v1/wallets/{user_id}", get_wallet, methods=["GET"]),

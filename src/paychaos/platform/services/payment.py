@@ -196,11 +196,20 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         ["service", "zone", "step"], registry=ctx.registry,
     )
     # Every step's series present from the start: increase() misses a series' first value.
-    retried = {step: ledger_retries.labels(step=step, **ctx.labels()) for step in ("reserve", "settle", "refund")}
+    retried = {step: ledger_retries.labels(step=step, **ctx.labels())
+               for step in ("reserve", "settle", "refund", "void-reserve", "void-settle")}
+    # What each compensation's fence found: the transfer it voided had never landed ("voided"),
+    # or had ("applied"). A voided reserve is a payment whose outcome its saga never learned.
+    fences = Counter(
+        "payment_ledger_fences", "Transfers a compensation voided before deciding, by what it found",
+        ["service", "zone", "step", "found"], registry=ctx.registry,
+    )
+    series_from_start(fences, ctx.labels(), step=("reserve", "settle"), found=("voided", "applied"))
     # A podKill with inFlightKind: authorization cuts a card saga while its acquirer call is out.
     authorizing = ctx.work_in_flight("Card authorizations out", ["authorization"]).labels(
         kind="authorization", **ctx.labels())
     saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry, on_ledger_retry=lambda step: retried[step].inc(),
+                on_void=lambda step, found: fences.labels(step=step, found=found.value, **ctx.labels()).inc(),
                 authorizing=authorizing.track_inprogress)
     publisher = Publisher(ctx, pool)
     labels = ctx.labels()

@@ -48,6 +48,7 @@ class Ledger(enum.Enum):
     INSUFFICIENT_FUNDS = "insufficient_funds"
     UNKNOWN_ACCOUNT = "unknown_account"
     EXCLUDED = "excluded"  # the mutually exclusive transfer (settle vs refund) applied first
+    VOIDED = "voided"  # the id is void: the transfer was never applied and never will be
     UNAVAILABLE = "unavailable"  # no answer, or one that says nothing about the transfer
 
 
@@ -60,6 +61,17 @@ def classify_ledger(status: int | None, code: str | None) -> Ledger:
         return Ledger.UNKNOWN_ACCOUNT
     if status == 409 and code == "TRANSFER_EXCLUDED":
         return Ledger.EXCLUDED
+    if status == 409 and code == "TRANSFER_VOIDED":
+        return Ledger.VOIDED
+    return Ledger.UNAVAILABLE
+
+
+def classify_void(status: int | None, code: str | None) -> Ledger:
+    """What the ledger's answer to voiding a transfer id says about the transfer."""
+    if status in (200, 201):
+        return Ledger.VOIDED
+    if status == 409 and code == "TRANSFER_APPLIED":
+        return Ledger.APPLIED
     return Ledger.UNAVAILABLE
 
 

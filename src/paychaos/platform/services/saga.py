@@ -2,7 +2,9 @@
 
 Every step is idempotent by a key derived from the payment id (ledger transfer ids
 ``pay:<pid>:reserve|settle|refund``, the acquirer's payment id), so a saga interrupted anywhere
-can be run again from the top by whichever replica takes the payment over.
+can be run again from the top by whichever replica takes the payment over. A compensation first
+voids the transfer whose outcome it does not know (the reserve of a balance payment, the settle
+of a card payment): the void and the transfer claim one id, so exactly one of them ever lands.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from paychaos.platform.services.payment_rules import (
     breaker_counts_as_failure,
     classify_authorization,
     classify_ledger,
+    classify_void,
 )
 
 LEDGER_ATTEMPTS = 3
@@ -73,6 +76,7 @@ class Saga:
         *,
         retry_refused_for: float = 0.0,
         on_ledger_retry: Callable[[str], None] = lambda step: None,
+        on_void: Callable[[str, Ledger], None] = lambda step, found: None,
         authorizing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.ledger = ledger
@@ -83,6 +87,9 @@ class Saga:
         self.authorizing = authorizing
         # Told the step each time a ledger transfer whose outcome is unknown is sent again.
         self.on_ledger_retry = on_ledger_retry
+        # Told each fence a compensation puts up: the step voided, and what it found (VOIDED:
+        # the transfer never landed; APPLIED: it had).
+        self.on_void = on_void
         # Seconds a call the breaker refuses is tried again before giving up: 0 is the fallback
         # (fail fast); more is the defect the failsFast probe must catch.
         self.retry_refused_for = retry_refused_for
@@ -92,17 +99,9 @@ class Saga:
             return await self._balance(p, mark_compensating)
         return await self._card(p, mark_compensating)
 
-    async def _transfer(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
-        body = {
-            "id": transfer_id(p.id, step),
-            "kind": kind,
-            "user_id": p.user_id,
-            "payment_id": p.id,
-            "postings": [{"account": a, "amount": m} for a, m in postings],
-            "excludes": excludes,
-        }
+    async def _call_ledger(self, path: str, body: dict[str, object], classify: Callable[[int | None, str | None], Ledger]) -> Ledger:
         try:
-            response = await self.ledger.post("/v1/transfers", json=body)
+            response = await self.ledger.post(path, json=body)
         except CallFailed:
             return Ledger.UNAVAILABLE
         code = None
@@ -111,19 +110,42 @@ class Saga:
                 code = response.json().get("error", {}).get("code")
             except ValueError:
                 code = None
-        return classify_ledger(response.status_code, code)
+        return classify(response.status_code, code)
 
-    async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
+    async def _retrying(self, step: str, path: str, body: dict[str, object],
+                        classify: Callable[[int | None, str | None], Ledger]) -> Ledger:
         # Same transfer id each time, so a retry after an unknown outcome cannot apply it twice.
         for attempt in range(LEDGER_ATTEMPTS):
             if attempt:
                 self.on_ledger_retry(step)
-            outcome = await self._transfer(p, step, kind, postings, excludes)
+            outcome = await self._call_ledger(path, body, classify)
             if outcome is not Ledger.UNAVAILABLE:
                 return outcome
             if attempt + 1 < LEDGER_ATTEMPTS:
                 await asyncio.sleep(0.05 * 2**attempt)
         return Ledger.UNAVAILABLE
+
+    async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
+        body: dict[str, object] = {
+            "id": transfer_id(p.id, step),
+            "kind": kind,
+            "user_id": p.user_id,
+            "payment_id": p.id,
+            "postings": [{"account": a, "amount": m} for a, m in postings],
+            "excludes": excludes,
+        }
+        return await self._retrying(step, "/v1/transfers", body, classify_ledger)
+
+    async def _fence(self, p: PaymentFacts, step: str) -> Ledger:
+        """Void the transfer of ``step`` unless it landed: VOIDED (it never applied and now never
+        will, however late a copy of it still in flight arrives), APPLIED (it had), or
+        UNAVAILABLE. A compensation puts this up before it decides anything from the transfer:
+        an answer lost on the way (a ledger database that stopped answering) says nothing."""
+        body: dict[str, object] = {"id": transfer_id(p.id, step), "user_id": p.user_id, "payment_id": p.id}
+        found = await self._retrying(f"void-{step}", "/v1/voids", body, classify_void)
+        if found is not Ledger.UNAVAILABLE:
+            self.on_void(step, found)
+        return found
 
     async def _balance(self, p: PaymentFacts, mark_compensating: MarkCompensating) -> Ending:
         wallet, merchant, escrow = f"wallet:{p.user_id}", f"merchant:{p.merchant_id}", escrow_of(p.user_id)
@@ -136,18 +158,25 @@ class Saga:
                 return Ending("declined", "INSUFFICIENT_FUNDS")
             if reserved is Ledger.UNKNOWN_ACCOUNT:
                 return Ending("declined", "UNKNOWN_ACCOUNT")
-            if reserved is not Ledger.APPLIED:
-                return Ending("aborted", "LEDGER_UNAVAILABLE")
-            settled = await self._transfer_retrying(
-                p, "settle", "payment", [(escrow, -p.amount), (merchant, p.amount)], [transfer_id(p.id, "refund")]
-            )
-            if settled is Ledger.APPLIED:
-                return Ending("completed")
-            if settled is Ledger.EXCLUDED:
-                return Ending("failed", "PAYMENT_FAILED")
-            if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
-                undone = Ending("declined", "UNKNOWN_ACCOUNT")
+            if reserved is Ledger.APPLIED:
+                settled = await self._transfer_retrying(
+                    p, "settle", "payment", [(escrow, -p.amount), (merchant, p.amount)], [transfer_id(p.id, "refund")]
+                )
+                if settled is Ledger.APPLIED:
+                    return Ending("completed")
+                if settled is Ledger.EXCLUDED:
+                    return Ending("failed", "PAYMENT_FAILED")
+                if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
+                    undone = Ending("declined", "UNKNOWN_ACCOUNT")
+            # Otherwise the reserve's outcome is unknown: the ledger may have applied it and lost
+            # the answer. Ending "aborted" here left the user's money in escrow for good unless
+            # the app retried the same key; it is compensated like a failed settle instead.
             await mark_compensating(None)
+        fenced = await self._fence(p, "reserve")
+        if fenced is Ledger.VOIDED:  # nothing was reserved, and nothing will be
+            return undone
+        if fenced is not Ledger.APPLIED:
+            return Ending("pending", "PAYMENT_IN_PROGRESS")
         refunded = await self._transfer_retrying(
             p, "refund", "refund", [(escrow, -p.amount), (wallet, p.amount)], [transfer_id(p.id, "settle")]
         )
@@ -201,6 +230,13 @@ class Saga:
             if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
                 undone = Ending("declined", "UNKNOWN_ACCOUNT")
             await mark_compensating(auth)
+        # A settle whose answer was lost may have paid the merchant from clearing: voiding the
+        # authorization then would leave the card uncharged for it. Fence it first.
+        fenced = await self._fence(p, "settle")
+        if fenced is Ledger.APPLIED:  # it landed: the payment went through
+            return Ending("completed", authorization_id=auth)
+        if fenced is not Ledger.VOIDED:
+            return Ending("pending", "PAYMENT_IN_PROGRESS")
         if auth is None or await self._void(auth):
             return undone
         return Ending("pending", "PAYMENT_IN_PROGRESS")
