@@ -113,19 +113,20 @@ class Saga:
         return classify(response.status_code, code)
 
     async def _retrying(self, step: str, path: str, body: dict[str, object],
-                        classify: Callable[[int | None, str | None], Ledger]) -> Ledger:
+                        classify: Callable[[int | None, str | None], Ledger], attempts: int = LEDGER_ATTEMPTS) -> Ledger:
         # Same transfer id each time, so a retry after an unknown outcome cannot apply it twice.
-        for attempt in range(LEDGER_ATTEMPTS):
+        for attempt in range(attempts):
             if attempt:
                 self.on_ledger_retry(step)
             outcome = await self._call_ledger(path, body, classify)
             if outcome is not Ledger.UNAVAILABLE:
                 return outcome
-            if attempt + 1 < LEDGER_ATTEMPTS:
+            if attempt + 1 < attempts:
                 await asyncio.sleep(0.05 * 2**attempt)
         return Ledger.UNAVAILABLE
 
-    async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]], excludes: list[str]) -> Ledger:
+    async def _transfer_retrying(self, p: PaymentFacts, step: str, kind: str, postings: list[tuple[str, int]],
+                                 excludes: list[str], attempts: int = LEDGER_ATTEMPTS) -> Ledger:
         body: dict[str, object] = {
             "id": transfer_id(p.id, step),
             "kind": kind,
@@ -134,7 +135,7 @@ class Saga:
             "postings": [{"account": a, "amount": m} for a, m in postings],
             "excludes": excludes,
         }
-        return await self._retrying(step, "/v1/transfers", body, classify_ledger)
+        return await self._retrying(step, "/v1/transfers", body, classify_ledger, attempts)
 
     async def _fence(self, p: PaymentFacts, step: str) -> Ledger:
         """Void the transfer of ``step`` unless it landed: VOIDED (it never applied and now never
