@@ -58,6 +58,13 @@ class Outcome:
     verdict: str
     not_passed: list[str] = field(default_factory=list)  # checks that did not pass: label (verdict)
 
+    @property
+    def before_the_fault(self) -> bool:
+        """Caught only by the steady state before any fault: the defect broke the stack in normal
+        operation (a misbooked ledger, or a mutant that no longer runs at all: a method it calls
+        is gone), so the fault and the checks written for it judged nothing. Worth a look."""
+        return bool(self.not_passed) and all(c.startswith("steadyState.before/") for c in self.not_passed)
+
 
 @dataclass
 class Defect:
@@ -192,7 +199,8 @@ def print_matrix(defects: list[Defect]) -> None:
         if not d.outcomes:
             print(f"| {d.name} | — | — | {d.note} |")
         for o in d.outcomes:
-            print(f"| {d.name} | {o.experiment} | {o.verdict} | {'; '.join(o.not_passed) or '—'} |")
+            before = " (before any fault: broken in normal operation)" if o.before_the_fault else ""
+            print(f"| {d.name} | {o.experiment} | {o.verdict}{before} | {'; '.join(o.not_passed) or '—'} |")
     broken = [d for d in defects if d.name != "healthy" and d.outcomes]
     healthy = next((d for d in defects if d.name == "healthy"), None)
     if healthy is not None and healthy.outcomes:
