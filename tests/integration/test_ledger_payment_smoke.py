@@ -411,7 +411,18 @@ def test_a_void_and_a_transfer_under_one_id_exactly_one_lands(seeded: Smoke) -> 
     assert again.status_code == 200 and again.json()["replayed"] is True
     late = reserve(seeded, first, user, amount)
     assert late.status_code == 409 and late.json()["error"]["code"] == "TRANSFER_VOIDED", late.text
+    batched = httpx.post(f"{seeded.ledger_url}/v1/transfer-batches", timeout=10, json={"transfers": [{
+        "id": void["id"], "kind": "reserve", "user_id": user, "payment_id": first,
+        "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
+    }]})
+    assert batched.json()["results"][0]["error"]["code"] == "TRANSFER_VOIDED", batched.text
     assert seeded.scalar("SELECT count(*) FROM ledger.entries WHERE transfer_id = %s", void["id"]) == 0
+    # A void is the ledger's own kind of transfer: no caller can make one that moves money.
+    posing = httpx.post(f"{seeded.ledger_url}/v1/transfers", timeout=10, json={
+        "id": f"pay:{uuid.uuid4().hex}:reserve", "kind": "void", "user_id": user,
+        "postings": [{"account": f"wallet:{user}", "amount": -amount}, {"account": escrow_of(user), "amount": amount}],
+    })
+    assert posing.status_code == 422, posing.text
     assert seeded.balance(f"wallet:{user}") == before
 
     second = uuid.uuid4().hex

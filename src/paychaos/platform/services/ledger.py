@@ -64,6 +64,12 @@ class TransferRequest(BaseModel):
     # refund). Race-free when they share an account, since both then lock it before checking.
     excludes: list[Annotated[str, Field(pattern=TEXT_PATTERN)]] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _not_a_void(self) -> TransferRequest:
+        if self.kind == VOID:  # only POST /v1/voids makes those: a void moves no money
+            raise ValueError(f"kind: {VOID!r} is the ledger's own, for a voided id (POST /v1/voids)")
+        return self
+
 
 class VoidRequest(BaseModel):
     """A transfer id to void: claimed with no postings, so that a transfer sent under it later is
@@ -118,6 +124,11 @@ class Refused(Exception):
 def id_reused(transfer_id: str) -> Refused:
     """The id is taken by a transfer with another body: retrying cannot help."""
     return Refused(409, "TRANSFER_ID_REUSED", f"Transfer {transfer_id} exists with a different body.")
+
+
+def voided(transfer_id: str) -> Refused:
+    """The id was voided (POST /v1/voids) before any transfer held it: it never will."""
+    return Refused(409, "TRANSFER_VOIDED", f"Transfer {transfer_id} was voided: it can no longer be applied.")
 
 
 UNBALANCED = "The postings of a transfer must sum to zero."
@@ -287,6 +298,8 @@ async def apply_batch(conn: AsyncConnection[Any], transfers: list[TransferReques
             out.append({"id": t.id, "status": 201, "replayed": False})
         elif outcome.get("stored_hash") == request_hash:
             out.append({"id": t.id, "status": 200, "replayed": True})
+        elif outcome.get("stored_hash") == VOID:
+            out.append({"id": t.id, "status": 409, "error": voided(t.id).error()})
         else:
             refused = refusal(outcome["refused"], outcome.get("detail") or "") if "refused" in outcome else id_reused(t.id)
             out.append({"id": t.id, "status": refused.status, "error": refused.error()})
@@ -336,7 +349,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         if stored is None:  # the id's owner rolled back between our insert and our read: rare, retryable
             return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
         if stored["kind"] == VOID:
-            return problem(409, "TRANSFER_VOIDED", f"Transfer {t.id} was voided: it can no longer be applied.")
+            return voided(t.id).problem()
         if stored["request_hash"] != request_hash:
             return id_reused(t.id).problem()
         return JSONResponse(_render(stored, replayed=True), status_code=200)

@@ -205,11 +205,17 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         ["service", "zone", "step", "found"], registry=ctx.registry,
     )
     series_from_start(fences, ctx.labels(), step=("reserve", "settle"), found=("voided", "applied"))
+    unanswered = Counter(
+        "payment_ledger_unanswered", "Ledger transfers a saga gave up on without learning whether they landed",
+        ["service", "zone", "step"], registry=ctx.registry,
+    )
+    series_from_start(unanswered, ctx.labels(), step=("reserve", "settle"))
     # A podKill with inFlightKind: authorization cuts a card saga while its acquirer call is out.
     authorizing = ctx.work_in_flight("Card authorizations out", ["authorization"]).labels(
         kind="authorization", **ctx.labels())
     saga = Saga(ledger, acquirer, breaker, retry_refused_for=refused_retry, on_ledger_retry=lambda step: retried[step].inc(),
                 on_void=lambda step, found: fences.labels(step=step, found=found.value, **ctx.labels()).inc(),
+                on_unanswered=lambda step: unanswered.labels(step=step, **ctx.labels()).inc(),
                 authorizing=authorizing.track_inprogress)
     publisher = Publisher(ctx, pool)
     labels = ctx.labels()

@@ -29,6 +29,9 @@ from paychaos.platform.services.payment_rules import (
 )
 
 LEDGER_ATTEMPTS = 3
+#: Answers that refuse a transfer on the state of an account, which may change: a refusal of a
+#: copy sent again does not say an earlier copy, unanswered, will not land.
+REFUSALS = frozenset({Ledger.INSUFFICIENT_FUNDS, Ledger.UNKNOWN_ACCOUNT})
 REFUSED_RETRY_DELAY = 0.1  # seconds between two tries of a refused card call, fallback off
 
 
@@ -77,6 +80,7 @@ class Saga:
         retry_refused_for: float = 0.0,
         on_ledger_retry: Callable[[str], None] = lambda step: None,
         on_void: Callable[[str, Ledger], None] = lambda step, found: None,
+        on_unanswered: Callable[[str], None] = lambda step: None,
         authorizing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.ledger = ledger
@@ -90,6 +94,8 @@ class Saga:
         # Told each fence a compensation puts up: the step voided, and what it found (VOIDED:
         # the transfer never landed; APPLIED: it had).
         self.on_void = on_void
+        # Told each transfer the saga gave up on without learning whether it landed.
+        self.on_unanswered = on_unanswered
         # Seconds a call the breaker refuses is tried again before giving up: 0 is the fallback
         # (fail fast); more is the defect the failsFast probe must catch.
         self.retry_refused_for = retry_refused_for
@@ -120,6 +126,11 @@ class Saga:
                 self.on_ledger_retry(step)
             outcome = await self._call_ledger(path, body, classify)
             if outcome is not Ledger.UNAVAILABLE:
+                if attempt and outcome in REFUSALS:
+                    # An earlier copy may still be on its way (waiting for a ledger connection)
+                    # and land after this refusal, once the account has changed: this one's
+                    # refusal settles nothing about it.
+                    return Ledger.UNAVAILABLE
                 return outcome
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.05 * 2**attempt)
@@ -169,9 +180,11 @@ class Saga:
                     return Ending("failed", "PAYMENT_FAILED")
                 if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
                     undone = Ending("declined", "UNKNOWN_ACCOUNT")
-            # Otherwise the reserve's outcome is unknown: the ledger may have applied it and lost
-            # the answer. Ending "aborted" here left the user's money in escrow for good unless
-            # the app retried the same key; it is compensated like a failed settle instead.
+            else:
+                # The reserve's outcome is unknown: the ledger may have applied it and lost the
+                # answer. Ending "aborted" here left the user's money in escrow for good unless
+                # the app retried the same key; it is compensated like a failed settle instead.
+                self.on_unanswered("reserve")
             await mark_compensating(None)
         fenced = await self._fence(p, "reserve")
         if fenced is Ledger.VOIDED:  # nothing was reserved, and nothing will be
@@ -230,6 +243,8 @@ class Saga:
                 return Ending("completed", authorization_id=auth)
             if settled is Ledger.UNKNOWN_ACCOUNT:  # the client's mistake (no such merchant), not ours
                 undone = Ending("declined", "UNKNOWN_ACCOUNT")
+            else:
+                self.on_unanswered("settle")
             await mark_compensating(auth)
         # A settle whose answer was lost may have paid the merchant from clearing: voiding the
         # authorization then would leave the card uncharged for it. Fence it first.
