@@ -125,5 +125,6 @@ def test_a_card_settle_voided_voids_the_authorization() -> None:
         ("/v1/authorizations", "/v1/authorizations"): [(201, None)],
         ("/v1/authorizations/auth-1/void", "/v1/authorizations/auth-1/void"): [(200, None)],
     }
-    ending, _, _ = run(CARD, {(T, "settle"): [None, None, None], (V, "settle"): [(201, None)]}, acquirer)
+    ending, calls, _ = run(CARD, {(T, "settle"): [None, None, None], (V, "settle"): [(201, None)]}, acquirer)
     assert ending == Ending("failed", "PAYMENT_FAILED")
+    assert calls[-1] == (V, "settle")  # the settle fenced out before the authorization was voided

@@ -138,6 +138,11 @@ def unbalanced(t: TransferRequest) -> bool:
     return sum(p.amount for p in t.postings) != 0
 
 
+def in_flux() -> Response:
+    """The id's holder rolled back between our claim and our read of it: rare, and retryable."""
+    return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+
+
 def busy() -> Response:
     return problem(503, "LEDGER_BUSY", "The ledger is busy; try again shortly.", headers={"Retry-After": "1"})
 
@@ -347,7 +352,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         except (PoolTimeout, OperationalError):
             return busy()
         if stored is None:  # the id's owner rolled back between our insert and our read: rare, retryable
-            return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+            return in_flux()
         if stored["kind"] == VOID:
             return voided(t.id).problem()
         if stored["request_hash"] != request_hash:
@@ -388,7 +393,7 @@ def build(ctx: ReplicaContext) -> ServiceParts:
         except (PoolTimeout, OperationalError):
             return busy()
         if outcome is None:
-            return problem(503, "TRANSFER_IN_FLUX", "Try again.", headers={"Retry-After": "1"})
+            return in_flux()
         if outcome == "applied":
             return problem(409, "TRANSFER_APPLIED", f"Transfer {v.id} was applied: it cannot be voided.")
         if outcome == "voided":

@@ -76,9 +76,6 @@ MESSAGES = {
 #: card network) is released, not kept: the recovery loop resumes it this long after, rather than
 #: at its next poll, which would send the failing step again four times a second.
 RELEASE_RETRY_SECONDS = 1.0
-#: The ending and its outbox event in one statement. A payment left pending (an unfinished
-#: compensation) is released: no owner, so its resumption is told apart from the takeover of a
-#: dead replica's payment (payment_takeovers_total{reason="released"} against "abandoned").
 #: Every statement the owner of a payment sends while it runs the saga (a renewal, the step to
 #: compensating, the ending) also answers whether the lease had already run out when it arrived:
 #: ``was`` reads the row as the statement found it, by the database's clock, the one the recovery
@@ -94,6 +91,9 @@ EXTEND_SQL = (
     " updated_at = CASE WHEN %(step)s::text IS NULL THEN updated_at ELSE now() END"  # a renewal changes nothing else
     f"{OWNED} RETURNING (SELECT lapsed FROM was)"
 )
+#: The ending and its outbox event in one statement. A payment left pending (an unfinished
+#: compensation) is released: no owner, so its resumption is told apart from the takeover of a
+#: dead replica's payment (payment_takeovers_total{reason="released"} against "abandoned").
 FINISH_SQL = (
     f"WITH {WAS_LAPSED}, done AS ("
     " UPDATE payment.payments SET status = %(status)s, response_status = %(response_status)s, response = %(response)s,"
